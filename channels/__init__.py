@@ -1,0 +1,1 @@
+"""Channel adapters: one per file, all behind `channels.base.Channel`."""

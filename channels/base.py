@@ -1,0 +1,75 @@
+"""The channel interface: limits as data, one async send, a typed outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+OutcomeKind = Literal["accepted", "retry", "reject_recipient", "reject_message", "config_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a provider's answer means; only the dispatcher decides what to do about it."""
+
+    kind: OutcomeKind
+    provider_id: str | None = None
+    after_s: float | None = None
+    detail: str = ""
+    # For reject_recipient: which addresses are dead (all the message's when empty).
+    dead_addresses: tuple[str, ...] = ()
+    opt_out: bool = False
+
+    @classmethod
+    def accepted(cls, provider_id: str, detail: str = "") -> Outcome:
+        return cls("accepted", provider_id=provider_id, detail=detail)
+
+    @classmethod
+    def retry(cls, after_s: float | None = None, detail: str = "") -> Outcome:
+        return cls("retry", after_s=after_s, detail=detail)
+
+    @classmethod
+    def reject_recipient(
+        cls, detail: str = "", *, dead: tuple[str, ...] = (), opt_out: bool = False
+    ) -> Outcome:
+        return cls("reject_recipient", detail=detail, dead_addresses=dead, opt_out=opt_out)
+
+    @classmethod
+    def reject_message(cls, detail: str = "") -> Outcome:
+        return cls("reject_message", detail=detail)
+
+    @classmethod
+    def config_error(cls, detail: str = "") -> Outcome:
+        return cls("config_error", detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    timeout_s: float = 10.0
+    rate_per_s: float | None = None
+    concurrency: int = 10
+    max_retries: int = 5
+
+
+@dataclass(slots=True)
+class OutboundMessage:
+    """A rendered message on its way to one recipient's addresses on one channel."""
+
+    id: str
+    channel: str
+    user_id: str
+    rule: str
+    category: str
+    addresses: list[Any]
+    payload: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Channel(Protocol):
+    name: str
+    provider: str
+    limits: Limits
+
+    async def send(self, message: OutboundMessage) -> Outcome: ...
+
+    async def close(self) -> None: ...

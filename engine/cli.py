@@ -1,0 +1,162 @@
+"""The `kaskad` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .clock import parse_time
+from .config import Config, load_config
+from .durations import parse_duration
+from .errors import LoadError
+from .logs import configure
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except LoadError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .ruleset import load_ruleset
+
+    paths = [Path(p) for p in args.paths] or [Path(_config(args.config).rules.path)]
+    missing = [p for p in paths if not p.exists()]
+    for path in missing:
+        print(f"{path}:1:1: no such file or directory")
+    ruleset = load_ruleset([p for p in paths if p.exists()])
+    for problem in ruleset.problems:
+        print(problem)
+    bad = bool(ruleset.problems or missing)
+    print(
+        f"{len(ruleset.rules)} rules, {len(ruleset.templates)} templates"
+        f"{', ' + str(len(ruleset.problems)) + ' problems' if bad else ' valid'}",
+        file=sys.stderr,
+    )
+    return 1 if bad else 0
+
+
+def _until(text: str | None, last_event: float | None) -> float | None:
+    if text is None:
+        return None
+    if text.startswith("+"):
+        return (last_event or 0.0) + parse_duration(text[1:])
+    return parse_time(text)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .ruleset import load_ruleset
+    from .simulate import Simulation, read_events, write_records
+
+    config = _config(args.config)
+    rules_path = Path(args.rules or config.rules.path)
+    ruleset = load_ruleset([rules_path])
+    for problem in ruleset.problems:
+        print(f"warning: {problem} (rule left out)", file=sys.stderr)
+    try:
+        with open(args.events, encoding="utf-8") as handle:
+            events, problems = read_events(handle, args.events)
+    except OSError as exc:
+        print(f"{args.events}: cannot read: {exc}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(f"warning: {line} (event skipped)", file=sys.stderr)
+    try:
+        until = _until(args.until, max((e.time for e in events), default=None))
+    except ValueError as exc:
+        print(f"--until: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> list[Any]:
+        sim = await Simulation.create(ruleset, config)
+        try:
+            return await sim.run(events, until)
+        finally:
+            await sim.close()
+
+    records = asyncio.run(run())
+    write_records(records, sys.stdout, args.format)
+    return 0
+
+
+def _read_json(path: str | None, what: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{what} {path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{what} {path}: must be a JSON object")
+    return value
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from .preview import preview
+
+    config = _config(args.config)
+    ruleset_path = Path(args.rules or config.rules.path)
+    user = _read_json(args.user, "--user")
+    trigger = _read_json(args.trigger, "--trigger")
+    return preview(ruleset_path, args.template, user, trigger, config, sys.stdout)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import schema
+
+    json.dump(schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaskad", description="Trigger-chain automation daemon for e-commerce."
+    )
+    parser.add_argument("--version", action="version", version=f"kaskad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check rules and templates")
+    p.add_argument("paths", nargs="*", help="files or directories (default: rules.path)")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("simulate", help="run rules over events on a virtual clock")
+    p.add_argument("--events", required=True, help="JSON lines of events")
+    p.add_argument("--rules", help="rules directory (default: rules.path from the config)")
+    p.add_argument("--config")
+    p.add_argument("--until", help="ISO time, or +DURATION after the last event")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("preview", help="render a template for every channel it has")
+    p.add_argument("template")
+    p.add_argument("--user", help="profile JSON (as profile.updated data, plus user_id)")
+    p.add_argument("--trigger", help="trigger event JSON")
+    p.add_argument("--rules", help="rules directory (default: rules.path from the config)")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("schema", help="JSON Schema of rule and template files")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(level="warning" if args.command != "run" else "info")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

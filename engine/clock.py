@@ -1,0 +1,69 @@
+"""The one clock seam: the daemon runs on RealClock, simulate and tests on VirtualClock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Unix time in seconds (UTC)."""
+        ...
+
+    async def sleep_until(self, when: float) -> None:
+        """Return at `when` or later; may be cancelled."""
+        ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, when: float) -> None:
+        delay_s = when - time.time()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+
+
+class VirtualClock:
+    """A clock that only moves when told to: jump to the next due timer or event."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance_to(self, when: float) -> None:
+        # Never backwards: events out of order are handled at the current instant.
+        if when > self._now:
+            self._now = when
+
+    async def sleep_until(self, when: float) -> None:
+        self.advance_to(when)
+
+
+def to_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def iso(ts: float) -> str:
+    """ISO 8601 UTC with a trailing Z, millisecond precision only when needed."""
+    dt = datetime.fromtimestamp(ts, UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from ISO 8601; a naive time is taken as UTC. Raises ValueError."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()

@@ -1,0 +1,271 @@
+"""config.yaml: every key defaulted, `${VAR}` / `${VAR:-default}` from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .durations import parse_duration
+from .errors import LoadError, Problem, did_you_mean
+from .localtime import parse_time_of_day, zone
+from .reach import CHANNELS
+from .yamlfile import YDict, YList, load_yaml
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ServerConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_batch_events: int = 10_000
+    max_event_bytes: int = 64 * 1024
+
+
+class AuthConfig(_Section):
+    ingest_tokens: list[str] = Field(default_factory=list)
+    ingest_hmac_secret: str | None = None
+    admin_token: str | None = None
+
+    @field_validator("ingest_tokens")
+    @classmethod
+    def _drop_empty(cls, value: list[str]) -> list[str]:
+        # "${KASKAD_INGEST_TOKEN}" with the variable unset means no token, not "".
+        return [t for t in value if t]
+
+
+class StorageConfig(_Section):
+    url: str = "sqlite:///data/kaskad.db"
+    event_retention: str = "7d"
+    message_retention: str = "400d"
+
+
+class RulesConfig(_Section):
+    path: str = "rules"
+    watch: bool = True
+
+
+class MqttConfig(_Section):
+    url: str | None = None
+    topics: list[str] = Field(default_factory=lambda: ["shop/events/#"])
+    qos: Literal[0, 1, 2] = 1
+    shared_group: str | None = None
+    client_id: str = "kaskad"
+    dead_letter_topic: str = "kaskad/dead-letter"
+
+
+class QuietHours(_Section):
+    start: str = Field("21:00", alias="from")
+    end: str = Field("09:00", alias="to")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        parse_time_of_day(value)
+        return value
+
+
+class FrequencyCap(_Section):
+    per: str
+    max: int = Field(ge=0)
+
+    @field_validator("per")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+    @property
+    def per_s(self) -> float:
+        return parse_duration(self.per)
+
+
+class Attribution(_Section):
+    window: str = "7d"
+    touch: Literal["click", "open", "send"] = "click"
+
+
+def _default_caps() -> list[FrequencyCap]:
+    return [FrequencyCap(per="1d", max=2), FrequencyCap(per="7d", max=6)]
+
+
+class PoliciesConfig(_Section):
+    quiet_hours: QuietHours | None = Field(default_factory=lambda: QuietHours.model_validate({}))
+    frequency_caps: list[FrequencyCap] = Field(default_factory=_default_caps)
+    max_lateness: str = "24h"
+    attribution: Attribution = Field(default_factory=Attribution)
+    consent_default: dict[str, Literal["opt_in", "opt_out"]] = Field(default_factory=dict)
+    timezone: str = "UTC"  # for users whose profile has none
+
+    @field_validator("consent_default")
+    @classmethod
+    def _channels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name not in CHANNELS:
+                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, CHANNELS)}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @field_validator("max_lateness")
+    @classmethod
+    def _lateness(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def opt_in(self, channel: str) -> bool:
+        return self.consent_default.get(channel) == "opt_in"
+
+
+class TrackingConfig(_Section):
+    base_url: str = "http://localhost:8080"
+    secret: str | None = None
+
+
+class LoggingConfig(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ChannelConfig(BaseModel):
+    """Provider-specific keys are checked by each adapter; common keys here."""
+
+    model_config = ConfigDict(extra="allow")
+    provider: str = "sandbox"
+    timeout_s: float = 10.0
+    rate_per_s: float | None = None
+    concurrency: int = 10
+    max_retries: int = 5
+
+
+def _default_channels() -> dict[str, ChannelConfig]:
+    return {name: ChannelConfig() for name in CHANNELS}
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    channels: dict[str, ChannelConfig] = Field(default_factory=_default_channels)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("channels")
+    @classmethod
+    def _known(cls, value: dict[str, ChannelConfig]) -> dict[str, ChannelConfig]:
+        for name in value:
+            if name not in CHANNELS:
+                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, CHANNELS)}")
+        merged = _default_channels()
+        merged.update(value)
+        return merged
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(getattr(self, "_base_dir", "."))
+
+
+def substitute_env(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a YAML structure."""
+    environ = os.environ if env is None else env
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, YDict):
+        for key in list(value):
+            value[key] = substitute_env(value[key], env)
+        return value
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env) for k, v in value.items()}
+    if isinstance(value, YList):
+        for i, item in enumerate(value):
+            value[i] = substitute_env(item, env)
+        return value
+    if isinstance(value, list):
+        return [substitute_env(v, env) for v in value]
+    return value
+
+
+def _locate(doc: Any, loc: tuple[int | str, ...]) -> tuple[int, int]:
+    node, pos = doc, (1, 1)
+    for part in loc:
+        if isinstance(node, YDict) and isinstance(part, str) and part in node:
+            pos = node.where(part, value=False)
+            node = node[part]
+        elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
+            pos = node.where(part)
+            node = node[part]
+        else:
+            break
+    return pos
+
+
+def parse_config(text: str, path: str = "config.yaml", env: dict[str, str] | None = None) -> Config:
+    doc = load_yaml(text, path) if text.strip() else None
+    if doc is None:
+        doc = YDict()
+    if not isinstance(doc, YDict):
+        raise LoadError([Problem(path, 1, 1, "config must be a mapping of sections")])
+    doc = substitute_env(doc, env)
+    try:
+        config = Config.model_validate(doc)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+            line, col = _locate(doc, loc)
+            dotted = ".".join(str(p) for p in loc)
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                parent = ".".join(str(p) for p in loc[:-1]) or "config"
+                fields = _fields_at(loc[:-1])
+                message = f"unknown key in {parent}{did_you_mean(str(loc[-1]), fields)}"
+            problems.append(Problem(path, line, col, f"{dotted}: {message}"))
+        raise LoadError(sorted(problems)) from None
+    return config
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+        model = next(
+            (a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model
+        )
+    fields = getattr(model, "model_fields", {})
+    return [f.alias or name for name, f in fields.items()]
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The config at `path`, else $KASKAD_CONFIG, else ./config.yaml if present, else defaults."""
+    chosen = path or os.environ.get("KASKAD_CONFIG")
+    if chosen is None and Path("config.yaml").is_file():
+        chosen = "config.yaml"
+    if chosen is None:
+        return Config()
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LoadError([Problem(str(chosen), 1, 1, f"cannot read config: {exc}")]) from None
+    config = parse_config(text, str(chosen))
+    object.__setattr__(config, "_base_dir", str(file.parent))
+    return config

@@ -1,0 +1,249 @@
+"""The event envelope: validation with errors by field (and by index in a batch)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import iso, parse_time
+from .errors import EventError
+
+TYPE_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+MAX_EVENT_BYTES = 64 * 1024
+
+# Product events have no user: they fan out to interested users.
+PRODUCT_EVENTS = frozenset({"product.price_dropped", "product.back_in_stock"})
+MESSAGE_EVENTS = frozenset(
+    {
+        "message.delivered",
+        "message.opened",
+        "message.clicked",
+        "message.failed",
+        "message.unsubscribed",
+    }
+)
+STANDARD_TYPES = frozenset(
+    {
+        "profile.updated",
+        "product.viewed",
+        "search.performed",
+        "cart.updated",
+        "cart.cleared",
+        "favorite.added",
+        "favorite.removed",
+        "product.subscribed",
+        "product.unsubscribed",
+        "order.created",
+        "points.accrued",
+        "points.expiring",
+        "bonus.credited",
+    }
+    | PRODUCT_EVENTS
+    | MESSAGE_EVENTS
+)
+_ENVELOPE_KEYS = frozenset({"id", "type", "user_id", "time", "data"})
+
+
+@dataclass(slots=True)
+class Event:
+    type: str
+    time: float
+    user_id: str | None = None
+    id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    _context: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The event as expressions and templates see it (time as ISO text)."""
+        if self._context is None:
+            self._context = {
+                "id": self.id,
+                "type": self.type,
+                "user_id": self.user_id,
+                "time": iso(self.time),
+                "data": self.data,
+            }
+        return self._context
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.id is not None:
+            out["id"] = self.id
+        out["type"] = self.type
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        out["time"] = iso(self.time)
+        out["data"] = self.data
+        return out
+
+
+def _check_data(etype: str, data: dict[str, Any]) -> None:
+    """Type checks for the standard fields the engine itself relies on."""
+    if etype in PRODUCT_EVENTS or etype in {"product.subscribed", "product.unsubscribed"}:
+        _require_id(data, "product_id")
+    if etype in {"favorite.added", "favorite.removed", "product.viewed"}:
+        _require_id(data, "product_id")
+    if etype in {"product.subscribed", "product.unsubscribed"}:
+        kind = data.get("kind")
+        if kind not in ("price_drop", "back_in_stock"):
+            raise EventError("data.kind", "must be 'price_drop' or 'back_in_stock'")
+    if etype == "cart.updated":
+        items = data.get("items", [])
+        if not isinstance(items, list):
+            raise EventError("data.items", "must be a list")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise EventError(f"data.items[{i}]", "must be an object")
+            if "product_id" in item and not isinstance(item["product_id"], str | int):
+                raise EventError(f"data.items[{i}].product_id", "must be a string")
+    for money in ("total", "amount", "balance", "price", "old_price", "new_price"):
+        value = data.get(money)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise EventError(f"data.{money}", "must be a number")
+    if etype == "profile.updated":
+        _check_profile(data)
+    if (
+        etype in MESSAGE_EVENTS
+        and "message_id" not in data
+        and not (isinstance(data.get("rule"), str) and isinstance(data.get("channel"), str))
+    ):
+        raise EventError("data", "needs 'message_id', or 'rule' and 'channel'")
+
+
+def _require_id(data: dict[str, Any], name: str) -> None:
+    value = data.get(name)
+    if value is None:
+        raise EventError(f"data.{name}", "is required")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(f"data.{name}", "must be a string")
+    if isinstance(value, int):
+        data[name] = str(value)
+
+
+def _check_profile(data: dict[str, Any]) -> None:
+    for name in ("email", "phone", "whatsapp", "timezone", "locale"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise EventError(f"data.{name}", "must be a string or null")
+    chat = data.get("telegram_chat_id")
+    if chat is not None and (isinstance(chat, bool) or not isinstance(chat, str | int)):
+        raise EventError("data.telegram_chat_id", "must be a string or an integer")
+    for name in ("consent", "attributes"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise EventError(f"data.{name}", "must be an object")
+    for channel, flag in (data.get("consent") or {}).items():
+        if not isinstance(flag, bool):
+            raise EventError(f"data.consent.{channel}", "must be true or false")
+    tokens = data.get("push_tokens")
+    if tokens is not None and (
+        not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)
+    ):
+        raise EventError("data.push_tokens", "must be a list of strings")
+    subs = data.get("webpush")
+    if subs is not None:
+        if not isinstance(subs, list):
+            raise EventError("data.webpush", "must be a list of subscription objects")
+        for i, sub in enumerate(subs):
+            keys = sub.get("keys") if isinstance(sub, dict) else None
+            if (
+                not isinstance(sub, dict)
+                or not isinstance(sub.get("endpoint"), str)
+                or not isinstance(keys, dict)
+                or not isinstance(keys.get("p256dh"), str)
+                or not isinstance(keys.get("auth"), str)
+            ):
+                raise EventError(f"data.webpush[{i}]", "must be {endpoint, keys: {p256dh, auth}}")
+    tz = data.get("timezone")
+    if tz:
+        from .localtime import zone
+
+        try:
+            zone(tz)
+        except ValueError as exc:
+            raise EventError("data.timezone", str(exc)) from None
+
+
+def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -> Event:
+    """Validate one envelope; raises EventError naming the field."""
+    if not isinstance(obj, dict):
+        raise EventError("(event)", "must be a JSON object")
+    if max_bytes is not None:
+        size = len(json.dumps(obj, separators=(",", ":")).encode())
+        if size > max_bytes:
+            raise EventError("(event)", f"is {size} bytes, over the limit of {max_bytes}")
+    for key in obj:
+        if key not in _ENVELOPE_KEYS:
+            raise EventError(key, "unknown envelope field; allowed: id, type, user_id, time, data")
+    etype = obj.get("type")
+    if etype is None:
+        raise EventError("type", "is required")
+    if not isinstance(etype, str) or not TYPE_RE.match(etype):
+        raise EventError("type", "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated")
+    eid = obj.get("id")
+    if eid is not None and (not isinstance(eid, str) or not eid or len(eid) > 200):
+        raise EventError("id", "must be a non-empty string of at most 200 characters")
+    user_id = obj.get("user_id")
+    if etype in PRODUCT_EVENTS:
+        if user_id is not None:
+            raise EventError("user_id", f"must be absent: {etype} is a product event")
+    elif user_id is None:
+        raise EventError("user_id", "is required")
+    elif isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
+        raise EventError("user_id", "must be a non-empty string")
+    raw_time = obj.get("time")
+    if raw_time is None:
+        when = received_at
+    elif not isinstance(raw_time, str):
+        raise EventError("time", "must be an ISO 8601 string, e.g. 2026-11-23T10:00:00Z")
+    else:
+        try:
+            when = parse_time(raw_time)
+        except ValueError:
+            raise EventError(
+                "time", f"'{raw_time}' is not ISO 8601, e.g. 2026-11-23T10:00:00Z"
+            ) from None
+    data = obj.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise EventError("data", "must be an object")
+    try:
+        _check_data(etype, data)
+    except EventError:
+        raise
+    return Event(
+        type=etype,
+        time=when,
+        user_id=None if user_id is None else str(user_id),
+        id=eid,
+        data=data,
+    )
+
+
+@dataclass(frozen=True)
+class BatchProblem:
+    index: int
+    field: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+def parse_batch(
+    objs: Iterable[Any], *, received_at: float, max_bytes: int | None = MAX_EVENT_BYTES
+) -> tuple[list[Event], list[BatchProblem]]:
+    """Validate every event; the caller rejects the batch whole if any problem is found."""
+    events: list[Event] = []
+    problems: list[BatchProblem] = []
+    for i, obj in enumerate(objs):
+        try:
+            events.append(parse_event(obj, received_at=received_at, max_bytes=max_bytes))
+        except EventError as exc:
+            problems.append(BatchProblem(i, exc.field, exc.message))
+    return events, problems

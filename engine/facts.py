@@ -1,0 +1,121 @@
+"""What user events change in the profile and the interest index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .events import Event
+from .model import UserState
+from .workspace import Workspace
+
+_MERGED = ("attributes", "consent")
+
+
+def _same(token: Any) -> Any:
+    return token
+
+
+def _endpoint(subscription: Any) -> Any:
+    return subscription.get("endpoint") if isinstance(subscription, dict) else subscription
+
+
+_LISTS: dict[str, Callable[[Any], Any]] = {"push_tokens": _same, "webpush": _endpoint}
+_PROFILE_FIELDS = (
+    "email",
+    "phone",
+    "whatsapp",
+    "telegram_chat_id",
+    "timezone",
+    "locale",
+    "attributes",
+    "consent",
+    "push_tokens",
+    "webpush",
+    "rfm",  # a shop may supply its own segment; the nightly recompute overrides it
+)
+
+
+def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
+    """Update the profile's data and derived facts and the interest index from one event."""
+    profile, data, uid = st.profile, ev.data, st.user_id
+    etype = ev.type
+    changed = st.profile_dirty
+    if etype == "profile.updated":
+        _merge_profile(profile, data)
+        changed = True
+    elif etype == "order.created":
+        profile["orders_count"] = int(profile.get("orders_count", 0)) + 1
+        total = data.get("total")
+        if isinstance(total, int | float) and total > 0:
+            profile["revenue"] = round(float(profile.get("revenue", 0)) + total, 2)
+        profile["last_order_at"] = ev.context["time"]
+        changed = True
+    elif etype == "cart.updated":
+        ws.changes.cart_reset.add(uid)
+        for item in data.get("items") or []:
+            if isinstance(item, dict) and item.get("product_id") is not None:
+                ws.changes.interest_add.append((str(item["product_id"]), "cart", uid, ws.now))
+    elif etype == "cart.cleared":
+        ws.changes.cart_reset.add(uid)
+    elif etype == "product.viewed":
+        ws.changes.interest_add.append((str(data["product_id"]), "viewed", uid, ws.now))
+    elif etype in ("favorite.added", "favorite.removed"):
+        _interest(ws, etype == "favorite.added", str(data["product_id"]), "favorite", uid)
+    elif etype in ("product.subscribed", "product.unsubscribed"):
+        _interest(ws, etype == "product.subscribed", str(data["product_id"]), data["kind"], uid)
+    if etype.startswith("points.") or etype == "bonus.credited":
+        balance = data.get("balance")
+        if isinstance(balance, int | float):
+            profile["points_balance"] = balance
+            changed = True
+    if changed:
+        profile["updated_at"] = ws.now
+        st.profile_dirty = False
+        ws.save_profile(st)
+
+
+def _interest(ws: Workspace, add: bool, product_id: str, kind: str, uid: str) -> None:
+    if add:
+        ws.changes.interest_add.append((product_id, kind, uid, ws.now))
+    else:
+        ws.changes.interest_remove.append((product_id, kind, uid))
+
+
+def _merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
+    """Scalars replace, `attributes`/`consent` merge, device lists gain new entries.
+
+    A null value removes the field. Invalid marks are per address, so a new address is
+    usable at once while a dead one re-sent by the shop stays dead.
+    """
+    for key, value in data.items():
+        if key in _MERGED and isinstance(value, dict):
+            target = profile.setdefault(key, {})
+            for k, v in value.items():
+                if v is None:
+                    target.pop(k, None)
+                else:
+                    target[k] = v
+        elif key in _LISTS and isinstance(value, list):
+            ident = _LISTS[key]
+            current = list(profile.get(key) or [])
+            known = {ident(x) for x in current}
+            for entry in value:
+                if ident(entry) not in known:
+                    current.append(entry)
+                    known.add(ident(entry))
+            profile[key] = current
+        elif value is None:
+            profile.pop(key, None)
+        elif key in _PROFILE_FIELDS:
+            profile[key] = value
+        else:
+            # Unknown top-level fields are the shop's own: keep them as attributes.
+            profile.setdefault("attributes", {})[key] = value
+
+
+def mark_invalid(st: UserState, channel: str, addresses: list[str]) -> None:
+    invalid = st.profile.setdefault("invalid", {}).setdefault(channel, [])
+    for address in addresses:
+        if address not in invalid:
+            invalid.append(address)

@@ -1,0 +1,170 @@
+"""`kaskad schema`: a JSON Schema of rule and template files for editor completion.
+
+Built from the same key tables the validator uses, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .program import AWAIT_KINDS
+from .reach import CHANNELS
+from .rules import CATEGORIES, FAN_OUT_KINDS, MODES
+from .templates import CHANNEL_KEYS
+
+_DURATION = {
+    "type": "string",
+    "pattern": r"^-?(\d+[smhdw])+$",
+    "description": "units s m h d w, combinable: 1d12h",
+}
+_EXPR = {"type": "string", "description": "Jinja2 expression over event, trigger, user, now"}
+_EVENT_TYPE = {"type": "string", "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _match() -> dict[str, Any]:
+    return _obj({"event": _EVENT_TYPE, "if": _EXPR}, ["event"])
+
+
+def _cascade() -> dict[str, Any]:
+    entry = _obj(
+        {
+            "channel": {"enum": list(CHANNELS)},
+            "template": {"type": "string"},
+            "await": {"enum": list(AWAIT_KINDS)},
+            "within": _DURATION,
+        },
+        ["channel"],
+    )
+    return {"type": "array", "minItems": 1, "items": {"anyOf": [{"enum": list(CHANNELS)}, entry]}}
+
+
+def rule_schema() -> dict[str, Any]:
+    steps = {"type": "array", "items": {"$ref": "#/$defs/step"}}
+    wait = {
+        "anyOf": [
+            _DURATION,
+            _obj(
+                {
+                    "until": {"type": "string"},
+                    "offset": _DURATION,
+                    "for": _DURATION,
+                    "at": {"type": "string", "pattern": r"^\d{1,2}:\d{2}$"},
+                }
+            ),
+        ]
+    }
+    send = _obj(
+        {
+            "template": {"type": "string"},
+            "cascade": _cascade(),
+            "variants": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "name": {"type": "string"},
+                        "weight": {"type": "number", "minimum": 0},
+                        "template": {"type": "string"},
+                        "cascade": _cascade(),
+                    },
+                    ["name", "weight"],
+                ),
+            },
+        },
+        ["cascade"],
+    )
+    wait_for = _obj(
+        {
+            "event": _EVENT_TYPE,
+            "if": _EXPR,
+            "timeout": _DURATION,
+            "on_event": steps,
+            "on_timeout": steps,
+        },
+        ["event"],
+    )
+    step = {
+        "oneOf": [
+            _obj({"wait": wait}, ["wait"]),
+            _obj({"send": send}, ["send"]),
+            _obj({"wait_for": wait_for, "on_event": steps, "on_timeout": steps}, ["wait_for"]),
+            _obj({"if": _EXPR, "then": steps, "else": steps}, ["if", "then"]),
+            _obj({"stop": {"const": True}}, ["stop"]),
+        ]
+    }
+    trigger = {
+        "oneOf": [
+            _obj(
+                {
+                    "event": _EVENT_TYPE,
+                    "if": _EXPR,
+                    "fan_out": {"type": "array", "items": {"enum": list(FAN_OUT_KINDS)}},
+                },
+                ["event"],
+            ),
+            _obj(
+                {
+                    "schedule": {
+                        "type": "string",
+                        "description": "5-field cron, e.g. 0 11 * * TUE",
+                    },
+                    "timezone": {"type": "string"},
+                },
+                ["schedule"],
+            ),
+        ]
+    }
+    return {
+        **_obj(
+            {
+                "rule": {"type": "string"},
+                "description": {"type": "string"},
+                "category": {"enum": list(CATEGORIES)},
+                "trigger": trigger,
+                "key": {"type": "string"},
+                "mode": {"enum": list(MODES)},
+                "cooldown": _DURATION,
+                "audience": _EXPR,
+                "goal": {"anyOf": [_match(), {"type": "array", "items": _match()}]},
+                "exit_on": {"anyOf": [_match(), {"type": "array", "items": _match()}]},
+                "steps": {**steps, "minItems": 1},
+            },
+            ["rule", "trigger", "steps"],
+        ),
+        "$defs": {"step": step},
+    }
+
+
+def template_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {"template": {"type": "string"}, "description": {"type": "string"}}
+    for channel, (keys, required) in CHANNEL_KEYS.items():
+        fields: dict[str, Any] = {k: {"type": "string"} for k in sorted(keys)}
+        if channel == "whatsapp":
+            fields["params"] = {"type": "array", "items": {"type": "string"}}
+        if channel == "webhook":
+            fields["body"] = {"type": "object"}
+        if channel == "mobile_push":
+            fields["data"] = {"type": "object"}
+        if channel == "telegram":
+            fields["parse_mode"] = {"enum": ["HTML", "MarkdownV2", "Markdown"]}
+            fields["disable_preview"] = {"type": "boolean"}
+        props[channel] = _obj(fields, sorted(required))
+    return _obj(props, ["template"])
+
+
+def schema() -> dict[str, Any]:
+    rule = rule_schema()
+    defs = rule.pop("$defs")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://kaskad.dev/schema/rules.json",
+        "title": "kaskad rule or template file",
+        "oneOf": [{"$ref": "#/$defs/rule"}, {"$ref": "#/$defs/template"}],
+        "$defs": {"rule": rule, "template": template_schema(), **defs},
+    }

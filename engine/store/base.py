@@ -1,0 +1,87 @@
+"""The store interface: bulk loads and one-transaction saves of a unit of work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..model import Instance, Message, UserState
+
+
+@dataclass
+class Changes:
+    """Everything one unit of work changed, written in one transaction."""
+
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    messages: dict[str, Message] = field(default_factory=dict)
+    # (product_id, kind, user_id, at) to upsert; (product_id, kind, user_id) to delete
+    interest_add: list[tuple[str, str, str, float]] = field(default_factory=list)
+    interest_remove: list[tuple[str, str, str]] = field(default_factory=list)
+    # user ids whose cart interest is replaced before interest_add applies
+    cart_reset: set[str] = field(default_factory=set)
+    erased_users: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.profiles
+            or self.instances
+            or self.messages
+            or self.interest_add
+            or self.interest_remove
+            or self.cart_reset
+            or self.erased_users
+        )
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def load_users(
+        self, user_ids: list[str], *, messages_since: float, starts_since: float
+    ) -> dict[str, UserState]:
+        """Profiles, active instances, recent messages and recent starts of these users."""
+        ...
+
+    async def save(self, changes: Changes) -> None:
+        """Write a unit of work atomically."""
+        ...
+
+    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
+        """Record event ids; returns those seen before (duplicates)."""
+        ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
+        """(due_at, instance id, user id) of active instances due at or before `until`."""
+        ...
+
+    async def interested_users(
+        self, product_id: str, kinds: tuple[str, ...], viewed_since: float, after: str, limit: int
+    ) -> list[str]:
+        """Users interested in a product by any of the kinds, in user id order after `after`."""
+        ...
+
+    async def profile_ids(self, after: str, limit: int) -> list[str]: ...
+
+    async def messages(
+        self,
+        *,
+        user_id: str | None = None,
+        rule: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[Message]: ...
+
+    async def instances_of(self, user_id: str, limit: int = 200) -> list[Instance]: ...
+
+
+async def open_store(url: str) -> Store:
+    """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteStore
+
+        return await SqliteStore.open(url)
+    raise ValueError(f"unsupported storage url '{url}': expected sqlite:///path")

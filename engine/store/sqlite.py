@@ -1,0 +1,298 @@
+"""The embedded store: one SQLite file through aiosqlite (WAL), or :memory: for simulate."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..model import Instance, Message, UserState, new_profile
+from .base import Changes
+from .migrations import SQLITE_MIGRATIONS
+from .rows import (
+    INSTANCE_COLUMNS,
+    MESSAGE_COLUMNS,
+    dumps,
+    instance_from,
+    instance_row,
+    message_from,
+    message_row,
+)
+
+_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+_INSTANCE_SQL = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"
+_MESSAGE_SQL = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
+
+
+def sqlite_path(url: str) -> str:
+    """sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory: (SQLAlchemy)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"invalid sqlite url '{url}': expected sqlite:///path")
+    path = url[len("sqlite:///") :]
+    if path in ("", ":memory:"):
+        return ":memory:"
+    return path
+
+
+class SqliteStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, url: str) -> SqliteStore:
+        path = sqlite_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged event survives power loss, not only a process crash.
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def _migrate(self) -> None:
+        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+        async with self.db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = (row[0] if row else None) or 0
+        for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await self.db.execute(statement)
+                await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
+        async with self.db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def load_users(
+        self, user_ids: list[str], *, messages_since: float, starts_since: float
+    ) -> dict[str, UserState]:
+        states: dict[str, UserState] = {}
+        for start in range(0, len(user_ids), _CHUNK):
+            chunk = user_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            profiles = {
+                uid: json.loads(data)
+                for uid, data in await self._rows(
+                    f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
+                )
+            }
+            for uid in chunk:
+                profile = profiles.get(uid)
+                state = UserState(uid, profile or new_profile(uid, 0.0))
+                state.profile_dirty = profile is None
+                states[uid] = state
+            for row in await self._rows(
+                f"{_INSTANCE_SQL} WHERE user_id IN ({marks}) AND status = 'active' "
+                "ORDER BY started_at, id",
+                chunk,
+            ):
+                states[row[3]].instances.append(instance_from(row))
+            for row in await self._rows(
+                f"{_MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? "
+                "ORDER BY created_at, id",
+                [*chunk, messages_since],
+            ):
+                states[row[3]].messages.append(message_from(row))
+            for uid, rule_id, key, last in await self._rows(
+                f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
+                f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
+                [*chunk, starts_since],
+            ):
+                states[uid].last_starts[(rule_id, key)] = last
+        return states
+
+    async def save(self, changes: Changes) -> None:
+        if not changes:
+            return
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            if changes.erased_users:
+                await self._erase(changes.erased_users)
+            if changes.profiles:
+                await db.executemany(
+                    "INSERT INTO profiles (user_id, data, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
+                    "updated_at = excluded.updated_at",
+                    [
+                        (uid, dumps(p), p.get("updated_at", 0.0))
+                        for uid, p in changes.profiles.items()
+                    ],
+                )
+            if changes.cart_reset:
+                await db.executemany(
+                    "DELETE FROM interests WHERE user_id = ? AND kind = 'cart'",
+                    [(uid,) for uid in changes.cart_reset],
+                )
+            if changes.interest_remove:
+                await db.executemany(
+                    "DELETE FROM interests WHERE product_id = ? AND kind = ? AND user_id = ?",
+                    changes.interest_remove,
+                )
+            if changes.interest_add:
+                await db.executemany(
+                    "INSERT INTO interests (product_id, kind, user_id, updated_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET updated_at = "
+                    "excluded.updated_at",
+                    changes.interest_add,
+                )
+            if changes.instances:
+                await db.executemany(
+                    f"INSERT OR REPLACE INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))})",
+                    [instance_row(i) for i in changes.instances.values()],
+                )
+            if changes.messages:
+                await db.executemany(
+                    f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})",
+                    [message_row(m) for m in changes.messages.values()],
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _erase(self, users: set[str]) -> None:
+        params = [(u,) for u in users]
+        for table in ("profiles", "interests"):
+            await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
+        # Keep counts for stats, drop the personal content.
+        await self.db.executemany(
+            "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ?", params
+        )
+        await self.db.executemany(
+            "UPDATE instances SET trigger = '{}', state = NULL, due_at = NULL, "
+            "status = CASE status WHEN 'active' THEN 'stopped' ELSE status END "
+            "WHERE user_id = ?",
+            params,
+        )
+
+    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
+        if not ids:
+            return set()
+        seen: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            seen.update(
+                r[0]
+                for r in await self._rows(
+                    f"SELECT id FROM events_seen WHERE id IN ({marks})", chunk
+                )
+            )
+        fresh, batch_seen = [], set()
+        for eid in ids:
+            if eid in seen or eid in batch_seen:
+                continue
+            batch_seen.add(eid)
+            fresh.append((eid, now))
+        await self.db.executemany("INSERT OR IGNORE INTO events_seen VALUES (?, ?)", fresh)
+        return seen
+
+    async def next_due(self) -> float | None:
+        rows = await self._rows("SELECT min(due_at) FROM instances WHERE due_at IS NOT NULL")
+        return rows[0][0] if rows else None
+
+    async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
+        return [
+            (r[0], r[1], r[2])
+            for r in await self._rows(
+                "SELECT due_at, id, user_id FROM instances WHERE due_at IS NOT NULL "
+                "AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+                (until, limit),
+            )
+        ]
+
+    async def interested_users(
+        self, product_id: str, kinds: tuple[str, ...], viewed_since: float, after: str, limit: int
+    ) -> list[str]:
+        marks = ",".join("?" * len(kinds))
+        return [
+            r[0]
+            for r in await self._rows(
+                "SELECT DISTINCT user_id FROM interests "
+                f"WHERE product_id = ? AND kind IN ({marks}) "
+                "AND (kind != 'viewed' OR updated_at >= ?) AND user_id > ? "
+                "ORDER BY user_id LIMIT ?",
+                (product_id, *kinds, viewed_since, after, limit),
+            )
+        ]
+
+    async def profile_ids(self, after: str, limit: int) -> list[str]:
+        return [
+            r[0]
+            for r in await self._rows(
+                "SELECT user_id FROM profiles WHERE user_id > ? ORDER BY user_id LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    async def messages(
+        self,
+        *,
+        user_id: str | None = None,
+        rule: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[Message]:
+        where, params = _filters(user_id=user_id, rule_id=rule, status=status)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend([before[0], before[0], before[1]])
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._rows(
+            f"{_MESSAGE_SQL}{clause} ORDER BY created_at DESC, id DESC LIMIT ?", [*params, limit]
+        )
+        return [message_from(r) for r in rows]
+
+    async def instances_of(self, user_id: str, limit: int = 200) -> list[Instance]:
+        rows = await self._rows(
+            f"{_INSTANCE_SQL} WHERE user_id = ? ORDER BY started_at DESC, id DESC LIMIT ?",
+            (user_id, limit),
+        )
+        return [instance_from(r) for r in rows]
+
+    async def all_messages(self) -> list[Message]:
+        return [
+            message_from(r) for r in await self._rows(f"{_MESSAGE_SQL} ORDER BY created_at, id")
+        ]
+
+
+def _filters(**values: Any) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in values.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return where, params
+
+
+def group_by_user(rows: list[Any], index: int) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        grouped[row[index]].append(row)
+    return grouped
+
+
+__all__ = ["Instance", "Message", "SqliteStore", "sqlite_path"]

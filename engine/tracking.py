@@ -1,0 +1,66 @@
+"""Signed tracking links: open pixel, click redirect, one-click unsubscribe.
+
+A token is base64url(JSON payload) + "." + base64url(HMAC-SHA256(secret, payload)); a click
+redirects only to the URL signed into its token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+from urllib.parse import quote
+
+_KINDS = {"open": "o", "click": "c", "unsubscribe": "u"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Tracker:
+    def __init__(self, base_url: str, secret: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = secret.encode()
+
+    def token(self, kind: str, payload: dict[str, Any]) -> str:
+        body = json.dumps(
+            {"k": _KINDS[kind], **payload}, separators=(",", ":"), sort_keys=True
+        ).encode()
+        mac = hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+        return f"{_b64(body)}.{_b64(mac)}"
+
+    def verify(self, kind: str, token: str) -> dict[str, Any] | None:
+        """The payload of a genuine token of this kind, else None."""
+        try:
+            body_part, mac_part = token.split(".", 1)
+            body = _unb64(body_part)
+            mac = _unb64(mac_part)
+        except (ValueError, TypeError):
+            return None
+        expected = hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(payload, dict) or payload.get("k") != _KINDS[kind]:
+            return None
+        return payload
+
+    def click_url(self, message_id: str, url: str) -> str:
+        return f"{self.base_url}/t/c/{quote(self.token('click', {'m': message_id, 'u': url}))}"
+
+    def open_url(self, message_id: str) -> str:
+        return f"{self.base_url}/t/o/{quote(self.token('open', {'m': message_id}))}"
+
+    def unsubscribe_url(self, message_id: str, channel: str) -> str:
+        token = self.token("unsubscribe", {"m": message_id, "c": channel})
+        return f"{self.base_url}/t/u/{quote(token)}"

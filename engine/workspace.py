@@ -1,0 +1,66 @@
+"""A unit of work: the users it touched, what changed, the timeline it produced."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+
+from .model import Instance, Message, Record, UserState
+from .store.base import Changes
+
+
+class IdGen:
+    """Ids that sort by creation: counters in simulate (deterministic), time+random live."""
+
+    def __init__(self, deterministic: bool = False) -> None:
+        self._deterministic = deterministic
+        self._counter = itertools.count(1)
+
+    def next(self, prefix: str) -> str:
+        n = next(self._counter)
+        if self._deterministic:
+            return f"{prefix}{n:09d}"
+        return f"{prefix}{int(time.time() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
+
+
+@dataclass
+class Workspace:
+    now: float
+    users: dict[str, UserState] = field(default_factory=dict)
+    changes: Changes = field(default_factory=Changes)
+    records: list[Record] = field(default_factory=list)
+    # (due_at, instance id, user id) for every timer set here; entries may be stale.
+    timers: list[tuple[float, str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def save_instance(self, inst: Instance) -> None:
+        self.changes.instances[inst.id] = inst
+        if inst.due_at is not None:
+            heapq.heappush(self.timers, (inst.due_at, inst.id, inst.user_id))
+
+    def save_message(self, message: Message) -> None:
+        self.changes.messages[message.id] = message
+
+    def save_profile(self, state: UserState) -> None:
+        self.changes.profiles[state.user_id] = state.profile
+
+    def take_changes(self) -> Changes:
+        changes, self.changes = self.changes, Changes()
+        return changes
+
+    def next_timer(self) -> tuple[float, str, str] | None:
+        """The earliest live timer set in this workspace (stale heap entries dropped)."""
+        while self.timers:
+            due, iid, uid = self.timers[0]
+            state = self.users.get(uid)
+            inst = next((i for i in state.instances if i.id == iid), None) if state else None
+            if inst is not None and inst.due_at == due:
+                return self.timers[0]
+            heapq.heappop(self.timers)
+        return None
+
+    def pop_timer(self) -> tuple[float, str, str]:
+        return heapq.heappop(self.timers)
