@@ -118,12 +118,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import main as daemon_main
+
+    return daemon_main(_config(args.config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kaskad", description="Trigger-chain automation daemon for e-commerce."
     )
     parser.add_argument("--version", action="version", version=f"kaskad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", help="config file (default: $KASKAD_CONFIG or ./config.yaml)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check rules and templates")
     p.add_argument("paths", nargs="*", help="files or directories (default: rules.path)")

@@ -70,6 +70,8 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
             profile["points_balance"] = balance
             changed = True
     if changed:
+        if not profile.get("created_at"):
+            profile["created_at"] = ws.now
         profile["updated_at"] = ws.now
         st.profile_dirty = False
         ws.save_profile(st)

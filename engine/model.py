@@ -66,6 +66,9 @@ class Message:
     delivered_at: float | None = None
     opened_at: float | None = None
     clicked_at: float | None = None
+    recipient: list[Any] | None = None
+    attempts: int = 0
+    next_attempt_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -153,7 +153,7 @@ class Engine:
                 return None
             if rule.mode == "restart":
                 for inst in running:
-                    self._end(ws, st, inst, "restarted")
+                    self.end(ws, st, inst, "restarted")
         elif rule.cooldown_s:
             last = st.last_starts.get((rule.id, key))
             if last is not None and ws.now - last < rule.cooldown_s:
@@ -182,13 +182,13 @@ class Engine:
             if goal.event == ev.type and (
                 goal.cond is None or self._test(ws, goal.cond, ctx, f"{rule.id}: goal.if")
             ):
-                self._end(ws, st, inst, "converted", reason=ev.id or ev.type)
+                self.end(ws, st, inst, "converted", reason=ev.id or ev.type)
                 return
         for exit_ in rule.exits:
             if exit_.event == ev.type and (
                 exit_.cond is None or self._test(ws, exit_.cond, ctx, f"{rule.id}: exit_on.if")
             ):
-                self._end(ws, st, inst, "exited", reason=ev.type)
+                self.end(ws, st, inst, "exited", reason=ev.type)
                 return
         state = inst.state
         if state and state["kind"] == "wait_for":
@@ -259,7 +259,7 @@ class Engine:
         state, due = inst.state or {}, inst.due_at or ws.now
         inst.due_at = None
         if rule is None:
-            self._end(ws, st, inst, "stopped", reason="rule_removed")
+            self.end(ws, st, inst, "stopped", reason="rule_removed")
             return
         if self.max_lateness_s and ws.now - due > self.max_lateness_s:
             op = rule.program[inst.pc] if inst.pc < len(rule.program) else None
@@ -270,7 +270,7 @@ class Engine:
             )
             if isinstance(nxt, SendOp):
                 self._record_skip(ws, st, inst, rule, nxt, None, None, "expired")
-            self._end(ws, st, inst, "expired", reason=f"{int(ws.now - due)}s late")
+            self.end(ws, st, inst, "expired", reason=f"{int(ws.now - due)}s late")
             return
         kind = state.get("kind")
         if kind == "wait":
@@ -322,7 +322,7 @@ class Engine:
         program = rule.program
         while inst.active:
             if inst.pc >= len(program):
-                self._end(ws, st, inst, "completed")
+                self.end(ws, st, inst, "completed")
                 return
             op = program[inst.pc]
             if isinstance(op, WaitOp):
@@ -350,7 +350,7 @@ class Engine:
             elif isinstance(op, JumpOp):
                 inst.pc = op.target
             elif isinstance(op, StopOp):
-                self._end(ws, st, inst, "completed", reason="stop")
+                self.end(ws, st, inst, "completed", reason="stop")
                 return
 
     def _wait_due(
@@ -371,7 +371,7 @@ class Engine:
                 due = parse_time(text) + op.offset_s + op.delay_s
             except (ExpressionError, ValueError) as exc:
                 ws.errors.append(f"{rule.id}: step {op.path} wait.until: {exc}")
-                self._end(ws, st, inst, "stopped", reason=f"wait.until: {exc}")
+                self.end(ws, st, inst, "stopped", reason=f"wait.until: {exc}")
                 return None
         if op.at is not None:
             due = next_local_time(max(due, ws.now), op.at, self._zone(st))
@@ -491,7 +491,9 @@ class Engine:
                 )
                 last = (channel, tname, "template_error")
                 continue
-            message.payload = payload
+            headers = self._mail_extras(channel, marketing, message, payload)
+            message.payload = {**payload, "_headers": headers} if headers else payload
+            message.recipient = addresses
             if deferred:
                 message.reason = "quiet_hours_deferred"
             st.messages.append(message)
@@ -503,6 +505,7 @@ class Engine:
                 category=rule.category,
                 addresses=addresses,
                 payload=payload,
+                headers=headers,
             )
             outcome = self.outbox(outbound)
             if outcome is None:
@@ -534,6 +537,22 @@ class Engine:
             variant=variant,
         )
         return True
+
+    def _mail_extras(
+        self, channel: str, marketing: bool, message: Message, payload: dict[str, Any]
+    ) -> dict[str, str]:
+        """Marketing mail: RFC 8058 one-click unsubscribe headers and the open pixel."""
+        if channel != "email" or not marketing:
+            return {}
+        if isinstance(payload.get("html"), str):
+            pixel = (
+                f'<img src="{self.tracker.open_url(message.id)}" width="1" height="1" '
+                'alt="" style="display:none">'
+            )
+            html = payload["html"]
+            at = html.lower().rfind("</body>")
+            payload["html"] = html[:at] + pixel + html[at:] if at >= 0 else html + pixel
+        return {"List-Unsubscribe": self.tracker.unsubscribe_url(message.id, "email")}
 
     def _render_ctx(
         self, ws: Workspace, st: UserState, inst: Instance, message: Message
@@ -696,7 +715,7 @@ class Engine:
             reason=reason,
         )
 
-    def _end(
+    def end(
         self, ws: Workspace, st: UserState, inst: Instance, status: str, reason: str | None = None
     ) -> None:
         """End an instance: cancel its timer and anything it had not sent yet."""

@@ -21,10 +21,15 @@ class Changes:
     # user ids whose cart interest is replaced before interest_add applies
     cart_reset: set[str] = field(default_factory=set)
     erased_users: set[str] = field(default_factory=set)
+    # inbox rows whose effects are in this unit of work, and fan-out progress
+    inbox_done: list[int] = field(default_factory=list)
+    inbox_cursor: tuple[int, str] | None = None
 
     def __bool__(self) -> bool:
         return bool(
-            self.profiles
+            self.inbox_done
+            or self.inbox_cursor
+            or self.profiles
             or self.instances
             or self.messages
             or self.interest_add
@@ -76,6 +81,48 @@ class Store(Protocol):
     ) -> list[Message]: ...
 
     async def instances_of(self, user_id: str, limit: int = 200) -> list[Instance]: ...
+
+    async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
+        """Durably store (id, JSON body) events not seen before; (accepted, duplicates)."""
+        ...
+
+    async def inbox_batch(self, limit: int) -> list[tuple[int, str, str | None]]:
+        """The oldest acknowledged, unprocessed events: (seq, body, fan-out cursor)."""
+        ...
+
+    async def inbox_size(self) -> int: ...
+
+    async def claim_queued(self, now: float, limit: int) -> list[Message]:
+        """Queued messages due for an attempt, marked as in flight."""
+        ...
+
+    async def requeue_in_flight(self) -> int:
+        """At start-up: messages in flight when the process died go back to the queue."""
+        ...
+
+    async def reschedule(
+        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+    ) -> None: ...
+
+    async def save_rule_version(
+        self, version: str, rule_id: str, path: str, source: str, now: float
+    ) -> None: ...
+
+    async def rule_source(self, version: str) -> tuple[str, str] | None:
+        """(path, source) of a rule version seen before."""
+        ...
+
+    async def active_versions(self) -> list[tuple[str, str]]:
+        """(rule id, version) pairs that active instances use."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Gauges for /metrics: active instances, pending timers, queued messages, inbox."""
+        ...
+
+    async def forget_events_before(self, when: float) -> int: ...
+
+    async def ping(self) -> None: ...
 
 
 async def open_store(url: str) -> Store:

@@ -73,3 +73,29 @@ SQLITE_MIGRATIONS: list[str] = [
     CREATE INDEX messages_provider ON messages (provider_id) WHERE provider_id IS NOT NULL;
     """,
 ]
+
+SQLITE_MIGRATIONS.append(
+    # 2: the daemon. The inbox holds acknowledged events until their effects are committed
+    # (the row is deleted in the same transaction); messages carry their recipient and retry
+    # state; rule sources are kept so instances finish on their version after a restart.
+    """
+    CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        body TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        cursor TEXT
+    );
+    ALTER TABLE messages ADD COLUMN recipient TEXT;
+    ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN next_attempt_at REAL;
+    CREATE INDEX messages_queue ON messages (next_attempt_at) WHERE status = 'queued';
+    CREATE UNIQUE INDEX messages_once ON messages (instance_id, step, channel);
+    CREATE TABLE rule_versions (
+        version TEXT PRIMARY KEY,
+        rule_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        loaded_at REAL NOT NULL
+    );
+    """
+)

@@ -166,6 +166,13 @@ class SqliteStore:
                     f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})",
                     [message_row(m) for m in changes.messages.values()],
                 )
+            if changes.inbox_done:
+                await db.executemany(
+                    "DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done]
+                )
+            if changes.inbox_cursor is not None:
+                seq, cursor = changes.inbox_cursor
+                await db.execute("UPDATE inbox SET cursor = ? WHERE seq = ?", (cursor, seq))
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -271,6 +278,117 @@ class SqliteStore:
             (user_id, limit),
         )
         return [instance_from(r) for r in rows]
+
+    async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [eid for eid, _ in events if eid is not None]
+            seen = await self.remember_event_ids(ids, now) if ids else set()
+            fresh: list[tuple[str, float]] = []
+            taken: set[str] = set()
+            duplicates = 0
+            for eid, body in events:
+                if eid is not None and (eid in seen or eid in taken):
+                    duplicates += 1
+                    continue
+                if eid is not None:
+                    taken.add(eid)
+                fresh.append((body, now))
+            await db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, ?)", fresh)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return len(fresh), duplicates
+
+    async def inbox_batch(self, limit: int) -> list[tuple[int, str, str | None]]:
+        rows = await self._rows(
+            "SELECT seq, body, cursor FROM inbox ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def inbox_size(self) -> int:
+        return int((await self._rows("SELECT count(*) FROM inbox"))[0][0])
+
+    async def claim_queued(self, now: float, limit: int) -> list[Message]:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await self._rows(
+                f"{_MESSAGE_SQL} WHERE status = 'queued' AND "
+                "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                "ORDER BY next_attempt_at, created_at LIMIT ?",
+                (now, limit),
+            )
+            await db.executemany(
+                "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        claimed = [message_from(r) for r in rows]
+        for message in claimed:
+            message.status = "sending"
+        return claimed
+
+    async def requeue_in_flight(self) -> int:
+        cur = await self.db.execute(
+            "UPDATE messages SET status = 'queued' WHERE status = 'sending'"
+        )
+        return cur.rowcount
+
+    async def reschedule(
+        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+    ) -> None:
+        await self.db.execute(
+            "UPDATE messages SET status = 'queued', attempts = ?, next_attempt_at = ?, "
+            "detail = ? WHERE id = ? AND status = 'sending'",
+            (attempts, next_attempt_at, detail, message_id),
+        )
+
+    async def save_rule_version(
+        self, version: str, rule_id: str, path: str, source: str, now: float
+    ) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO rule_versions VALUES (?, ?, ?, ?, ?)",
+            (version, rule_id, path, source, now),
+        )
+
+    async def rule_source(self, version: str) -> tuple[str, str] | None:
+        rows = await self._rows(
+            "SELECT path, source FROM rule_versions WHERE version = ?", (version,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def active_versions(self) -> list[tuple[str, str]]:
+        rows = await self._rows(
+            "SELECT DISTINCT rule_id, rule_version FROM instances WHERE status = 'active'"
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._rows(
+            "SELECT (SELECT count(*) FROM instances WHERE status = 'active'), "
+            "(SELECT count(*) FROM instances WHERE due_at IS NOT NULL), "
+            "(SELECT count(*) FROM messages WHERE status IN ('queued', 'sending')), "
+            "(SELECT count(*) FROM inbox)"
+        )
+        active, timers, queued, inbox = rows[0]
+        return {
+            "active_instances": active,
+            "pending_timers": timers,
+            "queued_messages": queued,
+            "inbox": inbox,
+        }
+
+    async def forget_events_before(self, when: float) -> int:
+        cur = await self.db.execute("DELETE FROM events_seen WHERE seen_at < ?", (when,))
+        return cur.rowcount
+
+    async def ping(self) -> None:
+        await self._rows("SELECT 1")
 
     async def all_messages(self) -> list[Message]:
         return [

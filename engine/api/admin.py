@@ -1,0 +1,253 @@
+"""Profiles, the user timeline, the delivery log, rules, health and metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..clock import iso
+from ..errors import EventError
+from ..events import parse_event
+from ..model import Instance, Message, profile_context
+from .auth import admin_denied
+from .errors import Handler, error
+from .state import STATE
+
+ADMIN_PREFIXES = ("/v1/profiles", "/v1/users", "/v1/messages", "/v1/rules", "/v1/stats")
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(ADMIN_PREFIXES) and admin_denied(
+        request, request.app[STATE].config.auth
+    ):
+        return error(
+            401, "unauthorized", "admin endpoints need Authorization: Bearer <auth.admin_token>"
+        )
+    return await handler(request)
+
+
+def _t(ts: float | None) -> str | None:
+    return None if ts is None else iso(ts)
+
+
+def _profile_json(profile: dict[str, Any]) -> dict[str, Any]:
+    out = profile_context(profile)
+    for key in ("created_at", "updated_at"):
+        if isinstance(out.get(key), int | float):
+            out[key] = iso(out[key])
+    return out
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    uid = request.match_info["user_id"]
+    users = await state.store.load_users([uid], messages_since=0, starts_since=0)
+    st = users[uid]
+    if st.profile_dirty:  # no row: never seen
+        return error(404, "not_found", f"no profile for user '{uid}'")
+    return web.json_response(_profile_json(st.profile))
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    uid = request.match_info["user_id"]
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, "malformed", f"invalid JSON: {exc}")
+    try:
+        event = parse_event(
+            {"type": "profile.updated", "user_id": uid, "data": data}, received_at=state.clock.now()
+        )
+    except EventError as exc:
+        return error(
+            400, "invalid_profile", exc.message, [{"field": exc.field, "message": exc.message}]
+        )
+    profile = await state.processor.apply_event(event)
+    return web.json_response(_profile_json(profile))
+
+
+async def delete_profile(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await state.processor.erase(request.match_info["user_id"])
+    return web.json_response({"erased": request.match_info["user_id"]})
+
+
+def _message_json(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "rule": m.rule_id,
+        "user_id": m.user_id,
+        "step": m.step,
+        "channel": m.channel,
+        "template": m.template,
+        "variant": m.variant,
+        "status": m.status,
+        "reason": m.reason,
+        "detail": m.detail,
+        "created_at": _t(m.created_at),
+        "sent_at": _t(m.sent_at),
+        "delivered_at": _t(m.delivered_at),
+        "opened_at": _t(m.opened_at),
+        "clicked_at": _t(m.clicked_at),
+        "provider_id": m.provider_id,
+        "attempts": m.attempts,
+    }
+
+
+def _instance_json(i: Instance) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "rule": i.rule_id,
+        "version": i.rule_version,
+        "key": i.key,
+        "status": i.status,
+        "started_at": _t(i.started_at),
+        "ended_at": _t(i.ended_at),
+        "end_reason": i.end_reason,
+        "position": i.pc,
+        "waiting": (i.state or {}).get("kind"),
+        "next_at": _t(i.due_at),
+        "variant": i.variant,
+        "trigger": {k: i.trigger.get(k) for k in ("type", "time", "id")},
+    }
+
+
+async def get_timeline(request: web.Request) -> web.Response:
+    """Everything kaskad did for one user, newest first: "why wasn't it sent?"."""
+    state = request.app[STATE]
+    uid = request.match_info["user_id"]
+    instances = await state.store.instances_of(uid)
+    messages = await state.store.messages(user_id=uid, limit=500)
+    items: list[dict[str, Any]] = []
+    for inst in instances:
+        items.append(
+            {"time": _t(inst.started_at), "kind": "instance.started", **_instance_json(inst)}
+        )
+        if inst.ended_at is not None:
+            items.append(
+                {
+                    "time": _t(inst.ended_at),
+                    "kind": f"instance.{inst.status}",
+                    "rule": inst.rule_id,
+                    "instance": inst.id,
+                    "reason": inst.end_reason,
+                }
+            )
+    for m in messages:
+        items.append(
+            {
+                "time": _t(m.sent_at or m.created_at),
+                "kind": f"message.{m.status}",
+                **_message_json(m),
+            }
+        )
+    items.sort(key=lambda x: (x["time"] or "", x["kind"]), reverse=True)
+    return web.json_response(
+        {"user_id": uid, "instances": [_instance_json(i) for i in instances], "timeline": items}
+    )
+
+
+def _cursor_encode(m: Message) -> str:
+    raw = json.dumps([m.created_at, m.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_decode(text: str) -> tuple[float, str]:
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    created, mid = json.loads(raw)
+    return float(created), str(mid)
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    q = request.query
+    try:
+        limit = min(max(int(q.get("limit", "100")), 1), 1000)
+    except ValueError:
+        return error(
+            400, "invalid_parameter", "limit must be an integer 1-1000", [{"field": "limit"}]
+        )
+    before = None
+    if q.get("cursor"):
+        try:
+            before = _cursor_decode(q["cursor"])
+        except (ValueError, TypeError):
+            return error(
+                400,
+                "invalid_parameter",
+                "cursor is not one this API gave out",
+                [{"field": "cursor"}],
+            )
+    messages = await state.store.messages(
+        user_id=q.get("user_id") or None,
+        rule=q.get("rule") or None,
+        status=q.get("status") or None,
+        limit=limit + 1,
+        before=before,
+    )
+    more = len(messages) > limit
+    messages = messages[:limit]
+    return web.json_response(
+        {
+            "messages": [_message_json(m) for m in messages],
+            "next_cursor": _cursor_encode(messages[-1]) if more and messages else None,
+        }
+    )
+
+
+async def get_rules(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].rules.describe())
+
+
+async def reload_rules(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await state.rules.load()
+    return web.json_response(state.rules.describe())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    checks: dict[str, Any] = {}
+    try:
+        await state.store.ping()
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"error: {exc}"
+    rules = state.rules.current
+    checks["rules"] = "ok" if rules.rules or not rules.problems else "error: no valid rules"
+    if state.broker_ok is not None:
+        checks["broker"] = "ok" if state.broker_ok else f"error: {state.broker_error}"
+    paused = state.dispatcher.paused() if state.dispatcher else {}
+    checks["channels"] = {name: f"paused: {why}" for name, why in paused.items()} or "ok"
+    ready = all(v == "ok" for k, v in checks.items() if k != "channels")
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    m = state.metrics
+    try:
+        counts = await state.store.counts()
+        m.active_instances.set(counts["active_instances"])
+        m.pending_timers.set(counts["pending_timers"])
+        m.queued_messages.set(counts["queued_messages"])
+        m.inbox.set(counts["inbox"])
+    except Exception:
+        pass  # the scrape still answers; readiness reports the store
+    m.rule_errors.set(len(state.rules.current.problems))
+    m.rules_loaded.set(len(state.rules.current.rules))
+    if state.dispatcher:
+        for name in state.dispatcher.channels:
+            m.channel_paused.labels(name).set(1 if name in state.dispatcher.paused() else 0)
+    body = generate_latest(m.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

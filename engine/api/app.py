@@ -1,0 +1,31 @@
+"""The aiohttp application: routes and middlewares."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import admin, ingest
+from .errors import json_errors
+from .state import STATE, AppState
+
+
+def make_app(state: AppState) -> web.Application:
+    app = web.Application(
+        middlewares=[json_errors, admin.admin_auth],
+        # The body limit is checked by the ingest handler with a clear 413 message.
+        client_max_size=state.config.server.max_body_bytes + 1024,
+    )
+    app[STATE] = state
+    r = app.router
+    r.add_post("/v1/events", ingest.post_events)
+    r.add_get("/v1/profiles/{user_id}", admin.get_profile)
+    r.add_put("/v1/profiles/{user_id}", admin.put_profile)
+    r.add_delete("/v1/profiles/{user_id}", admin.delete_profile)
+    r.add_get("/v1/users/{user_id}/timeline", admin.get_timeline)
+    r.add_get("/v1/messages", admin.get_messages)
+    r.add_get("/v1/rules", admin.get_rules)
+    r.add_post("/v1/rules/reload", admin.reload_rules)
+    r.add_get("/healthz", admin.healthz)
+    r.add_get("/readyz", admin.readyz)
+    r.add_get("/metrics", admin.metrics)
+    return app

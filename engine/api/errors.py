@@ -1,0 +1,49 @@
+"""Errors as `{"error": {"code", "message", "details"}}` for every route."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("kaskad.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return web.json_response(
+        body, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False)
+    )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status, "http_error")
+        message = exc.text or exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        return error(
+            exc.status,
+            code,
+            message,
+            headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
+        )
+    except Exception:
+        log.exception("api.failed", path=request.path)
+        return error(500, "internal", "internal error; see the server log")

@@ -1,0 +1,220 @@
+"""`kaskad run`: the daemon. Wires store, rules, engine, processor, dispatcher, HTTP, MQTT
+and the scheduler; SIGTERM drains in-flight work and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from channels.base import Channel, Limits
+from channels.registry import factory
+
+from .api.app import make_app
+from .api.state import AppState
+from .clock import Clock, RealClock
+from .config import Config
+from .dispatch import Dispatcher
+from .logs import configure
+from .metrics import Metrics
+from .processor import Processor
+from .reload import RuleManager
+from .runner import Engine
+from .store import open_store
+from .tasks import TaskGroup
+from .tracking import Tracker
+from .workspace import IdGen, Workspace
+
+log = structlog.get_logger("kaskad.daemon")
+
+
+def build_channels(config: Config, session: aiohttp.ClientSession) -> dict[str, Channel]:
+    """Every configured channel through the provider registry; config errors name the key."""
+    import channels.providers  # noqa: F401  (registers the real providers)
+
+    out: dict[str, Channel] = {}
+    for name, cfg in config.channels.items():
+        keys: dict[str, Any] = dict(cfg.model_extra or {})
+        limits = Limits(
+            timeout_s=cfg.timeout_s,
+            rate_per_s=cfg.rate_per_s,
+            concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries,
+        )
+        try:
+            out[name] = factory(cfg.provider)(name, keys, limits, session)
+        except ValueError as exc:
+            raise SystemExit(f"config: channels.{name}: {exc}") from None
+    return out
+
+
+class Daemon:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or RealClock()
+        self.tasks = TaskGroup()
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        config, clock = self.config, self.clock
+        self.metrics = Metrics()
+        self.store = await open_store(config.storage.url)
+        self.rules = RuleManager(Path(config.rules.path), self.store, clock.now)
+        ruleset = await self.rules.load()
+        secret = config.tracking.secret
+        if not secret:
+            log.warning(
+                "tracking.no_secret",
+                hint="set tracking.secret "
+                "(KASKAD_TRACKING_SECRET): links are signed with a development key",
+            )
+        if not config.auth.ingest_tokens and not config.auth.ingest_hmac_secret:
+            log.warning(
+                "ingest.open",
+                hint="set auth.ingest_tokens or auth.ingest_hmac_secret: anyone can post events",
+            )
+        self.engine = Engine(
+            ruleset,
+            config,
+            lambda message: None,
+            ids=IdGen(),
+            tracker=Tracker(config.tracking.base_url, secret or "kaskad-dev-secret"),
+        )
+        for rule in await self.rules.old_versions():
+            self.engine.versions[(rule.id, rule.version)] = rule
+        self.rules.listeners.append(self.engine.set_rules)
+        self.processor = Processor(
+            self.engine, self.store, clock, on_commit=self._committed, metrics=self.metrics
+        )
+        await self.processor.start()
+        self.session = aiohttp.ClientSession()
+        self.dispatcher = Dispatcher(
+            self.store,
+            build_channels(config, self.session),
+            clock,
+            self._deliver,
+            self.tasks,
+            on_result=lambda ch, kind: self.metrics.sends.labels(ch, kind).inc(),
+        )
+        self.state = AppState(
+            config=config,
+            store=self.store,
+            clock=clock,
+            processor=self.processor,
+            rules=self.rules,
+            metrics=self.metrics,
+            dispatcher=self.dispatcher,
+            started_at=clock.now(),
+        )
+        self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, config.server.host, config.server.port)
+        await site.start()
+        self.tasks.spawn(self.processor.run(), name="processor")
+        self.tasks.spawn(self.dispatcher.run(), name="dispatcher")
+        if config.rules.watch:
+            self.tasks.spawn(self.rules.watch(), name="rules-watch")
+        if config.mqtt.url:
+            from .mqtt import run_mqtt
+
+            self.state.broker_ok = False
+            self.tasks.spawn(run_mqtt(self.state), name="mqtt")
+        self.scheduler = self._scheduler()
+        log.info(
+            "daemon.started",
+            host=config.server.host,
+            port=config.server.port,
+            rules=len(ruleset.rules),
+            store=config.storage.url.split("://")[0],
+        )
+
+    def _scheduler(self) -> Any:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from .schedule import cron_trigger
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+
+        def sync_jobs(ruleset: Any = None) -> None:
+            for job in scheduler.get_jobs():
+                if job.id.startswith("broadcast:"):
+                    job.remove()
+            for rule in self.rules.current.scheduled:
+                trigger = cron_trigger(rule.trigger.schedule or "", rule.trigger.timezone)
+                scheduler.add_job(
+                    self.processor.broadcast,
+                    trigger,
+                    args=[rule.id],
+                    id=f"broadcast:{rule.id}",
+                    coalesce=True,
+                    misfire_grace_time=3600,
+                    max_instances=1,
+                )
+
+        sync_jobs()
+        self.rules.listeners.append(sync_jobs)
+        scheduler.add_job(self._retention, "cron", hour=3, minute=17, id="retention")
+        scheduler.start()
+        return scheduler
+
+    async def _retention(self) -> None:
+        from .durations import parse_duration
+
+        keep_s = parse_duration(self.config.storage.event_retention)
+        removed = await self.store.forget_events_before(self.clock.now() - keep_s)
+        log.info("retention.done", event_ids_removed=removed)
+
+    async def _committed(self, ws: Workspace) -> None:
+        changes_queued = any(m.status == "queued" for m in ws.changes.messages.values())
+        for record in ws.records:
+            if record.status == "skipped" and record.reason:
+                self.metrics.skips.labels(record.rule, record.reason).inc()
+        ws.records.clear()
+        if changes_queued:
+            self.dispatcher.wake.set()
+
+    def _deliver(self, message_id: str, user_id: str, outcome: Any) -> None:
+        self.processor.outcomes.put_nowait((message_id, user_id, outcome))
+        self.processor.wake.set()
+
+    async def stop(self) -> None:
+        log.info("daemon.stopping")
+        with contextlib.suppress(Exception):
+            self.scheduler.shutdown(wait=False)
+        await self.runner.cleanup()  # stop taking requests first
+        # Let in-flight sends finish so their outcomes are recorded, then stop the loops.
+        sends = [t for t in asyncio.all_tasks() if t.get_name().startswith("send-")]
+        if sends:
+            await asyncio.wait(sends, timeout=10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.processor.drain(), timeout=10)
+        await self.tasks.cancel()
+        await self.session.close()
+        for state in self.dispatcher.channels.values():
+            with contextlib.suppress(Exception):
+                await state.channel.close()
+        await self.store.close()
+        log.info("daemon.stopped")
+
+
+async def serve(config: Config) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    await daemon.stopping.wait()
+    await daemon.stop()
+
+
+def main(config: Config) -> int:
+    configure(config.logging.level, config.logging.format)
+    asyncio.run(serve(config))
+    return 0

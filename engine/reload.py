@@ -1,0 +1,154 @@
+"""The running rule set: loaded at start, reloaded when files change (watchfiles).
+
+A rule or template whose new file is invalid keeps its previous version running; the error
+is reported (log, /v1/rules, metric). Running instances keep the version they started on,
+also across restarts: every version's source is kept in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .errors import Problem
+from .rules import Rule, parse_rule
+from .ruleset import RuleSet, load_ruleset
+from .store.base import Store
+from .validation import Checker
+from .yamlfile import YDict, load_yaml
+
+log = structlog.get_logger("kaskad.rules")
+
+
+class RuleManager:
+    def __init__(self, path: Path, store: Store, now: Callable[[], float]) -> None:
+        self.path = path
+        self.store = store
+        self.now = now
+        self.current = RuleSet()
+        self.listeners: list[Callable[[RuleSet], None]] = []
+        self.loaded_at = 0.0
+
+    def _merge(self, new: RuleSet) -> RuleSet:
+        """Keep the previous version of any rule or template whose file is now broken."""
+        old = self.current
+        broken_files = {p.path for p in new.problems}
+        for rid, rule in old.rules.items():
+            if rid not in new.rules and (rid in new.failed or rule.path in broken_files):
+                new.rules[rid] = rule
+        for name, tpl in old.templates.items():
+            if name not in new.templates and tpl.path in broken_files:
+                new.templates[name] = tpl
+        new.scheduled = []
+        new.index()
+        return new
+
+    async def load(self) -> RuleSet:
+        new = await asyncio.to_thread(load_ruleset, [self.path])
+        merged = self._merge(new)
+        for problem in merged.problems:
+            log.error("rules.invalid", problem=str(problem))
+        for rule in merged.rules.values():
+            source = await asyncio.to_thread(_read, rule.path)
+            if source is not None:
+                await self.store.save_rule_version(
+                    rule.version, rule.id, rule.path, source, self.now()
+                )
+        self.current = merged
+        self.loaded_at = self.now()
+        for listener in self.listeners:
+            listener(merged)
+        log.info(
+            "rules.loaded",
+            rules=len(merged.rules),
+            templates=len(merged.templates),
+            problems=len(merged.problems),
+        )
+        return merged
+
+    async def old_versions(self) -> list[Rule]:
+        """Rules at the versions active instances started on, when no longer current."""
+        current = {(r.id, r.version) for r in self.current.rules.values()}
+        out = []
+        for rule_id, version in await self.store.active_versions():
+            if (rule_id, version) in current:
+                continue
+            found = await self.store.rule_source(version)
+            if found is None:
+                continue
+            path, source = found
+            try:
+                doc = load_yaml(source, path)
+            except Exception:
+                continue
+            if isinstance(doc, YDict):
+                rule = parse_rule(doc, Checker(path), source)
+                if rule is not None and rule.version == version:
+                    out.append(rule)
+        return out
+
+    async def watch(self) -> None:
+        from watchfiles import awatch
+
+        async for _changes in awatch(self.path, debounce=300, recursive=True):
+            try:
+                await self.load()
+            except Exception:
+                log.exception("rules.reload_failed")
+
+    def describe(self) -> dict[str, Any]:
+        rs = self.current
+        by_file: dict[str, list[Problem]] = {}
+        for problem in rs.problems:
+            by_file.setdefault(problem.path, []).append(problem)
+        rules = []
+        for rule in sorted(rs.rules.values(), key=lambda r: r.id):
+            trigger = rule.trigger
+            errors = [str(p) for p in by_file.get(rule.path, [])]
+            rules.append(
+                {
+                    "id": rule.id,
+                    "path": rule.path,
+                    "version": rule.version,
+                    "description": rule.description,
+                    "category": rule.category,
+                    "mode": rule.mode,
+                    "trigger": (
+                        {"schedule": trigger.schedule, "timezone": trigger.timezone}
+                        if trigger.schedule
+                        else {"event": trigger.event, "fan_out": list(trigger.fan_out)}
+                    ),
+                    "channels": sorted(rule.channels),
+                    "templates": sorted(rule.templates),
+                    # "stale": a newer file version is broken, this one keeps running
+                    "state": "stale" if errors else "active",
+                    "errors": errors,
+                }
+            )
+        for rid, problems in sorted(rs.failed.items()):
+            if rid not in rs.rules:
+                rules.append(
+                    {
+                        "id": rid,
+                        "path": problems[0].path,
+                        "state": "error",
+                        "errors": [str(p) for p in problems],
+                    }
+                )
+        return {
+            "rules": rules,
+            "templates": sorted(rs.templates),
+            "problems": [str(p) for p in rs.problems],
+            "loaded_at": self.loaded_at,
+        }
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
