@@ -112,6 +112,12 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
+    async def dispatch_once(self) -> int:
+        """Send every message due now and wait for the outcomes (tests, burst mode)."""
+        batch = await self.store.claim_queued(self.clock.now(), 10_000)
+        await asyncio.gather(*(self._send(m) for m in batch))
+        return len(batch)
+
     async def _send(self, message: Message) -> None:
         try:
             outcome = await self._attempt(message)

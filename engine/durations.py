@@ -9,12 +9,15 @@ _PART = re.compile(r"(\d+)([smhdw])")
 _WHOLE = re.compile(r"^-?(\d+[smhdw])+$")
 
 
-def parse_duration(text: str | int | float) -> float:
+def parse_duration(text: object) -> float:
     """Seconds in a duration string; a bare number is seconds. Raises ValueError."""
     if isinstance(text, bool):
         raise ValueError("expected a duration such as 1h or 1d12h, got a boolean")
     if isinstance(text, int | float):
         return float(text)
+    if not isinstance(text, str):
+        kind = "nothing" if text is None else type(text).__name__
+        raise ValueError(f"expected a duration such as 1h or 1d12h, got {kind}")
     compact = text.strip().replace(" ", "")
     if not _WHOLE.match(compact):
         raise ValueError(

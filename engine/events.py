@@ -173,7 +173,7 @@ def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -
     if not isinstance(obj, dict):
         raise EventError("(event)", "must be a JSON object")
     if max_bytes is not None:
-        size = len(json.dumps(obj, separators=(",", ":")).encode())
+        size = len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
         if size > max_bytes:
             raise EventError("(event)", f"is {size} bytes, over the limit of {max_bytes}")
     for key in obj:

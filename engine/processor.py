@@ -55,6 +55,7 @@ class Processor:
         self.wake = asyncio.Event()
         self.outcomes: asyncio.Queue[tuple[str, str, Outcome]] = asyncio.Queue()
         self.counters = Counters()
+        self.looping = False
         self.metrics = metrics
         self._on_commit = on_commit
         self._calls: list[tuple[list[str], Callable[[Workspace], Any], asyncio.Future[Any]]] = []
@@ -224,6 +225,8 @@ class Processor:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls.append((user_ids, fn, fut))
         self.wake.set()
+        if not self.looping:
+            await self.step_calls()  # foreground mode (tests, burst): nobody else will
         return await fut
 
     async def erase(self, user_id: str) -> None:
@@ -300,6 +303,7 @@ class Processor:
 
     async def run(self) -> None:
         """Forever: work while there is work; else sleep until the next due timer or a wake."""
+        self.looping = True
         while True:
             try:
                 if await self.run_once():

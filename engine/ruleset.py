@@ -162,23 +162,39 @@ def _check_references(
     if check.problems:
         return
     for op in rule.sends():
-        options = [(op.template, op.cascade)] + [
-            (v.template or op.template, v.cascade or op.cascade) for v in op.variants
+        options = [(None, op.cascade)] + [
+            (v.template, v.cascade or op.cascade) for v in op.variants
         ]
-        for default, cascade in options:
-            usable = [
-                e
-                for e in cascade
-                if (e.template or default or "") in templates
-                and e.channel in templates[e.template or default or ""].channels
-            ]
-            if not usable:
-                names = ", ".join(e.channel for e in cascade)
-                check.error(
-                    _find_value(steps, default or "") or steps_pos,
-                    f"step {op.path}: template '{default}' has no block for any "
-                    f"channel of the cascade ({names})",
+        for variant_template, cascade in options:
+            usable, names = [], []
+            for e in cascade:
+                name = _entry_template(
+                    op.template, e.template, e.channel, variant_template, templates
                 )
+                names.append(name)
+                if name in templates and e.channel in templates[name].channels:
+                    usable.append(e)
+            if not usable:
+                channels = ", ".join(e.channel for e in cascade)
+                shown = ", ".join(sorted({f"'{n}'" for n in names}))
+                check.error(
+                    _find_value(steps, names[0]) or steps_pos,
+                    f"step {op.path}: template {shown} has no block for any "
+                    f"channel of the cascade ({channels})",
+                )
+
+
+def _entry_template(
+    step: str | None,
+    entry: str | None,
+    channel: str,
+    variant: str | None,
+    templates: dict[str, Template],
+) -> str:
+    """The template a cascade entry uses (the runner's rule: a variant's wins where it can)."""
+    if variant is not None and variant in templates and channel in templates[variant].channels:
+        return variant
+    return entry or step or ""
 
 
 def _find_value(node: object, value: str) -> tuple[int, int] | None:

@@ -148,16 +148,16 @@ class Engine:
         ):
             return None
         running = [i for i in st.instances if i.rule_id == rule.id and i.key == key]
-        if running:
-            if rule.mode == "single":
-                return None
-            if rule.mode == "restart":
-                for inst in running:
-                    self.end(ws, st, inst, "restarted")
-        elif rule.cooldown_s:
+        if running and rule.mode == "single":
+            return None
+        # A restart is the same chain continuing; otherwise the cooldown applies.
+        if rule.cooldown_s and not (running and rule.mode == "restart"):
             last = st.last_starts.get((rule.id, key))
             if last is not None and ws.now - last < rule.cooldown_s:
                 return None
+        if running and rule.mode == "restart":
+            for inst in running:
+                self.end(ws, st, inst, "restarted")
         inst = Instance(
             id=self.ids.next("i"),
             rule_id=rule.id,
@@ -335,7 +335,7 @@ class Engine:
                     return
                 inst.pc += 1
             elif isinstance(op, SendOp):
-                if not self._send(ws, st, inst, rule, op, 0):
+                if not self._send(ws, st, inst, rule, op, 0, event=event):
                     return
                 inst.pc += 1
             elif isinstance(op, WaitForOp):
@@ -433,8 +433,13 @@ class Engine:
         *,
         deferred: bool = False,
         after_await: bool = False,
+        event: dict[str, Any] | None = None,
     ) -> bool:
-        """Walk the cascade from `start`; True when the step is finished."""
+        """Walk the cascade from `start`; True when the step is finished.
+
+        `event` is the event that led here (a wait_for's event); after a timer it is the
+        trigger.
+        """
         variant, variant_template, cascade = self._variant(op, inst)
         if variant is not None and inst.variant is None:
             inst.variant = variant
@@ -483,7 +488,9 @@ class Engine:
                 created_at=ws.now,
             )
             try:
-                payload = template.render(channel, self._render_ctx(ws, st, inst, message))
+                payload = template.render(
+                    channel, self._render_ctx(ws, st, inst, message, event or inst.trigger)
+                )
             except ExpressionError as exc:
                 ws.errors.append(f"{rule.id}: step {op.path}: {exc}")
                 log.warning(
@@ -555,10 +562,15 @@ class Engine:
         return {"List-Unsubscribe": self.tracker.unsubscribe_url(message.id, "email")}
 
     def _render_ctx(
-        self, ws: Workspace, st: UserState, inst: Instance, message: Message
+        self,
+        ws: Workspace,
+        st: UserState,
+        inst: Instance,
+        message: Message,
+        event: dict[str, Any],
     ) -> dict[str, Any]:
         tracker, mid = self.tracker, message.id
-        ctx = self._ctx(ws, st, inst.trigger, inst.trigger)
+        ctx = self._ctx(ws, st, event, inst.trigger)
         ctx["message"] = {"id": mid, "channel": message.channel, "rule": message.rule_id}
         ctx["track"] = lambda url: tracker.click_url(mid, str(url))
         ctx["unsubscribe_url"] = tracker.unsubscribe_url(mid, message.channel or "")
@@ -579,6 +591,10 @@ class Engine:
         """True/False as _send when the cascade stops or waits; None to try the next channel."""
         ws.save_message(message)
         if outcome.kind == "accepted":
+            if outcome.dead_addresses and message.channel:
+                # Some of the user's devices are gone: later sends skip them.
+                mark_invalid(st, message.channel, list(outcome.dead_addresses))
+                ws.save_profile(st)
             message.status, message.sent_at = "sent", ws.now
             message.provider_id = outcome.provider_id
             self._record(ws, message, "sent", message.reason)
@@ -596,7 +612,8 @@ class Engine:
         message.status = "failed"
         message.detail = outcome.detail
         if outcome.kind == "reject_recipient":
-            message.reason = "address_invalid" if not outcome.opt_out else "no_consent"
+            # The address is dead (or the user opted out): later sends skip it with
+            # address_invalid / no_consent; this one counts as rejected by the provider.
             dead = list(outcome.dead_addresses)
             if not dead and message.channel:
                 dead = [address_key(a) for a in valid_addresses(st.profile, message.channel)[0]]

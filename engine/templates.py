@@ -160,13 +160,19 @@ def _compile_html(
         if not file.is_file():
             check.error(pos, f"{what}: file '{text}' not found beside the template")
             return None
-        source = file.read_text(encoding="utf-8")
+        # The HTML file is named the way its template's YAML file is.
+        shown = str(Path(check.path).parent / text)
+        try:
+            source = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            check.problems.append(_problem(shown, 1, f"cannot read file: {exc}"))
+            return None
         try:
             tpl = TextTemplate(source, html=True)
         except ValueError as exc:
             # Point at the HTML file itself, at the line Jinja reports.
             line = _template_line(str(exc))
-            check.problems.append(_problem(str(file), line, f"{exc}"))
+            check.problems.append(_problem(shown, line, f"{exc}"))
             return None
         return tpl.render
     html = check.compile(pos, what, lambda: TextTemplate(text, html=True))

@@ -1,0 +1,86 @@
+"""An in-process daemon on a virtual clock: real HTTP, real SQLite file, no sleeping."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from engine.clock import VirtualClock, parse_time
+from engine.config import parse_config
+from engine.daemon import Daemon
+
+ROOT = Path(__file__).resolve().parents[2]
+START = parse_time("2026-11-23T10:00:00Z")
+INGEST = {"Authorization": "Bearer ingest-token"}
+ADMIN = {"Authorization": "Bearer admin-token"}
+
+
+class Client:
+    """A tiny HTTP client bound to the daemon under test."""
+
+    def __init__(self, daemon: Daemon, session: aiohttp.ClientSession) -> None:
+        self.daemon = daemon
+        self.session = session
+        self.base = f"http://127.0.0.1:{daemon.port}"
+
+    async def request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.base + path, headers=headers, **kwargs
+        ) as resp:
+            ctype = resp.headers.get("Content-Type", "")
+            body = await resp.json() if "json" in ctype else await resp.text()
+            return resp.status, body
+
+    async def post_events(
+        self, events: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        return await self.request(
+            "POST", "/v1/events", json=events, headers=INGEST if headers is None else headers
+        )
+
+    async def admin(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return await self.request(method, path, headers=ADMIN, **kwargs)
+
+    async def advance(self, seconds: float) -> None:
+        """Settle what is due now, then jump the clock and settle again."""
+        clock = self.daemon.clock
+        assert isinstance(clock, VirtualClock)
+        await self.daemon.pump()
+        clock.advance_to(clock.now() + seconds)
+        await self.daemon.pump()
+
+
+def make_config(
+    tmp_path: Path, rules: Path, policies: str = "{quiet_hours: null, frequency_caps: []}"
+) -> Any:
+    return parse_config(f"""
+server: {{host: 127.0.0.1, port: 0, max_batch_events: 50}}
+storage: {{url: "sqlite:///{tmp_path}/kaskad.db"}}
+rules: {{path: "{rules}", watch: false}}
+auth: {{ingest_tokens: [ingest-token], ingest_hmac_secret: hmac-secret,
+        admin_token: admin-token}}
+policies: {policies}
+""")
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", target)
+    return target
+
+
+@pytest.fixture
+async def client(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
+    daemon = Daemon(make_config(tmp_path, rules_dir), VirtualClock(START), background=False)
+    await daemon.start()
+    async with aiohttp.ClientSession() as session:
+        yield Client(daemon, session)
+    await daemon.stop()
