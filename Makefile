@@ -1,16 +1,18 @@
 # The two README commands, `make run` and `make test`, work on a fresh machine.
-# The Dockerfile repeats the install step below; keep them identical.
-PYTHON ?= python3
-VENV   ?= .venv
-BIN     = $(VENV)/bin
-EXTRAS ?= test,bench
+# The Dockerfile installs with `make install` too, so what CI proves holds in the image.
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN       = $(VENV)/bin
+EXTRAS   ?= test,bench
+EDITABLE ?= -e
+SPEC      = .$(if $(EXTRAS),[$(EXTRAS)])
 
 .PHONY: install run test lint typecheck bench clean
 
 $(BIN)/kaskad: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet $(EDITABLE) '$(SPEC)'
 	touch $@
 
 install: $(BIN)/kaskad
@@ -21,6 +23,7 @@ run: install
 lint: install
 	$(BIN)/ruff check engine channels tests bench
 	$(BIN)/ruff format --check engine channels tests bench
+	$(BIN)/hadolint Dockerfile
 
 typecheck: install
 	$(BIN)/mypy

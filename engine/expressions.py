@@ -307,11 +307,14 @@ class Expression:
     ) -> None:
         self.source = source
         try:
+            # Compile the source as written first, so syntax errors speak of what the
+            # author wrote; the wrapped parse below is only for names and the fast path.
+            self._jinja = ENV.compile_expression(source, undefined_to_none=False)
             ast = ENV.parse("{{ (" + source + ") }}")
             _check_names(ast, allowed)
-            self._jinja = ENV.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
-            raise ValueError(f"invalid expression: {_error_text(exc)}") from None
+            text = _error_text(exc).replace("end of template", "end of expression")
+            raise ValueError(f"invalid expression: {text}") from None
         except jinja2.TemplateError as exc:
             raise ValueError(f"invalid expression: {_error_text(exc)}") from None
         compiled = _compile_fast(ast) if fast else None

@@ -210,11 +210,11 @@ def _trigger(value: Any, pos: Pos, check: Checker) -> Trigger | None:
             if ok:
                 kinds.append(ok)
         fan_out = tuple(kinds)
-        if seq is not None and not kinds:
+        if seq is not None and not seq:
             check.error(node.where("fan_out"), "fan_out needs at least one kind")
     if "timezone" in node:
         check.error(node.where("timezone", value=False), "timezone goes with 'schedule'")
-    if event in PRODUCT_EVENTS and not fan_out:
+    if event in PRODUCT_EVENTS and "fan_out" not in node:
         check.error(
             node.where("event"),
             f"{event} is a product event without a user: "
@@ -502,6 +502,8 @@ class _Compiler:
             self.check.keys(node, VARIANT_KEYS, ("name", "weight"), what="variant")
             name = self.check.string(node.get("name"), node.where("name"), "variant name")
             weight = node.get("weight")
+            if "weight" not in node:
+                continue  # reported as a missing required key
             if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
                 self.check.error(node.where("weight"), "weight must be a number >= 0")
                 continue

@@ -169,7 +169,6 @@ class Engine:
         )
         st.instances.append(inst)
         st.last_starts[(rule.id, key)] = ws.now
-        log.debug("instance.started", rule=rule.id, instance=inst.id, user=st.user_id)
         self._run(ws, st, inst, rule, trigger)
         return inst
 
@@ -752,6 +751,3 @@ class Engine:
         if inst in st.instances:
             st.instances.remove(inst)
         ws.save_instance(inst)
-        log.debug(
-            "instance.ended", rule=inst.rule_id, instance=inst.id, user=st.user_id, status=status
-        )

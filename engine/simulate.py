@@ -162,10 +162,14 @@ class Simulation:
             users = await self.store.profile_ids(after, _FANOUT_BATCH)
             for uid in users:
                 self.engine.try_start(self.ws, rule, self._user(uid), {**event, "user_id": uid})
+            self._pending += len(users)
             if len(users) < _FANOUT_BATCH:
                 break
             after = users[-1]
-            await self.flush()
+            # Paging reads profile ids only, which the workspace does not change: flush for
+            # memory's sake, not for correctness.
+            if self._pending >= _FLUSH_EVERY:
+                await self.flush()
 
     async def flush(self) -> None:
         self._pending = 0

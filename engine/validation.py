@@ -20,6 +20,12 @@ class Checker:
         self.problems: list[Problem] = []
 
     def error(self, pos: Pos, message: str) -> None:
+        # A missing key was already reported where it is missing: not again as "nothing".
+        if message.endswith("got nothing") and any(
+            (p.line, p.col) == pos and "missing required key" in p.message
+            for p in self.problems
+        ):
+            return
         self.problems.append(Problem(self.path, pos[0], pos[1], message))
 
     def keys(
