@@ -22,8 +22,7 @@ class Checker:
     def error(self, pos: Pos, message: str) -> None:
         # A missing key was already reported where it is missing: not again as "nothing".
         if message.endswith("got nothing") and any(
-            (p.line, p.col) == pos and "missing required key" in p.message
-            for p in self.problems
+            (p.line, p.col) == pos and "missing required key" in p.message for p in self.problems
         ):
             return
         self.problems.append(Problem(self.path, pos[0], pos[1], message))
