@@ -117,6 +117,7 @@ class Daemon:
             rules=self.rules,
             metrics=self.metrics,
             dispatcher=self.dispatcher,
+            tracker=self.engine.tracker,
             started_at=clock.now(),
         )
         self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)

@@ -203,14 +203,21 @@ class Engine:
     def _on_reaction(self, ws: Workspace, st: UserState, ev: Event) -> None:
         message = self._find_message(st, ev.data)
         if message is None:
+            channel = ev.data.get("channel")
+            if ev.type == "message.unsubscribed" and isinstance(channel, str):
+                # An old message (not loaded) still unsubscribes: consent is what matters.
+                st.profile.setdefault("consent", {})[channel] = False
+                ws.save_profile(st)
+                return
             log.info("reaction.unknown_message", user=st.user_id, type=ev.type)
             return
         field = _REACTION_FIELD.get(ev.type)
         if field and getattr(message, field) is None:
             setattr(message, field, ws.now)
             # A click implies the open and the delivery, an open implies the delivery.
-            for implied in ("delivered_at", "opened_at"):
-                if implied < field and getattr(message, implied) is None:
+            order = ("delivered_at", "opened_at", "clicked_at")
+            for implied in order[: order.index(field)]:
+                if getattr(message, implied) is None:
                     setattr(message, implied, ws.now)
             new_status = ev.type.split(".", 1)[1]
             if _STATUS_RANK.get(new_status, 0) > _STATUS_RANK.get(message.status, -1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, ingest
+from . import admin, callbacks, ingest, tracking
 from .errors import json_errors
 from .state import STATE, AppState
 
@@ -25,6 +25,12 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/v1/messages", admin.get_messages)
     r.add_get("/v1/rules", admin.get_rules)
     r.add_post("/v1/rules/reload", admin.reload_rules)
+    r.add_get("/v1/callbacks/{channel}", callbacks.get_callback)
+    r.add_post("/v1/callbacks/{channel}", callbacks.post_callback)
+    r.add_get("/t/o/{token}", tracking.open_pixel)
+    r.add_get("/t/c/{token}", tracking.click)
+    r.add_get("/t/u/{token}", tracking.unsubscribe_page)
+    r.add_post("/t/u/{token}", tracking.unsubscribe)
     r.add_get("/healthz", admin.healthz)
     r.add_get("/readyz", admin.readyz)
     r.add_get("/metrics", admin.metrics)

@@ -11,6 +11,7 @@ from ..clock import Clock
 from ..config import Config
 from ..metrics import Metrics
 from ..store.base import Store
+from ..tracking import Tracker
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatcher
@@ -27,6 +28,7 @@ class AppState:
     rules: RuleManager
     metrics: Metrics
     dispatcher: Dispatcher | None = None
+    tracker: Tracker | None = None  # None: tracking links are not served
     broker_ok: bool | None = None  # None: no broker configured
     broker_error: str | None = None
     started_at: float = 0.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -37,9 +40,28 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(
+    fn: Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]]:
+    """One operation at a time on the shared connection: SQLite has one writer, and a
+    transaction begun by one task must never see another task's statements inside it."""
+
+    async def locked(self: SqliteStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._lock:
+            return await fn(self, *args, **kwargs)
+
+    functools.update_wrapper(locked, fn)
+    return locked
+
+
 class SqliteStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, url: str) -> SqliteStore:
@@ -81,6 +103,7 @@ class SqliteStore:
         async with self.db.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
+    @_serialized
     async def load_users(
         self, user_ids: list[str], *, messages_since: float, starts_since: float
     ) -> dict[str, UserState]:
@@ -119,6 +142,7 @@ class SqliteStore:
                 states[uid].last_starts[(rule_id, key)] = last
         return states
 
+    @_serialized
     async def save(self, changes: Changes) -> None:
         if not changes:
             return
@@ -193,7 +217,11 @@ class SqliteStore:
             params,
         )
 
+    @_serialized
     async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
+        return await self._remember_event_ids(ids, now)
+
+    async def _remember_event_ids(self, ids: list[str], now: float) -> set[str]:
         if not ids:
             return set()
         seen: set[str] = set()
@@ -215,10 +243,12 @@ class SqliteStore:
         await self.db.executemany("INSERT OR IGNORE INTO events_seen VALUES (?, ?)", fresh)
         return seen
 
+    @_serialized
     async def next_due(self) -> float | None:
         rows = await self._rows("SELECT min(due_at) FROM instances WHERE due_at IS NOT NULL")
         return rows[0][0] if rows else None
 
+    @_serialized
     async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
         return [
             (r[0], r[1], r[2])
@@ -229,6 +259,7 @@ class SqliteStore:
             )
         ]
 
+    @_serialized
     async def interested_users(
         self, product_id: str, kinds: tuple[str, ...], viewed_since: float, after: str, limit: int
     ) -> list[str]:
@@ -244,6 +275,7 @@ class SqliteStore:
             )
         ]
 
+    @_serialized
     async def profile_ids(self, after: str, limit: int) -> list[str]:
         return [
             r[0]
@@ -253,6 +285,7 @@ class SqliteStore:
             )
         ]
 
+    @_serialized
     async def messages(
         self,
         *,
@@ -272,6 +305,20 @@ class SqliteStore:
         )
         return [message_from(r) for r in rows]
 
+    @_serialized
+    async def message(self, message_id: str) -> Message | None:
+        rows = await self._rows(f"{_MESSAGE_SQL} WHERE id = ?", (message_id,))
+        return message_from(rows[0]) if rows else None
+
+    @_serialized
+    async def message_by_provider_id(self, provider_id: str) -> Message | None:
+        rows = await self._rows(
+            f"{_MESSAGE_SQL} WHERE provider_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+            (provider_id,),
+        )
+        return message_from(rows[0]) if rows else None
+
+    @_serialized
     async def instances_of(self, user_id: str, limit: int = 200) -> list[Instance]:
         rows = await self._rows(
             f"{_INSTANCE_SQL} WHERE user_id = ? ORDER BY started_at DESC, id DESC LIMIT ?",
@@ -279,12 +326,13 @@ class SqliteStore:
         )
         return [instance_from(r) for r in rows]
 
+    @_serialized
     async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
             ids = [eid for eid, _ in events if eid is not None]
-            seen = await self.remember_event_ids(ids, now) if ids else set()
+            seen = await self._remember_event_ids(ids, now) if ids else set()
             fresh: list[tuple[str, float]] = []
             taken: set[str] = set()
             duplicates = 0
@@ -302,15 +350,18 @@ class SqliteStore:
             raise
         return len(fresh), duplicates
 
+    @_serialized
     async def inbox_batch(self, limit: int) -> list[tuple[int, str, str | None]]:
         rows = await self._rows(
             "SELECT seq, body, cursor FROM inbox ORDER BY seq LIMIT ?", (limit,)
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    @_serialized
     async def inbox_size(self) -> int:
         return int((await self._rows("SELECT count(*) FROM inbox"))[0][0])
 
+    @_serialized
     async def claim_queued(self, now: float, limit: int) -> list[Message]:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
@@ -333,12 +384,14 @@ class SqliteStore:
             message.status = "sending"
         return claimed
 
+    @_serialized
     async def requeue_in_flight(self) -> int:
         cur = await self.db.execute(
             "UPDATE messages SET status = 'queued' WHERE status = 'sending'"
         )
         return cur.rowcount
 
+    @_serialized
     async def reschedule(
         self, message_id: str, attempts: int, next_attempt_at: float, detail: str
     ) -> None:
@@ -348,6 +401,7 @@ class SqliteStore:
             (attempts, next_attempt_at, detail, message_id),
         )
 
+    @_serialized
     async def save_rule_version(
         self, version: str, rule_id: str, path: str, source: str, now: float
     ) -> None:
@@ -356,18 +410,21 @@ class SqliteStore:
             (version, rule_id, path, source, now),
         )
 
+    @_serialized
     async def rule_source(self, version: str) -> tuple[str, str] | None:
         rows = await self._rows(
             "SELECT path, source FROM rule_versions WHERE version = ?", (version,)
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
+    @_serialized
     async def active_versions(self) -> list[tuple[str, str]]:
         rows = await self._rows(
             "SELECT DISTINCT rule_id, rule_version FROM instances WHERE status = 'active'"
         )
         return [(r[0], r[1]) for r in rows]
 
+    @_serialized
     async def counts(self) -> dict[str, int]:
         rows = await self._rows(
             "SELECT (SELECT count(*) FROM instances WHERE status = 'active'), "
@@ -383,13 +440,16 @@ class SqliteStore:
             "inbox": inbox,
         }
 
+    @_serialized
     async def forget_events_before(self, when: float) -> int:
         cur = await self.db.execute("DELETE FROM events_seen WHERE seen_at < ?", (when,))
         return cur.rowcount
 
+    @_serialized
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
+    @_serialized
     async def all_messages(self) -> list[Message]:
         return [
             message_from(r) for r in await self._rows(f"{_MESSAGE_SQL} ORDER BY created_at, id")

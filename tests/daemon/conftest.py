@@ -58,7 +58,10 @@ class Client:
 
 
 def make_config(
-    tmp_path: Path, rules: Path, policies: str = "{quiet_hours: null, frequency_caps: []}"
+    tmp_path: Path,
+    rules: Path,
+    policies: str = "{quiet_hours: null, frequency_caps: []}",
+    extra: str = "",
 ) -> Any:
     return parse_config(f"""
 server: {{host: 127.0.0.1, port: 0, max_batch_events: 50}}
@@ -67,6 +70,7 @@ rules: {{path: "{rules}", watch: false}}
 auth: {{ingest_tokens: [ingest-token], ingest_hmac_secret: hmac-secret,
         admin_token: admin-token}}
 policies: {policies}
+{extra}
 """)
 
 
@@ -80,6 +84,40 @@ def rules_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
     daemon = Daemon(make_config(tmp_path, rules_dir), VirtualClock(START), background=False)
+    await daemon.start()
+    async with aiohttp.ClientSession() as session:
+        yield Client(daemon, session)
+    await daemon.stop()
+
+
+# Public URL of the daemon (behind a proxy) and the receipt channels' credentials. Nothing is
+# sent to these providers in the tests, so their base URLs lead nowhere.
+TRACKING = 'tracking: {base_url: "https://kaskad.example/", secret: track-secret}'
+RECEIPT_CHANNELS = """
+channels:
+  whatsapp: {provider: cloud_api, base_url: "http://127.0.0.1:9", phone_number_id: "1",
+             access_token: t, app_secret: s3cret, verify_token: v3rify}
+  sms: {provider: twilio, base_url: "http://127.0.0.1:9", account_sid: ACxx,
+        auth_token: tw-token, from: "+15550001111"}
+"""
+
+
+@pytest.fixture
+async def tracked(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
+    """A daemon with a public tracking URL and secret; every channel a sandbox."""
+    config = make_config(tmp_path, rules_dir, extra=TRACKING)
+    daemon = Daemon(config, VirtualClock(START), background=False)
+    await daemon.start()
+    async with aiohttp.ClientSession() as session:
+        yield Client(daemon, session)
+    await daemon.stop()
+
+
+@pytest.fixture
+async def receipts(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
+    """As `tracked`, with WhatsApp (Cloud API) and SMS (Twilio) set up for callbacks."""
+    config = make_config(tmp_path, rules_dir, extra=TRACKING + RECEIPT_CHANNELS)
+    daemon = Daemon(config, VirtualClock(START), background=False)
     await daemon.start()
     async with aiohttp.ClientSession() as session:
         yield Client(daemon, session)
