@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,6 +20,30 @@ class Outcome:
     # For reject_recipient: which addresses are dead (all the message's when empty).
     dead_addresses: tuple[str, ...] = ()
     opt_out: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "provider_id": self.provider_id,
+                "after_s": self.after_s,
+                "detail": self.detail,
+                "dead": list(self.dead_addresses),
+                "opt_out": self.opt_out,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Outcome:
+        data = json.loads(text)
+        return cls(
+            data["kind"],
+            provider_id=data.get("provider_id"),
+            after_s=data.get("after_s"),
+            detail=data.get("detail", ""),
+            dead_addresses=tuple(data.get("dead", ())),
+            opt_out=bool(data.get("opt_out")),
+        )
 
     @classmethod
     def accepted(cls, provider_id: str, detail: str = "") -> Outcome:

@@ -14,7 +14,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from channels.base import Channel, Limits
+from channels.base import Channel, Limits, Outcome
 from channels.registry import factory
 
 from .api.app import make_app
@@ -100,6 +100,8 @@ class Daemon:
             self.engine, self.store, clock, on_commit=self._committed, metrics=self.metrics
         )
         await self.processor.start()
+        for message_id, user_id, answer in await self.store.answered():
+            self.processor.outcomes.put_nowait((message_id, user_id, Outcome.from_json(answer)))
         self.session = aiohttp.ClientSession()
         self.dispatcher = Dispatcher(
             self.store,

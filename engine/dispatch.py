@@ -157,6 +157,14 @@ class Dispatcher:
             except Exception as exc:  # an adapter bug must not kill the dispatcher
                 log.exception("dispatch.adapter_failed", channel=message.channel)
                 outcome = Outcome.retry(detail=f"{type(exc).__name__}: {exc}")
+            # The slot is held until the answer is stored: at most `concurrency` calls per
+            # channel can be answered-but-unrecorded, which bounds repeats after a crash.
+            return await self._settle(message, state, outcome)
+
+    async def _settle(
+        self, message: Message, state: ChannelState, outcome: Outcome
+    ) -> Outcome | None:
+        """Log, pause on config errors, reschedule retries; store a final answer."""
         log.info(
             "send.outcome",
             channel=message.channel,
@@ -176,4 +184,7 @@ class Dispatcher:
                     "send.retrying", channel=message.channel, message=message.id, attempt=attempt
                 )
                 return None
+        # Stored before the engine hears of it: after a crash the answer is replayed, never
+        # asked for again (only a call in flight at the crash may repeat).
+        await self.store.record_outcome(message.id, outcome.to_json())
         return outcome

@@ -191,10 +191,17 @@ class Processor:
             items.append(self.outcomes.get_nowait())
         if not items:
             return 0
-        ws = await self._workspace([uid for _, uid, _ in items])
-        for message_id, uid, outcome in items:
-            self.engine.on_send_outcome(ws, ws.users[uid], message_id, outcome)
-        await self._commit(ws)
+        try:
+            ws = await self._workspace([uid for _, uid, _ in items])
+            for message_id, uid, outcome in items:
+                self.engine.on_send_outcome(ws, ws.users[uid], message_id, outcome)
+            await self._commit(ws)
+        except BaseException:
+            # Nothing was committed: keep the outcomes for the next pass (they are also in
+            # the store as 'answered', so a crash here replays them at start-up).
+            for item in items:
+                self.outcomes.put_nowait(item)
+            raise
         self.counters.outcomes += len(items)
         return len(items)
 
@@ -210,7 +217,13 @@ class Processor:
                 results.append((fn(ws), None))
             except Exception as exc:
                 results.append((None, exc))
-        await self._commit(ws)
+        try:
+            await self._commit(ws)
+        except BaseException as exc:
+            for _, _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            raise
         for (_, _, fut), (value, failure) in zip(calls, results, strict=True):
             if fut.done():
                 continue

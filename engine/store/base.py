@@ -106,6 +106,14 @@ class Store(Protocol):
         """At start-up: messages in flight when the process died go back to the queue."""
         ...
 
+    async def record_outcome(self, message_id: str, outcome: str) -> None:
+        """Persist a provider's answer (JSON) before the engine applies it."""
+        ...
+
+    async def answered(self) -> list[tuple[str, str, str]]:
+        """(message id, user id, outcome JSON) answered but not yet applied by the engine."""
+        ...
+
     async def reschedule(
         self, message_id: str, attempts: int, next_attempt_at: float, detail: str
     ) -> None: ...

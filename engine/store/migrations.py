@@ -99,3 +99,12 @@ SQLITE_MIGRATIONS.append(
     );
     """
 )
+
+SQLITE_MIGRATIONS.append(
+    # 3: a provider's answer is stored the moment it arrives (status 'answered'), so a restart
+    # hands it to the engine instead of calling the provider again.
+    """
+    ALTER TABLE messages ADD COLUMN outcome TEXT;
+    CREATE INDEX messages_answered ON messages (id) WHERE status = 'answered';
+    """
+)

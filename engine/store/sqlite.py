@@ -392,6 +392,21 @@ class SqliteStore:
         return cur.rowcount
 
     @_serialized
+    async def record_outcome(self, message_id: str, outcome: str) -> None:
+        await self.db.execute(
+            "UPDATE messages SET status = 'answered', outcome = ? "
+            "WHERE id = ? AND status = 'sending'",
+            (outcome, message_id),
+        )
+
+    @_serialized
+    async def answered(self) -> list[tuple[str, str, str]]:
+        rows = await self._rows(
+            "SELECT id, user_id, outcome FROM messages WHERE status = 'answered'"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    @_serialized
     async def reschedule(
         self, message_id: str, attempts: int, next_attempt_at: float, detail: str
     ) -> None:
