@@ -1,4 +1,4 @@
-"""`python -m bench` (`make bench`): the matcher and the replay benchmarks.
+"""`python -m bench` (`make bench`): the matcher, replay and ingest benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...}}``.
 Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the matcher; 200,000
@@ -37,7 +37,7 @@ def _scale() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=("match", "replay"), help="run one benchmark")
+    parser.add_argument("--only", choices=("match", "replay", "ingest"), help="run one benchmark")
     args = parser.parse_args(argv)
     scale = _scale()
     report: dict[str, Any] = {}
@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=_log,
         )
         _log(f"replay: {json.dumps(report['replay'])}")
+    if args.only in (None, "ingest"):
+        from bench.ingest import run_ingest
+
+        report["ingest"] = run_ingest(max(1000, round(100_000 * scale)), log=_log)
+        _log(f"ingest: {json.dumps(report['ingest'])}")
     print(json.dumps(report))
     return 0
 

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ..events import parse_batch
+from ..events import BatchProblem, parse_batch
 from .auth import ingest_denied
 from .errors import error
 from .state import STATE
@@ -52,6 +52,18 @@ def _lines(text: str) -> list[Any]:
     return out
 
 
+def oversized(rows: list[tuple[str | None, str]], limit: int) -> list[BatchProblem]:
+    """Events over the per-event limit, measured in UTF-8 bytes of their stored JSON."""
+    out = []
+    for index, (_, text) in enumerate(rows):
+        if len(text) > limit // 4 and len(text.encode()) > limit:
+            size = len(text.encode())
+            out.append(
+                BatchProblem(index, "(event)", f"is {size} bytes, over the limit of {limit}")
+            )
+    return out
+
+
 async def post_events(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config.server
@@ -90,7 +102,13 @@ async def post_events(request: web.Request) -> web.Response:
             f"{len(values)} events, over the limit of {config.max_batch_events}",
         )
     now = state.clock.now()
-    events, problems = parse_batch(values, received_at=now, max_bytes=config.max_event_bytes)
+    # Each event is serialised once, for the inbox; its size is checked on that text.
+    events, problems = parse_batch(values, received_at=now, max_bytes=None)
+    rows = [
+        (e.id, json.dumps(e.to_json(), separators=(",", ":"), ensure_ascii=False)) for e in events
+    ]
+    if not problems:
+        problems = oversized(rows, config.max_event_bytes)
     if problems:
         metrics.rejected.labels("invalid").inc(len(values))
         return error(
@@ -103,9 +121,6 @@ async def post_events(request: web.Request) -> web.Response:
         return error(
             429, "overloaded", "too many events waiting; retry later", headers={"Retry-After": "5"}
         )
-    rows = [
-        (e.id, json.dumps(e.to_json(), separators=(",", ":"), ensure_ascii=False)) for e in events
-    ]
     try:
         accepted, duplicates = await state.store.enqueue(rows, now)
     except Exception as exc:
