@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import html
 import re
 import ssl
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 import aiosmtplib
 
+from ._common import check_keys, optional_text
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 TlsMode = Literal["starttls", "tls", "none"]
@@ -26,8 +26,6 @@ _KEYS = frozenset(
     {"host", "port", "tls", "username", "password", "from", "reply_to", "validate_certs"}
     | {"unsubscribe_mailto"}
 )
-# Keys every channel takes; the engine reads them, the adapter only tolerates them.
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 # The engine owns the MIME structure; a header of the same name would break it.
 _STRUCTURAL = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
 # RFC 3463 enhanced status code at the start of the reply text ("5.1.1 User unknown").
@@ -57,12 +55,8 @@ class SmtpConfig:
         def where(key: str) -> str:
             return f"channels.{name}.{key}"
 
-        for key in keys:
-            if key not in _KEYS and key not in _COMMON_KEYS:
-                close = difflib.get_close_matches(key, sorted(_KEYS), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"{where(key)}: unknown key{hint}")
-        host = _text(keys, "host", where)
+        check_keys(name, keys, _KEYS)
+        host = optional_text(keys, "host", where)
         if host is None:
             raise ValueError(f"{where('host')}: required")
         tls = keys.get("tls", "starttls")
@@ -71,23 +65,23 @@ class SmtpConfig:
                 f"{where('tls')}: expected one of {', '.join(_TLS_MODES)}, got {tls!r}"
             )
         port = _port(keys.get("port", _DEFAULT_PORT[tls]), where("port"))
-        sender = _text(keys, "from", where)
+        sender = optional_text(keys, "from", where)
         if sender is None:
             raise ValueError(f"{where('from')}: required")
         if _domain(sender) is None:
             raise ValueError(
                 f"{where('from')}: expected an address like 'Shop <news@shop.example>'"
             )
-        reply_to = _text(keys, "reply_to", where)
+        reply_to = optional_text(keys, "reply_to", where)
         if reply_to is not None and _domain(reply_to) is None:
             raise ValueError(f"{where('reply_to')}: expected an e-mail address")
-        username = _text(keys, "username", where)
-        password = _text(keys, "password", where)
+        username = optional_text(keys, "username", where)
+        password = optional_text(keys, "password", where)
         if username is not None and password is None:
             raise ValueError(f"{where('password')}: required when username is set")
         if password is not None and username is None:
             raise ValueError(f"{where('username')}: required when password is set")
-        mailto = _text(keys, "unsubscribe_mailto", where)
+        mailto = optional_text(keys, "unsubscribe_mailto", where)
         if mailto is not None:
             mailto = mailto.removeprefix("mailto:")
             addr = mailto.split("?", 1)[0]  # "unsubscribe@shop.example?subject=stop" is fine
@@ -279,15 +273,6 @@ def _domain(address: str) -> str | None:
     _, addr = parseaddr(address)
     local, at, domain = addr.rpartition("@")
     return domain if at and local and domain and "." in domain.strip(".") else None
-
-
-def _text(keys: Mapping[str, Any], key: str, where: Callable[[str], str]) -> str | None:
-    value = keys.get(key)
-    if value is None or value == "":  # an unset ${VAR} substitutes to ""
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{where(key)}: expected text, got {type(value).__name__}")
-    return value
 
 
 def _port(value: Any, where: str) -> int:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import jwt
@@ -20,6 +17,17 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ._common import (
+    DID_YOU_MEAN_SEMICOLON,
+    NETWORK_ERRORS,
+    HttpChannel,
+    base_url,
+    check_keys,
+    http_session,
+    parse_json,
+    ttl_s,
+)
+from ._common import retry_after_s as retry_after_s  # re-exported: channels.push.retry_after_s
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 log = structlog.get_logger("kaskad.channels.push")
@@ -32,7 +40,6 @@ REFRESH_EARLY_S = 300  # renew the access token five minutes before it expires
 DEFAULT_TTL_S = 86400
 
 _KEYS = frozenset({"base_url", "project_id", "service_account_file", "service_account", "ttl_s"})
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 _DEAD_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
 _RETRY_CODES = frozenset(
     {"QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE", "UNSPECIFIED_ERROR"}
@@ -59,10 +66,11 @@ class _Reply:
     retry_after: str | None
 
 
-class FcmChannel:
+class FcmChannel(HttpChannel):
     """FCM HTTP v1 on a shared aiohttp session; addresses are FCM registration tokens."""
 
     provider = "fcm"
+    _log = log
 
     def __init__(
         self,
@@ -73,26 +81,23 @@ class FcmChannel:
         *,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self.name = name
-        self.limits = limits or Limits()
-        self._session = session
+        super().__init__(name, session, limits)
         self._now = now
-        self._timeout = aiohttp.ClientTimeout(total=self.limits.timeout_s)
-        _check_keys(name, config, _KEYS)
+        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
         account, where = _service_account(name, config)
         self._client_email = _account_str(account, "client_email", where)
-        self._token_uri = _url(_account_str(account, "token_uri", where), f"{where}.token_uri")
+        self._token_uri = base_url(_account_str(account, "token_uri", where), f"{where}.token_uri")
         self._key_id = account.get("private_key_id")
         self._private_key = _rsa_key(_account_str(account, "private_key", where), where)
         project = config.get("project_id") or account.get("project_id")
         if not isinstance(project, str) or not project:
             raise ValueError(f"channels.{name}.project_id: required")
         self.project_id = project
-        base = _url(
+        base = base_url(
             config.get("base_url") or "https://fcm.googleapis.com", f"channels.{name}.base_url"
         )
         self._send_url = f"{base}/v1/projects/{quote(project, safe='')}/messages:send"
-        self._ttl_s = _ttl(name, config.get("ttl_s", DEFAULT_TTL_S))
+        self._ttl_s = ttl_s(name, config.get("ttl_s", DEFAULT_TTL_S))
         self._token: str | None = None
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()
@@ -102,13 +107,6 @@ class FcmChannel:
 
     async def close(self) -> None:
         self._token = None  # the session is shared: its owner closes it
-
-    async def send(self, message: OutboundMessage) -> Outcome:
-        try:
-            return await self._send(message)
-        except Exception as exc:  # send never raises: a bug here must not stop the dispatcher
-            log.error("send.crashed", channel=self.name, error=type(exc).__name__)
-            return Outcome.retry(detail=f"unexpected error: {type(exc).__name__}")
 
     async def _send(self, message: OutboundMessage) -> Outcome:
         try:
@@ -127,10 +125,7 @@ class FcmChannel:
             results.append((token, outcome))
             if outcome.kind in ("config_error", "reject_message"):
                 break  # the next device would get the same answer
-        outcome = combine(results)
-        if outcome.kind == "config_error":
-            log.warning("channel.config_error", channel=self.name, detail=outcome.detail)
-        return outcome
+        return combine(results)
 
     async def _send_one(self, token: str, fcm_message: dict[str, Any]) -> Outcome:
         body = {"message": {"token": token, **fcm_message}}
@@ -212,8 +207,8 @@ class FcmChannel:
                 url, timeout=self._timeout, allow_redirects=False, **kwargs
             ) as resp:
                 raw = await resp.read()
-                return _Reply(resp.status, _parse_json(raw), resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                return _Reply(resp.status, parse_json(raw), resp.headers.get("Retry-After"))
+        except NETWORK_ERRORS as exc:
             raise _Failed(Outcome.retry(detail=f"network error: {type(exc).__name__}")) from None
 
 
@@ -239,25 +234,8 @@ def combine(results: list[tuple[str, Outcome]]) -> Outcome:
     return Outcome.reject_recipient(failures, dead=dead)
 
 
-def retry_after_s(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or HTTP date), else None."""
-    if not value:
-        return None
-    try:
-        delay_s = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        delay_s = when.timestamp() - now
-    return max(0.0, delay_s) if math.isfinite(delay_s) else None
-
-
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:
-    if not isinstance(session, aiohttp.ClientSession):
-        raise ValueError(f"channels.{name}: the fcm provider needs an HTTP session")
-    return FcmChannel(name, keys, session, limits)
+    return FcmChannel(name, keys, http_session(name, "fcm", session), limits)
 
 
 def _fcm_message(message: OutboundMessage, ttl_s: int) -> dict[str, Any]:
@@ -318,21 +296,6 @@ def _bad_token(error: dict[str, Any], text: str) -> bool:
     return False
 
 
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _check_keys(name: str, config: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    for key in config:
-        if key not in allowed and key not in _COMMON_KEYS:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"channels.{name}.{key}: unknown key{hint}")
-
-
 def _service_account(name: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     path, inline = config.get("service_account_file"), config.get("service_account")
     if path and inline:
@@ -377,18 +340,3 @@ def _rsa_key(pem: str, where: str) -> rsa.RSAPrivateKey:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError(f"{where}: 'private_key' is not an unencrypted RSA PEM key")
     return key
-
-
-def _url(value: Any, where: str) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{where}: expected an http(s) URL, got {value!r}")
-    return str(value).rstrip("/")
-
-
-def _ttl(name: str, value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)  # "${PUSH_TTL}" arrives as a string
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2_419_200:
-        raise ValueError(f"channels.{name}.ttl_s: expected whole seconds 0-2419200 (28 days)")
-    return value

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import base64
-import difflib
 import hashlib
 import hmac
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
+from ._common import check_keys, http_url, json_object, optional_text, snippet
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 API_VERSION = "2010-04-01"
@@ -29,9 +27,6 @@ _THROTTLED = 20429
 _KEYS = frozenset(
     {"base_url", "account_sid", "auth_token", "from", "messaging_service_sid", "status_callback"}
 )
-# Keys every channel takes; the engine reads them, the adapter only tolerates them.
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
-_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +45,8 @@ class TwilioConfig:
         def where(key: str) -> str:
             return f"channels.{name}.{key}"
 
-        for key in keys:
-            if key not in _KEYS and key not in _COMMON_KEYS:
-                close = difflib.get_close_matches(key, sorted(_KEYS), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"{where(key)}: unknown key{hint}")
-        values = {key: _text(keys, key, where) for key in _KEYS}
+        check_keys(name, keys, _KEYS)
+        values = {key: optional_text(keys, key, where) for key in _KEYS}
         for key in ("account_sid", "auth_token"):
             if values[key] is None:
                 raise ValueError(f"{where(key)}: required")
@@ -66,10 +57,10 @@ class TwilioConfig:
             raise ValueError(f"{where('from')}: required (or messaging_service_sid)")
         if sender is not None and service is not None:
             raise ValueError(f"{where('from')}: set either from or messaging_service_sid, not both")
-        base_url = _http_url(values["base_url"] or DEFAULT_BASE_URL, where("base_url"))
+        base_url = http_url(values["base_url"] or DEFAULT_BASE_URL, where("base_url"))
         callback = values["status_callback"]
         if callback is not None:
-            callback = _http_url(callback, where("status_callback"))
+            callback = http_url(callback, where("status_callback"))
         return cls(
             account_sid=str(values["account_sid"]),
             auth_token=str(values["auth_token"]),
@@ -144,18 +135,18 @@ class TwilioChannel:
 
 def classify(status: int, raw: bytes, retry_after: str | None, to: str) -> Outcome:
     """One HTTP answer of the Messages API -> outcome (PROVIDERS.md)."""
-    body = _json_object(raw)
+    body = json_object(raw)
     if 200 <= status < 300:
         sid = body.get("sid") if body is not None else None
         if body is not None and isinstance(sid, str) and sid:
             return Outcome.accepted(sid, detail=str(body.get("status") or ""))
         # Sent or not, we cannot tell: retrying risks a duplicate, giving up risks a loss.
-        return Outcome.retry(detail=f"malformed answer: HTTP {status} {_snippet(raw)}")
+        return Outcome.retry(detail=f"malformed answer: HTTP {status} {snippet(raw)}")
     code = _code(body)
     if body is not None and code is not None:
         detail = f"HTTP {status} error {code}: {body.get('message', '')}"
     else:
-        detail = f"HTTP {status}: {_snippet(raw)}"
+        detail = f"HTTP {status}: {snippet(raw)}"
     if code == _OPTED_OUT:
         return Outcome.reject_recipient(detail, dead=(to,), opt_out=True)
     if code in _DEAD_NUMBER:
@@ -178,14 +169,6 @@ def verify_twilio_signature(
     return hmac.compare_digest(base64.b64encode(digest), signature.encode())
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:  # malformed or truncated; UnicodeDecodeError is a ValueError too
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _code(body: dict[str, Any] | None) -> int | None:
     value = body.get("code") if body is not None else None
     if isinstance(value, bool):
@@ -202,29 +185,6 @@ def _seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and 0 <= seconds < float("inf") else None
-
-
-def _snippet(raw: bytes) -> str:
-    return raw[:_DETAIL_CHARS].decode("utf-8", errors="replace").strip() or "(empty body)"
-
-
-def _text(keys: Mapping[str, Any], key: str, where: Callable[[str], str]) -> str | None:
-    value = keys.get(key)
-    if value is None or value == "":  # an unset ${VAR} substitutes to ""
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{where(key)}: expected text, got {type(value).__name__}")
-    return value
-
-
-def _http_url(value: str, where: str) -> str:
-    try:
-        url = URL(value)
-    except ValueError:
-        raise ValueError(f"{where}: expected an http(s) URL, got {value!r}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{where}: expected an http(s) URL, got {value!r}")
-    return value
 
 
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
+from ._common import (
+    DID_YOU_MEAN_SEMICOLON,
+    NETWORK_ERRORS,
+    HttpChannel,
+    base_url,
+    check_keys,
+    http_session,
+    parse_json,
+    seconds,
+)
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 log = structlog.get_logger("kaskad.channels.telegram")
 
 _KEYS = frozenset({"base_url", "bot_token"})
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 _TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
 # Answers that mean this chat can never be written to by this bot (PROVIDERS.md).
 _DEAD_CHAT = (
@@ -32,10 +37,11 @@ _DEAD_CHAT = (
 )
 
 
-class TelegramChannel:
+class TelegramChannel(HttpChannel):
     """Bot API on a shared aiohttp session; the address is a chat id (or @channel username)."""
 
     provider = "bot_api"
+    _log = log
 
     def __init__(
         self,
@@ -44,20 +50,11 @@ class TelegramChannel:
         session: aiohttp.ClientSession,
         limits: Limits | None = None,
     ) -> None:
-        self.name = name
-        self.limits = limits or Limits()
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=self.limits.timeout_s)
-        for key in config:
-            if key not in _KEYS and key not in _COMMON_KEYS:
-                close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"channels.{name}.{key}: unknown key{hint}")
-        base = config.get("base_url") or "https://api.telegram.org"
-        parts = urlsplit(base) if isinstance(base, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"channels.{name}.base_url: expected an http(s) URL, got {base!r}")
-        self.base_url = base.rstrip("/")
+        super().__init__(name, session, limits)
+        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
+        self.base_url = base_url(
+            config.get("base_url") or "https://api.telegram.org", f"channels.{name}.base_url"
+        )
         token = config.get("bot_token")
         if not token:
             raise ValueError(f"channels.{name}.bot_token: required")
@@ -71,19 +68,6 @@ class TelegramChannel:
 
     def __repr__(self) -> str:
         return f"<TelegramChannel {self.name!r} base_url={self.base_url!r}>"
-
-    async def close(self) -> None:
-        return None  # the session is shared: its owner closes it
-
-    async def send(self, message: OutboundMessage) -> Outcome:
-        try:
-            outcome = await self._send(message)
-        except Exception as exc:  # send never raises: a bug here must not stop the dispatcher
-            log.error("send.crashed", channel=self.name, error=type(exc).__name__)
-            return Outcome.retry(detail=f"unexpected error: {type(exc).__name__}")
-        if outcome.kind == "config_error":
-            log.warning("channel.config_error", channel=self.name, detail=outcome.detail)
-        return outcome
 
     async def _send(self, message: OutboundMessage) -> Outcome:
         # A user has one chat with the bot: reach.addresses yields at most one chat id.
@@ -116,9 +100,9 @@ class TelegramChannel:
             ) as resp:
                 status, raw = resp.status, await resp.read()
                 header_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except NETWORK_ERRORS as exc:
             return Outcome.retry(detail=f"network error: {type(exc).__name__}"), None
-        answer = _parse_json(raw)
+        answer = parse_json(raw)
         answer = answer if isinstance(answer, dict) else {}
         if answer.get("ok") is True and 200 <= status < 300:
             result = answer.get("result")
@@ -161,27 +145,10 @@ class TelegramChannel:
 
 
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:
-    if not isinstance(session, aiohttp.ClientSession):
-        raise ValueError(f"channels.{name}: the bot_api provider needs an HTTP session")
-    return TelegramChannel(name, keys, session, limits)
+    return TelegramChannel(name, keys, http_session(name, "bot_api", session), limits)
 
 
 def _after_s(retry_after: Any, header: str | None) -> float | None:
     """parameters.retry_after, else the Retry-After header (seconds)."""
-    for value in (retry_after, header):
-        if isinstance(value, bool) or value is None:
-            continue
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    return None
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
+    after = seconds(retry_after)
+    return after if after is not None else seconds(header)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import hmac
 import json
@@ -15,8 +14,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
+from ._common import check_keys, http_url, snippet
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 SECRET_PREFIX = "whsec_"
@@ -24,14 +23,11 @@ SECRET_PREFIX = "whsec_"
 TOLERANCE_S = 5 * 60
 _RETRY_STATUSES = frozenset({408, 429})
 _KEYS = frozenset({"url", "secret", "headers"})
-# Keys every channel takes; the engine reads them, the adapter only tolerates them.
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 # Set by the adapter on every request; a configured header must not replace them.
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp"}
     | {"webhook-signature"}
 )
-_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +43,11 @@ class WebhookConfig:
         def where(key: str) -> str:
             return f"channels.{name}.{key}"
 
-        for given in keys:
-            if given not in _KEYS and given not in _COMMON_KEYS:
-                close = difflib.get_close_matches(given, sorted(_KEYS), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"{where(given)}: unknown key{hint}")
+        check_keys(name, keys, _KEYS)
         url = keys.get("url")
         if not url:
             raise ValueError(f"{where('url')}: required")
-        try:
-            parsed = URL(str(url))
-        except ValueError:
-            parsed = URL()
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"{where('url')}: expected an http(s) URL, got {url!r}")
+        url = http_url(url, where("url"))
         secret = keys.get("secret")
         if not secret:
             raise ValueError(f"{where('secret')}: required")
@@ -142,7 +129,7 @@ class WebhookChannel:
             return Outcome.retry(detail=f"timeout after {self.limits.timeout_s:g} s")
         except aiohttp.ClientError as exc:
             return Outcome.retry(detail=f"{type(exc).__name__}: {exc}")
-        detail = f"HTTP {status}: {_snippet(raw)}"
+        detail = f"HTTP {status}: {snippet(raw)}"
         if 200 <= status < 300:
             return Outcome.accepted(message.id, detail=f"HTTP {status}")
         if status == 410:
@@ -215,10 +202,6 @@ def verify_webhook_signature(
         if version == "v1" and hmac.compare_digest(signature.encode(), expected):
             return True
     return False
-
-
-def _snippet(raw: bytes) -> str:
-    return raw[:_DETAIL_CHARS].decode("utf-8", errors="replace").strip() or "(empty body)"
 
 
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -19,8 +18,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02, VapidException
 
+from ._common import (
+    DID_YOU_MEAN_SEMICOLON,
+    NETWORK_ERRORS,
+    HttpChannel,
+    check_keys,
+    http_session,
+    retry_after_s,
+    ttl_s,
+)
 from .base import Channel, Limits, OutboundMessage, Outcome
-from .push import combine, retry_after_s
+from .push import combine
 
 log = structlog.get_logger("kaskad.channels.webpush")
 
@@ -32,7 +40,6 @@ DEFAULT_TTL_S = 86400
 URGENCIES = ("very-low", "low", "normal", "high")  # RFC 8030 section 5.3
 
 _KEYS = frozenset({"vapid_private_key", "vapid_subject", "ttl_s", "urgency"})
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 _MAX_ORIGINS = 256  # a handful of push services in practice; bound the cache anyway
 
 
@@ -44,10 +51,11 @@ class _Subscription:
     auth: bytes
 
 
-class WebPushChannel:
+class WebPushChannel(HttpChannel):
     """Web push on a shared aiohttp session; addresses are browser PushSubscription objects."""
 
     provider = "vapid"
+    _log = log
 
     def __init__(
         self,
@@ -58,16 +66,9 @@ class WebPushChannel:
         *,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self.name = name
-        self.limits = limits or Limits()
-        self._session = session
+        super().__init__(name, session, limits)
         self._now = now
-        self._timeout = aiohttp.ClientTimeout(total=self.limits.timeout_s)
-        for key in config:
-            if key not in _KEYS and key not in _COMMON_KEYS:
-                close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"channels.{name}.{key}: unknown key{hint}")
+        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
         self._vapid = Vapid02(
             private_key=_vapid_key(config.get("vapid_private_key"), name),
             conf={"no-strict": True},  # the subject is checked below, py_vapid's regex is narrow
@@ -76,12 +77,7 @@ class WebPushChannel:
         if not isinstance(subject, str) or not subject.startswith(("mailto:", "https:")):
             raise ValueError(f"channels.{name}.vapid_subject: required, a mailto: or https: URI")
         self.subject = subject
-        ttl_s = config.get("ttl_s", DEFAULT_TTL_S)
-        if isinstance(ttl_s, str) and ttl_s.strip().isdigit():
-            ttl_s = int(ttl_s)  # "${PUSH_TTL}" arrives as a string
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 0 <= ttl_s <= 2_419_200:
-            raise ValueError(f"channels.{name}.ttl_s: expected whole seconds 0-2419200 (28 days)")
-        self._ttl_s = ttl_s
+        self._ttl_s = ttl_s(name, config.get("ttl_s", DEFAULT_TTL_S))
         urgency = config.get("urgency")
         if urgency is not None and urgency not in URGENCIES:
             raise ValueError(f"channels.{name}.urgency: expected one of {', '.join(URGENCIES)}")
@@ -93,13 +89,6 @@ class WebPushChannel:
 
     async def close(self) -> None:
         self._vapid_headers.clear()  # the session is shared: its owner closes it
-
-    async def send(self, message: OutboundMessage) -> Outcome:
-        try:
-            return await self._send(message)
-        except Exception as exc:  # send never raises: a bug here must not stop the dispatcher
-            log.error("send.crashed", channel=self.name, error=type(exc).__name__)
-            return Outcome.retry(detail=f"unexpected error: {type(exc).__name__}")
 
     async def _send(self, message: OutboundMessage) -> Outcome:
         content = {k: v for k, v in message.payload.items() if v is not None}
@@ -126,10 +115,7 @@ class WebPushChannel:
             results.append((key, outcome))
             if outcome.kind in ("config_error", "reject_message"):
                 break  # the next subscription would get the same answer
-        outcome = combine(results)
-        if outcome.kind == "config_error":
-            log.warning("channel.config_error", channel=self.name, detail=outcome.detail)
-        return outcome
+        return combine(results)
 
     async def _send_one(self, sub: _Subscription, plaintext: bytes) -> Outcome:
         try:
@@ -164,7 +150,7 @@ class WebPushChannel:
                 raw = await resp.read()
                 status, location = resp.status, resp.headers.get("Location")
                 after_s = retry_after_s(resp.headers.get("Retry-After"), self._now())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except NETWORK_ERRORS as exc:
             return Outcome.retry(detail=f"network error: {type(exc).__name__}")
         if 200 <= status < 300:
             return Outcome.accepted(location or sub.endpoint)
@@ -195,9 +181,7 @@ class WebPushChannel:
 
 
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:
-    if not isinstance(session, aiohttp.ClientSession):
-        raise ValueError(f"channels.{name}: the vapid provider needs an HTTP session")
-    return WebPushChannel(name, keys, session, limits)
+    return WebPushChannel(name, keys, http_session(name, "vapid", session), limits)
 
 
 def _vapid_key(value: Any, name: str) -> ec.EllipticCurvePrivateKey:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import hmac
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 
+from ._common import (
+    DID_YOU_MEAN_SEMICOLON,
+    NETWORK_ERRORS,
+    HttpChannel,
+    base_url,
+    check_keys,
+    http_session,
+    parse_json,
+    seconds,
+)
 from .base import Channel, Limits, OutboundMessage, Outcome
 
 log = structlog.get_logger("kaskad.channels.whatsapp")
@@ -23,7 +30,6 @@ log = structlog.get_logger("kaskad.channels.whatsapp")
 _KEYS = frozenset(
     {"base_url", "api_version", "phone_number_id", "access_token", "app_secret", "verify_token"}
 )
-_COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
 
 # Cloud API error codes (PROVIDERS.md); 200-299 are API permission errors.
 _REJECT_RECIPIENT = frozenset({131026})  # not a WhatsApp user, or old client: fall back
@@ -47,10 +53,11 @@ class Receipt:
     error: str | None
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(HttpChannel):
     """Cloud API on a shared aiohttp session; the address is a phone number (E.164)."""
 
     provider = "cloud_api"
+    _log = log
 
     def __init__(
         self,
@@ -59,19 +66,11 @@ class WhatsAppChannel:
         session: aiohttp.ClientSession,
         limits: Limits | None = None,
     ) -> None:
-        self.name = name
-        self.limits = limits or Limits()
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=self.limits.timeout_s)
-        for key in config:
-            if key not in _KEYS and key not in _COMMON_KEYS:
-                close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"channels.{name}.{key}: unknown key{hint}")
-        base = config.get("base_url") or "https://graph.facebook.com"
-        parts = urlsplit(base) if isinstance(base, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"channels.{name}.base_url: expected an http(s) URL, got {base!r}")
+        super().__init__(name, session, limits)
+        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
+        base = base_url(
+            config.get("base_url") or "https://graph.facebook.com", f"channels.{name}.base_url"
+        )
         version = config.get("api_version") or "v21.0"
         if not isinstance(version, str) or not re.fullmatch(r"v\d+\.\d+", version):
             raise ValueError(f"channels.{name}.api_version: expected like 'v21.0', got {version!r}")
@@ -86,14 +85,11 @@ class WhatsAppChannel:
         self._access_token = _secret(config, "access_token", name, required=True)
         self._app_secret = _secret(config, "app_secret", name)
         self._verify_token = _secret(config, "verify_token", name)
-        self.base_url = base.rstrip("/")
+        self.base_url = base
         self._url = f"{self.base_url}/{version}/{quote(phone_number_id)}/messages"
 
     def __repr__(self) -> str:
         return f"<WhatsAppChannel {self.name!r} url={self._url!r}>"
-
-    async def close(self) -> None:
-        return None  # the session is shared: its owner closes it
 
     def verify_signature(self, raw_body: bytes, header: str | None) -> bool:
         """Whether a status webhook POST was signed with this channel's app secret."""
@@ -102,16 +98,6 @@ class WhatsAppChannel:
     def verify_subscription(self, params: Mapping[str, str]) -> str | None:
         """The challenge to echo for a genuine webhook verification GET, else None."""
         return verify_subscription(params, self._verify_token)
-
-    async def send(self, message: OutboundMessage) -> Outcome:
-        try:
-            outcome = await self._send(message)
-        except Exception as exc:  # send never raises: a bug here must not stop the dispatcher
-            log.error("send.crashed", channel=self.name, error=type(exc).__name__)
-            return Outcome.retry(detail=f"unexpected error: {type(exc).__name__}")
-        if outcome.kind == "config_error":
-            log.warning("channel.config_error", channel=self.name, detail=outcome.detail)
-        return outcome
 
     async def _send(self, message: OutboundMessage) -> Outcome:
         # One phone per user: reach.addresses yields at most one.
@@ -136,16 +122,14 @@ class WhatsAppChannel:
                 self._url, json=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 status, raw = resp.status, await resp.read()
-                after_s = _seconds(resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                after_s = seconds(resp.headers.get("Retry-After"))
+        except NETWORK_ERRORS as exc:
             return Outcome.retry(detail=f"network error: {type(exc).__name__}")
-        return _classify(status, _parse_json(raw), after_s)
+        return _classify(status, parse_json(raw), after_s)
 
 
 def build(name: str, keys: dict[str, Any], limits: Limits, session: Any) -> Channel:
-    if not isinstance(session, aiohttp.ClientSession):
-        raise ValueError(f"channels.{name}: the cloud_api provider needs an HTTP session")
-    return WhatsAppChannel(name, keys, session, limits)
+    return WhatsAppChannel(name, keys, http_session(name, "cloud_api", session), limits)
 
 
 def verify_signature(app_secret: str, raw_body: bytes, header: str | None) -> bool:
@@ -198,7 +182,7 @@ def _receipt(item: Any) -> Receipt | None:
     status = _STATUSES.get(raw_status) if isinstance(raw_status, str) else None
     if not isinstance(wamid, str) or not wamid or status is None:
         return None
-    timestamp = _seconds(item.get("timestamp"))
+    timestamp = seconds(item.get("timestamp"))
     if timestamp is None:
         return None
     recipient = item.get("recipient_id")
@@ -274,20 +258,3 @@ def _secret(config: Mapping[str, Any], key: str, name: str, required: bool = Fal
     if not isinstance(value, str):
         raise ValueError(f"channels.{name}.{key}: expected a string")
     return value
-
-
-def _seconds(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None

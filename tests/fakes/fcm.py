@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import itertools
 import json
@@ -12,9 +10,10 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ._server import FakeServer, response
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -81,7 +80,7 @@ def service_account(project_id: str, client_email: str, token_uri: str) -> dict[
     }
 
 
-class FakeFcm:
+class FakeFcm(FakeServer):
     def __init__(self, project_id: str = "shop-app") -> None:
         self.project_id = project_id
         self.client_email = f"kaskad@{project_id}.iam.gserviceaccount.com"
@@ -94,23 +93,10 @@ class FakeFcm:
         self._replies: dict[str, list[Reply]] = {}
         self._issued: set[str] = set()
         self._ids = itertools.count(1)
-        self._closing = asyncio.Event()
-        app = web.Application()
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def __aenter__(self) -> FakeFcm:
-        await self.server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self.server.close()
-
-    @property
-    def base_url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
 
     @property
     def token_uri(self) -> str:
@@ -127,13 +113,8 @@ class FakeFcm:
         self._issued.clear()
 
     async def _answer(self, reply: Reply) -> web.Response:
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
-        if isinstance(reply.body, dict | list):
-            return web.json_response(reply.body, status=reply.status, headers=reply.headers)
-        raw = reply.body.encode() if isinstance(reply.body, str) else (reply.body or b"")
-        return web.Response(body=raw, status=reply.status, headers=reply.headers)
+        await self.hold(reply.delay_s)
+        return response(reply.body, reply.status, reply.headers)
 
     async def _token(self, request: web.Request) -> web.Response:
         self.token_fetches += 1

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from ._server import FakeServer, response
 
 TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 
@@ -32,29 +31,16 @@ def tg_error(
     return Reply(code, body, headers or {})
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token
         self.requests: list[dict[str, Any]] = []  # JSON bodies of sendMessage calls
         self.migrations: dict[Any, int] = {}  # old chat id -> supergroup id
         self._replies: dict[str, list[Reply]] = {}
         self._ids = itertools.count(42)
-        self._closing = asyncio.Event()
-        app = web.Application()
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/bot{token}/sendMessage", self._send_message)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def __aenter__(self) -> FakeTelegram:
-        await self.server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self.server.close()
-
-    @property
-    def base_url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
 
     def script(self, chat_id: Any, *replies: Reply) -> None:
         """Answers for the next messages to this chat; then success again."""
@@ -94,9 +80,5 @@ class FakeTelegram:
         return web.json_response({"ok": True, "result": result})
 
     async def _answer(self, reply: Reply) -> web.Response:
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
-        if isinstance(reply.body, dict | list):
-            return web.json_response(reply.body, status=reply.status, headers=reply.headers)
-        return web.Response(text=reply.body or "", status=reply.status, headers=reply.headers)
+        await self.hold(reply.delay_s)
+        return response(reply.body, reply.status, reply.headers)

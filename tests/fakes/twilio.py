@@ -6,15 +6,14 @@ answers in `script`, consumed in order; Twilio's own validation errors come firs
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from ._server import FakeServer
 
 API_VERSION = "2010-04-01"
 _DATE = "Thu, 24 Aug 2023 05:01:45 +0000"
@@ -48,31 +47,15 @@ class Request:
 
 
 @dataclass
-class FakeTwilio:
+class FakeTwilio(FakeServer):
     account_sid: str = "AC" + "a" * 32
     auth_token: str = "fake-auth-token"
     script: dict[str, list[Reply]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
-    _server: TestServer | None = None
-    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return str(self._server.make_url("")).rstrip("/")
-
-    async def __aenter__(self) -> FakeTwilio:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post(f"/{API_VERSION}/Accounts/{{sid}}/Messages.json", self._create)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._server = TestServer(app, host="127.0.0.1")
-        await self._server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()  # release held answers so the server shuts down at once
-        if self._server is not None:
-            await self._server.close()
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
@@ -99,9 +82,7 @@ class FakeTwilio:
             return _answer(error(21602, 400, "Message body is required."))
         queue = self.script.get(form["To"])
         reply = queue.pop(0) if queue else self._created(form)
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
+        await self.hold(reply.delay_s)
         return _answer(reply)
 
     def _authorized(self, request: web.Request) -> bool:

@@ -4,9 +4,7 @@ from a queue of canned replies (200 when the queue is empty, 401 when the signat
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -14,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from ._server import FakeServer
 
 PATH = "/hooks/kaskad"
 
@@ -39,29 +38,17 @@ class Delivery:
 
 
 @dataclass
-class FakeReceiver:
+class FakeReceiver(FakeServer):
     secret: str = "whsec_" + base64.b64encode(b"k" * 32).decode()
     replies: list[Reply] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
-    _server: TestServer | None = None
-    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return str(self._server.make_url(PATH))
+        return self.url_for(PATH)
 
-    async def __aenter__(self) -> FakeReceiver:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post(PATH, self._receive)
-        self._server = TestServer(app, host="127.0.0.1")
-        await self._server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()  # release held answers so the server shuts down at once
-        if self._server is not None:
-            await self._server.close()
 
     async def _receive(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -70,9 +57,7 @@ class FakeReceiver:
         if not ok:
             return web.Response(status=401, text="bad signature")
         reply = self.replies.pop(0) if self.replies else Reply()
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
+        await self.hold(reply.delay_s)
         return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
 
     def _verify(self, request: web.Request, body: bytes) -> bool:

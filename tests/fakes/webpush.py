@@ -3,9 +3,7 @@ subscription."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import itertools
 import json
 import os
@@ -15,11 +13,12 @@ from typing import Any
 
 import http_ece
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from py_vapid.jwt import decode as vapid_decode
+
+from ._server import FakeServer
 
 
 @dataclass
@@ -51,7 +50,7 @@ def raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-class FakePushService:
+class FakePushService(FakeServer):
     def __init__(self, vapid_public_key: str | None = None) -> None:
         self.vapid_public_key = vapid_public_key  # when set, other keys get 403 (RFC 8292 §4.2)
         self.pushes: list[Push] = []
@@ -59,22 +58,13 @@ class FakePushService:
         self._subscriptions: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
         self._replies: dict[str, list[Reply]] = {}
         self._ids = itertools.count(1)
-        self._closing = asyncio.Event()
-        app = web.Application()
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/push/{sub}", self._push)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def __aenter__(self) -> FakePushService:
-        await self.server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self.server.close()
 
     @property
     def origin(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        return self.base_url
 
     def subscribe(self, name: str = "s1") -> dict[str, Any]:
         """A browser's PushSubscription for a new user agent key pair and auth secret."""
@@ -141,7 +131,5 @@ class FakePushService:
         return claims, parts["k"]
 
     async def _answer(self, reply: Reply) -> web.Response:
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
+        await self.hold(reply.delay_s)
         return web.Response(status=reply.status, text=reply.body, headers=reply.headers)

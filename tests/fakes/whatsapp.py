@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from ._server import FakeServer, response
 
 ACCESS_TOKEN = "EAAG-test-access-token"
 PHONE_NUMBER_ID = "106540352242922"
@@ -38,28 +37,15 @@ def wa_error(
     return Reply(status, {"error": error})
 
 
-class FakeWhatsApp:
+class FakeWhatsApp(FakeServer):
     def __init__(self, version: str = "v21.0") -> None:
         self.version = version
         self.requests: list[dict[str, Any]] = []  # JSON bodies of accepted-for-checking calls
         self._replies: dict[str, list[Reply]] = {}
         self._ids = itertools.count(1)
-        self._closing = asyncio.Event()
-        app = web.Application()
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/{phone_number_id}/messages", self._messages)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def __aenter__(self) -> FakeWhatsApp:
-        await self.server.start_server()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._closing.set()
-        await self.server.close()
-
-    @property
-    def base_url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
 
     def script(self, to: str, *replies: Reply) -> None:
         """Answers for the next messages to this number (digits); then success again."""
@@ -97,12 +83,8 @@ class FakeWhatsApp:
         )
 
     async def _answer(self, reply: Reply) -> web.Response:
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), reply.delay_s)
-        if isinstance(reply.body, dict | list):
-            return web.json_response(reply.body, status=reply.status, headers=reply.headers)
-        return web.Response(text=reply.body or "", status=reply.status, headers=reply.headers)
+        await self.hold(reply.delay_s)
+        return response(reply.body, reply.status, reply.headers)
 
 
 def _problem(body: Any) -> str:
