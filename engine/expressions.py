@@ -135,6 +135,29 @@ def _resolve_name(name: str) -> Any:
     return ENV.undefined(name=name)
 
 
+def _path(node: nodes.Node) -> tuple[str, ...] | None:
+    """("event", "data", "total") for `event.data.total`; None for anything else."""
+    attrs: list[str] = []
+    while isinstance(node, nodes.Getattr) and node.ctx == "load":
+        attrs.append(node.attr)
+        node = node.node
+    if not (isinstance(node, nodes.Name) and node.ctx == "load") or not attrs:
+        return None
+    return (node.name, *reversed(attrs))
+
+
+class _Failed:
+    """A hoisted lookup that raised: every use raises its error."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def throw(self) -> Any:
+        raise self.error
+
+
 # Helpers every generated function receives as its first parameters.
 _HELPERS: dict[str, Any] = {
     "_type": type,
@@ -143,6 +166,7 @@ _HELPERS: dict[str, Any] = {
     "_getitem": ENV.getitem,
     "_resolve": _resolve_name,
     "_str_join": str_join,
+    "_Failed": _Failed,
 }
 
 
@@ -153,11 +177,16 @@ class _Unsupported(Exception):
 class _Compiler:
     """Jinja expression AST -> Python source of `_expr(ctx)`, constants as parameters."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hoist: bool = False) -> None:
         self.values: list[Any] = []
         self._interned: dict[str, str] = {}
         self.names: dict[str, str] = {}  # context name -> local variable
         self._temps = 0
+        # Fused functions compute each `name.a.b` chain once, up front (see _chain).
+        self.hoist = hoist
+        self.chains: dict[tuple[str, ...], str] = {}  # path -> local variable
+        self.prologue: list[str] = []  # statements computing the chains, parents first
+        self.guard = True  # False: the code runs only when no chain failed
 
     def bind(self, value: Any) -> str:
         """A parameter holding `value` (strings are shared between uses)."""
@@ -196,6 +225,11 @@ class _Compiler:
             if node.name not in self.names:
                 self.names[node.name] = f"_n{len(self.names)}"
             return self.names[node.name]
+        if self.hoist and isinstance(node, nodes.Getattr) and _path(node) is not None:
+            local = self._chain(node)
+            if not self.guard:
+                return local
+            return f"({local} if {local}.__class__ is not _Failed else {local}.throw())"
         if isinstance(node, nodes.Getattr) and node.ctx == "load":
             # _Environment.getattr starts with the key of a dict; everything else is its own.
             obj, key, tmp = self.expr(node.node), self.bind(node.attr), self.temp()
@@ -240,6 +274,35 @@ class _Compiler:
             return "{" + ", ".join(pairs) + "}"
         raise _Unsupported(type(node).__name__)
 
+    def _chain(self, node: nodes.Getattr) -> str:
+        """The local holding `name.a.b`, computed once before the tests.
+
+        Lookups have no effects, so computing one early changes nothing but its cost; one
+        that raises keeps its error (_Failed) and every use raises it again, as each use
+        would have raised it computing the chain itself.
+        """
+        path = _path(node)
+        assert path is not None
+        local = self.chains.get(path)
+        if local is not None:
+            return local
+        parent = node.node
+        # the parent chain, or the Name (a local resolved at the top)
+        source = self._chain(parent) if isinstance(parent, nodes.Getattr) else self.expr(parent)
+        key, local = self.bind(node.attr), f"_h{len(self.chains)}"
+        self.chains[path] = local
+        self.prologue += [
+            f"if {source}.__class__ is _Failed:",
+            f"    {local} = {source}",
+            "else:",
+            "    try:",
+            f"        {local} = ({source}[{key}] if _type({source}) is _dict and {key} in"
+            f" {source} else _getattr({source}, {key}))",
+            "    except Exception as _e:",
+            f"        {local} = _Failed(_e)",
+        ]
+        return local
+
     def call(self, node: nodes.Filter | nodes.Test) -> str:
         table = ENV.filters if isinstance(node, nodes.Filter) else ENV.tests
         func = table.get(node.name)
@@ -278,15 +341,23 @@ class _Compiler:
         return fn
 
 
-def _compile_fast(ast: nodes.Template) -> Callable[[Mapping[str, Any]], Any] | None:
-    """The plain-Python function of `{{ (expr) }}`, or None when Jinja must evaluate it."""
+def _expression_node(ast: nodes.Template) -> nodes.Expr | None:
+    """The optimised expression of `{{ (expr) }}` (Jinja's own constant folding, as
+    compile_expression does), or None for anything but one output expression."""
     if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
         return None
     output = ast.body[0].nodes
     if len(output) != 1:
         return None
-    node = optimize(output[0], ENV)  # Jinja's own constant folding, as compile_expression
+    node = optimize(output[0], ENV)
     assert isinstance(node, nodes.Expr)
+    return node
+
+
+def _compile_fast(node: nodes.Expr | None) -> Callable[[Mapping[str, Any]], Any] | None:
+    """The plain-Python function of an expression, or None when Jinja must evaluate it."""
+    if node is None:
+        return None
     try:
         return _Compiler().function(node)
     except (_Unsupported, SyntaxError, RecursionError):  # the last two: very deep nesting
@@ -300,7 +371,7 @@ class Expression:
     in the fast subset, else by Jinja; `fast=False` forces Jinja (the reference in tests).
     """
 
-    __slots__ = ("_fn", "_jinja", "fast", "source")
+    __slots__ = ("_fn", "_jinja", "fast", "node", "source")
 
     def __init__(
         self, source: str, allowed: Iterable[str] = EXPRESSION_NAMES, *, fast: bool = True
@@ -317,8 +388,11 @@ class Expression:
             raise ValueError(f"invalid expression: {text}") from None
         except jinja2.TemplateError as exc:
             raise ValueError(f"invalid expression: {_error_text(exc)}") from None
-        compiled = _compile_fast(ast) if fast else None
+        node = _expression_node(ast) if fast else None
+        compiled = _compile_fast(node)
         self.fast = compiled is not None
+        # The compiled subset's AST, for compilers that fuse several expressions (matcher).
+        self.node = node if compiled is not None else None
         if compiled is None:
             jinja_fn = self._jinja
 
@@ -351,6 +425,155 @@ class Expression:
             return ExpressionError(f"{_error_text(exc)} in '{self.source}'")
         # a bad comparison or a sandbox refusal: the rule's fault
         return ExpressionError(f"{type(exc).__name__}: {exc} in '{self.source}'")
+
+
+# -- fused tests ---------------------------------------------------------------------------
+#
+# Matching an event tests the trigger conditions of every rule of its type against one
+# context. Tested one by one, each pays a call, its own name resolution and its own error
+# handling; fused, they are one generated function: names resolved once, then one guarded
+# block per condition, in order. The blocks are the fast path's code, so a fused test gives
+# exactly what each Expression.test gives, errors included.
+
+Hits = list[int]
+FailHook = Callable[[int, ExpressionError], None]
+
+
+class _UndefinedValue(Exception):
+    """A condition whose value is undefined (Expression.test's own error)."""
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, _Undefined):
+        raise _UndefinedValue
+    return bool(value)
+
+
+def _boolean(node: nodes.Node | None) -> bool:
+    """Whether the value is always a bool (or an error): comparisons and their logic.
+
+    Python's comparisons of the values a context holds give bools, and StrictUndefined
+    raises rather than compare; `and`/`or` give one of their operands.
+    """
+    if isinstance(node, nodes.Compare | nodes.Not):
+        return True
+    if isinstance(node, nodes.And | nodes.Or):
+        return _boolean(node.left) and _boolean(node.right)
+    return False
+
+
+def fuse_tests(
+    exprs: list[Expression | None],
+) -> tuple[Callable[[Mapping[str, Any], FailHook], Hits], frozenset[str] | None]:
+    """One function testing `exprs` in order against a context.
+
+    It returns the indexes of the expressions that hold (None always holds) and reports each
+    that cannot be evaluated to `fail(index, ExpressionError)`, as Expression.test would
+    raise it. Also returns the context names the function reads, or None when some
+    expression is evaluated by Jinja (which may read any of its names).
+    """
+    compiler = _Compiler(hoist=True)
+    # Two versions of the tests: `plain` for when every hoisted chain was computed (the
+    # usual case), `guarded` re-raising a failed chain's error at each of its uses.
+    plain: list[str] = []
+    guarded: list[str] = []
+    slow: list[Any] = []
+    jinja_names = False
+    for index, expr in enumerate(exprs):
+        if expr is None:
+            plain.append(f"_hits.append({index})")
+            guarded.append(f"_hits.append({index})")
+            continue
+        tests = None
+        if expr.node is not None:
+            try:
+                compiler.guard = False
+                unguarded = compiler.expr(expr.node)
+                compiler.guard = True
+                tests = (unguarded, compiler.expr(expr.node))
+            except (_Unsupported, RecursionError):
+                tests = None
+        if tests is None:
+            jinja_names = True
+            slow.append(expr.test)
+            tests = (f"_s{len(slow) - 1}(ctx)",) * 2
+        elif not _boolean(expr.node):
+            # This may give undefined, which has Expression.test's own error.
+            wrap = "(_v := {}) is True or (_v is not False and _truthy(_v))"
+            tests = (wrap.format(tests[0]), wrap.format(tests[1]))
+        for out, test in zip((plain, guarded), tests, strict=True):
+            out += [
+                "try:",
+                f"    if {test}:",
+                f"        _hits.append({index})",
+                "except Exception as _e:",
+                f"    _fail({index}, _error({index}, _e))",
+            ]
+    prologue = []
+    for name, local in compiler.names.items():
+        key = compiler.bind(name)
+        prologue.append(f"{local} = ctx[{key}] if {key} in ctx else _resolve({key})")
+    prologue += compiler.prologue
+    if compiler.chains:
+        ok = " and ".join(f"{c}.__class__ is not _Failed" for c in compiler.chains.values())
+        blocks = [f"if {ok}:", *(f"    {b}" for b in plain), "else:"]
+        blocks += [f"    {b}" for b in guarded]
+    else:
+        blocks = guarded
+    params = [
+        *_HELPERS,
+        "_truthy",
+        "_error",
+        *(f"_s{n}" for n in range(len(slow))),
+        *(f"_c{n}" for n in range(len(compiler.values))),
+    ]
+    source = "\n".join(
+        [
+            f"def _make({', '.join(params)}):",
+            "    def _match(ctx, _fail):",
+            "        _hits = []",
+            *(f"        {line}" for line in prologue + blocks),
+            "        return _hits",
+            "    return _match",
+        ]
+    )
+    namespace: dict[str, Any] = {"__builtins__": {"Exception": Exception}}
+    try:
+        exec(compile(source, "<kaskad matcher>", "exec"), namespace)
+    except (SyntaxError, RecursionError, MemoryError):  # absurdly deep or many: one by one
+        return _one_by_one(exprs), None
+
+    def error(index: int, exc: Exception) -> ExpressionError:
+        """The error Expression.test raises for what the block of `index` raised."""
+        expr = exprs[index]
+        assert expr is not None
+        if isinstance(exc, ExpressionError):
+            return exc
+        if isinstance(exc, _UndefinedValue):
+            return ExpressionError(f"undefined value in '{expr.source}'")
+        return expr._error(exc)
+
+    fused: Callable[[Mapping[str, Any], FailHook], Hits] = namespace["_make"](
+        *_HELPERS.values(), _truthy, error, *slow, *compiler.values
+    )
+    names = None if jinja_names else frozenset(compiler.names)
+    return fused, names
+
+
+def _one_by_one(
+    exprs: list[Expression | None],
+) -> Callable[[Mapping[str, Any], FailHook], Hits]:
+    def run(context: Mapping[str, Any], fail: FailHook) -> Hits:
+        hits: Hits = []
+        for index, expr in enumerate(exprs):
+            try:
+                if expr is None or expr.test(context):
+                    hits.append(index)
+            except ExpressionError as exc:
+                fail(index, exc)
+        return hits
+
+    return run
 
 
 def _renderer(template: jinja2.Template) -> Callable[[Mapping[str, Any]], str]:

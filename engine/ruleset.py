@@ -6,11 +6,13 @@ Tolerant by design: a bad rule or template is reported and left out, the rest lo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import LoadError, Problem, did_you_mean
+from .expressions import FailHook, fuse_tests
 from .program import WaitForOp
 from .rules import Rule, parse_rule
 from .templates import Template, parse_template
@@ -18,6 +20,17 @@ from .validation import Checker
 from .yamlfile import YDict, load_yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """The rules an event type starts, with all their trigger conditions fused in one test."""
+
+    rules: tuple[Rule, ...]
+    # (context, on_error) -> indexes into `rules` whose condition holds, in order
+    test: Callable[[Mapping[str, Any], FailHook], list[int]]
+    # the context names the test reads; None: any (some condition is evaluated by Jinja)
+    names: frozenset[str] | None
 
 
 @dataclass
@@ -28,6 +41,7 @@ class RuleSet:
     # rule id -> the files whose problems disabled it, for /v1/rules
     failed: dict[str, list[Problem]] = field(default_factory=dict)
     by_event: dict[str, list[Rule]] = field(default_factory=dict)
+    matchers: dict[str, Matcher] = field(default_factory=dict)
     fan_out: dict[str, list[Rule]] = field(default_factory=dict)
     scheduled: list[Rule] = field(default_factory=list)
     # Event types that matter to running instances: goals, exits, wait_for.
@@ -37,6 +51,7 @@ class RuleSet:
         by_event: dict[str, list[Rule]] = defaultdict(list)
         fan_out: dict[str, list[Rule]] = defaultdict(list)
         watched: set[str] = set()
+        self.scheduled = []
         for rule in sorted(self.rules.values(), key=lambda r: r.id):
             if rule.trigger.schedule:
                 self.scheduled.append(rule)
@@ -47,6 +62,10 @@ class RuleSet:
             watched.update(m.event for m in rule.goals + rule.exits)
             watched.update(op.event for op in rule.program if isinstance(op, WaitForOp))
         self.by_event, self.fan_out = dict(by_event), dict(fan_out)
+        self.matchers = {}
+        for etype, rules in self.by_event.items():
+            test, names = fuse_tests([r.trigger.cond for r in rules])
+            self.matchers[etype] = Matcher(tuple(rules), test, names)
         self.watched = frozenset(watched)
 
 

@@ -49,6 +49,7 @@ _REACTION_FIELD = {
     "message.opened": "opened_at",
     "message.clicked": "clicked_at",
 }
+EVENT_NAMES = frozenset({"event", "trigger"})
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "opened": 3, "clicked": 4}
 
 
@@ -103,10 +104,14 @@ class Engine:
         try:
             return expr.test(ctx)
         except ExpressionError as exc:
-            # A condition that cannot be evaluated is false; the rule keeps running.
-            ws.errors.append(f"{where}: {exc}")
-            log.warning("expression.failed", where=where, error=str(exc))
+            self._failed(ws, where, exc)
             return False
+
+    @staticmethod
+    def _failed(ws: Workspace, where: str, exc: ExpressionError) -> None:
+        # A condition that cannot be evaluated is false; the rule keeps running.
+        ws.errors.append(f"{where}: {exc}")
+        log.warning("expression.failed", where=where, error=str(exc))
 
     def _rule_of(self, inst: Instance) -> Rule | None:
         return self.versions.get((inst.rule_id, inst.rule_version)) or self.rules.rules.get(
@@ -124,8 +129,26 @@ class Engine:
             for inst in list(st.instances):
                 if inst.active:
                     self._on_instance_event(ws, st, inst, ev)
-        for rule in self.rules.by_event.get(ev.type, ()):
-            self.try_start(ws, rule, st, ev.context)
+        matcher = self.rules.matchers.get(ev.type)
+        if matcher is None:
+            return
+        # Every trigger condition of the event's type, fused, against one context; the
+        # user's part is built only when a condition reads it or a rule starts.
+        trigger = ev.context
+        ctx = None
+        if matcher.names is not None and matcher.names <= EVENT_NAMES:
+            test_ctx = {"event": trigger, "trigger": trigger}
+        else:
+            test_ctx = ctx = self._ctx(ws, st, trigger, trigger)
+        rules = matcher.rules
+        hits = matcher.test(
+            test_ctx,
+            lambda n, exc: self._failed(ws, f"{rules[n].id}: trigger.if", exc),
+        )
+        for n in hits:
+            if ctx is None:
+                ctx = self._ctx(ws, st, trigger, trigger)
+            self._start(ws, rules[n], st, trigger, ctx)
 
     def try_start(
         self, ws: Workspace, rule: Rule, st: UserState, trigger: dict[str, Any]
@@ -136,6 +159,17 @@ class Engine:
             ws, rule.trigger.cond, ctx, f"{rule.id}: trigger.if"
         ):
             return None
+        return self._start(ws, rule, st, trigger, ctx)
+
+    def _start(
+        self,
+        ws: Workspace,
+        rule: Rule,
+        st: UserState,
+        trigger: dict[str, Any],
+        ctx: dict[str, Any],
+    ) -> Instance | None:
+        """Start `rule` (whose trigger condition held) if its key, audience and mode allow."""
         key = ""
         if rule.key is not None:
             try:

@@ -11,7 +11,7 @@ import pytest
 from jinja2 import UndefinedError
 
 from engine.errors import ExpressionError
-from engine.expressions import Expression, TextTemplate
+from engine.expressions import Expression, TextTemplate, fuse_tests
 
 Outcome = tuple[str, Any]
 
@@ -459,3 +459,81 @@ def test_text_template_renders_like_jinja(source: str, html: bool) -> None:
             return ("error", str(exc))
 
     assert fast() == reference()
+
+
+# -- fused tests (the matcher) -------------------------------------------------------------
+
+
+def one_by_one(exprs: list[Expression | None], ctx: dict[str, Any]) -> list[Outcome]:
+    """Each expression's Expression.test outcome, one by one: the reference for fusion."""
+    out: list[Outcome] = []
+    for expr in exprs:
+        if expr is None:
+            out.append(("value", True))
+            continue
+        try:
+            out.append(("value", expr.test(ctx)))
+        except ExpressionError as exc:
+            out.append(("error", str(exc)))
+    return out
+
+
+def fused_outcomes(exprs: list[Expression | None], ctx: dict[str, Any]) -> list[Outcome]:
+    test, _names = fuse_tests(exprs)
+    errors: dict[int, str] = {}
+    hits = test(ctx, lambda n, exc: errors.__setitem__(n, str(exc)))
+    assert hits == sorted(hits)
+    assert not set(hits) & set(errors)
+    return [
+        ("error", errors[n]) if n in errors else ("value", n in hits) for n in range(len(exprs))
+    ]
+
+
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+def test_fused_tests_equal_one_by_one(context: str) -> None:
+    """All of the corpus fused in one function (shared chains, Jinja fallbacks, conditions
+    without an expression) gives each expression's own result or error, in order."""
+    exprs: list[Expression | None] = [Expression(s) for s in EXPRESSIONS]
+    exprs.insert(3, None)
+    exprs.append(None)
+    ctx = CONTEXTS[context]
+    snapshot = copy.deepcopy(ctx)
+    assert fused_outcomes(exprs, ctx) == one_by_one(exprs, ctx)
+    assert ctx == snapshot
+    # and against Jinja itself, the reference of the fast path
+    reference = [None if e is None else Expression(e.source, fast=False) for e in exprs]
+    assert fused_outcomes(exprs, ctx) == one_by_one(reference, ctx)
+
+
+def test_fused_reports_names_and_falls_back_per_expression() -> None:
+    fast = [Expression("event.data.total > 1"), Expression("user.rfm == 'loyal'")]
+    _test, names = fuse_tests(fast)
+    assert names == {"event", "user"}
+    _test, names = fuse_tests([*fast, Expression("event.data.tags | first == 'a'")])
+    assert names is None  # a Jinja-evaluated condition may read any name
+    ctx = CONTEXTS["full"]
+    test, _ = fuse_tests([*fast, Expression("event.data.tags | first == 'a'")])
+    assert test(ctx, lambda n, e: None) == [0, 1, 2]
+
+
+def test_fused_chain_failure_is_each_users_error() -> None:
+    """A shared chain that fails (`event.data.nested.missing.x`) fails every condition that
+    uses it, with its own message, and no other."""
+    sources = [
+        "event.data.nested.missing.x == 1",
+        "event.data.total > 100",
+        "event.data.nested.missing.x is defined",
+        "event.data.nested.missing is undefined",
+    ]
+    exprs: list[Expression | None] = [Expression(s) for s in sources]
+    ctx = CONTEXTS["full"]
+    got = fused_outcomes(exprs, ctx)
+    assert got == one_by_one(exprs, ctx)
+    assert [kind for kind, _ in got] == ["error", "value", "error", "value"]
+
+
+def test_fused_undefined_value_has_the_tests_message() -> None:
+    exprs: list[Expression | None] = [Expression("event.data.nested.deep.nothing")]
+    got = fused_outcomes(exprs, CONTEXTS["full"])
+    assert got == [("error", "undefined value in 'event.data.nested.deep.nothing'")]
+    assert got == one_by_one(exprs, CONTEXTS["full"])
