@@ -26,7 +26,6 @@ from engine.errors import ExpressionError
 from engine.events import Event, parse_event
 from engine.rules import parse_rule
 from engine.ruleset import RuleSet
-from engine.runner import EVENT_NAMES
 from engine.validation import Checker
 from engine.yamlfile import YDict, load_yaml
 
@@ -68,7 +67,7 @@ def kaskad_match(
 
     The timed loop is what Engine.handle_event does to find the rules to start: the fused
     test of the trigger conditions of the event's type, on the event's context (whose
-    construction, ``Event.context``, is timed too: the events are freshly parsed).
+    construction is timed too: the events are freshly parsed).
     """
     ruleset = kaskad_ruleset(rules)
     parsed: list[Event] = [parse_event(e, received_at=0.0) for e in events]
@@ -84,10 +83,11 @@ def kaskad_match(
         matcher = matchers.get(ev.type)
         if matcher is None:
             continue
-        trigger = ev.context
-        if matcher.names is not None and matcher.names <= EVENT_NAMES:
-            ctx = {"event": trigger, "trigger": trigger}
+        if matcher.light:
+            light = ev.light_context()
+            ctx = {"event": light, "trigger": light}
         else:
+            trigger = ev.context
             ctx = {"event": trigger, "trigger": trigger, "user": {}, "now": None}
         matches += len(matcher.test(ctx, failed))
     seconds = time.perf_counter() - start

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,6 +188,9 @@ class _Compiler:
         self.chains: dict[tuple[str, ...], str] = {}  # path -> local variable
         self.prologue: list[str] = []  # statements computing the chains, parents first
         self.guard = True  # False: the code runs only when no chain failed
+        # name -> the first attributes read through hoisted chains (`event.data.x`: data);
+        # None when the object itself is used (so any field of it may be read)
+        self.fields: dict[str, set[str] | None] = {}
 
     def bind(self, value: Any) -> str:
         """A parameter holding `value` (strings are shared between uses)."""
@@ -222,9 +226,8 @@ class _Compiler:
         if isinstance(node, nodes.Const):
             return self.literal(node.value)
         if isinstance(node, nodes.Name) and node.ctx == "load":
-            if node.name not in self.names:
-                self.names[node.name] = f"_n{len(self.names)}"
-            return self.names[node.name]
+            self.fields[node.name] = None  # the whole object is used: any field may be read
+            return self._name(node.name)
         if self.hoist and isinstance(node, nodes.Getattr) and _path(node) is not None:
             local = self._chain(node)
             if not self.guard:
@@ -274,6 +277,12 @@ class _Compiler:
             return "{" + ", ".join(pairs) + "}"
         raise _Unsupported(type(node).__name__)
 
+    def _name(self, name: str) -> str:
+        """The local holding a context name (resolved at the top of the function)."""
+        if name not in self.names:
+            self.names[name] = f"_n{len(self.names)}"
+        return self.names[name]
+
     def _chain(self, node: nodes.Getattr) -> str:
         """The local holding `name.a.b`, computed once before the tests.
 
@@ -288,7 +297,13 @@ class _Compiler:
             return local
         parent = node.node
         # the parent chain, or the Name (a local resolved at the top)
-        source = self._chain(parent) if isinstance(parent, nodes.Getattr) else self.expr(parent)
+        if isinstance(parent, nodes.Getattr):
+            source = self._chain(parent)
+        else:
+            source = self._name(path[0])
+            used = self.fields.setdefault(path[0], set())
+            if used is not None:
+                used.add(path[1])
         key, local = self.bind(node.attr), f"_h{len(self.chains)}"
         self.chains[path] = local
         self.prologue += [
@@ -462,16 +477,21 @@ def _boolean(node: nodes.Node | None) -> bool:
     return False
 
 
-def fuse_tests(
-    exprs: list[Expression | None],
-) -> tuple[Callable[[Mapping[str, Any], FailHook], Hits], frozenset[str] | None]:
-    """One function testing `exprs` in order against a context.
+@dataclass(frozen=True)
+class FusedTests:
+    # (context, fail) -> the indexes of the expressions that hold (None always holds), in
+    # order; each that cannot be evaluated goes to fail(index, the error Expression.test
+    # raises)
+    test: Callable[[Mapping[str, Any], FailHook], Hits]
+    # the context names read; None when some expression is evaluated by Jinja (any name)
+    names: frozenset[str] | None
+    # name -> the fields of it that are read (`event.data.x` reads event's "data"); a name
+    # missing here may have any field read
+    fields: Mapping[str, frozenset[str]]
 
-    It returns the indexes of the expressions that hold (None always holds) and reports each
-    that cannot be evaluated to `fail(index, ExpressionError)`, as Expression.test would
-    raise it. Also returns the context names the function reads, or None when some
-    expression is evaluated by Jinja (which may read any of its names).
-    """
+
+def fuse_tests(exprs: list[Expression | None]) -> FusedTests:
+    """One function testing `exprs` in order against a context (see FusedTests)."""
     compiler = _Compiler(hoist=True)
     # Two versions of the tests: `plain` for when every hoisted chain was computed (the
     # usual case), `guarded` re-raising a failed chain's error at each of its uses.
@@ -541,7 +561,7 @@ def fuse_tests(
     try:
         exec(compile(source, "<kaskad matcher>", "exec"), namespace)
     except (SyntaxError, RecursionError, MemoryError):  # absurdly deep or many: one by one
-        return _one_by_one(exprs), None
+        return FusedTests(_one_by_one(exprs), None, {})
 
     def error(index: int, exc: Exception) -> ExpressionError:
         """The error Expression.test raises for what the block of `index` raised."""
@@ -556,8 +576,10 @@ def fuse_tests(
     fused: Callable[[Mapping[str, Any], FailHook], Hits] = namespace["_make"](
         *_HELPERS.values(), _truthy, error, *slow, *compiler.values
     )
-    names = None if jinja_names else frozenset(compiler.names)
-    return fused, names
+    if jinja_names:
+        return FusedTests(fused, None, {})
+    fields = {n: frozenset(f) for n, f in compiler.fields.items() if f is not None}
+    return FusedTests(fused, frozenset(compiler.names), fields)
 
 
 def _one_by_one(

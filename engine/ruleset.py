@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LoadError, Problem, did_you_mean
+from .events import LIGHT_FIELDS
 from .expressions import FailHook, fuse_tests
 from .program import WaitForOp
 from .rules import Rule, parse_rule
@@ -29,8 +30,9 @@ class Matcher:
     rules: tuple[Rule, ...]
     # (context, on_error) -> indexes into `rules` whose condition holds, in order
     test: Callable[[Mapping[str, Any], FailHook], list[int]]
-    # the context names the test reads; None: any (some condition is evaluated by Jinja)
-    names: frozenset[str] | None
+    # the test reads only `event` and `trigger`, and of them only these fields: the
+    # event's context without its ISO time will do (Event.light_context)
+    light: bool
 
 
 @dataclass
@@ -64,8 +66,13 @@ class RuleSet:
         self.by_event, self.fan_out = dict(by_event), dict(fan_out)
         self.matchers = {}
         for etype, rules in self.by_event.items():
-            test, names = fuse_tests([r.trigger.cond for r in rules])
-            self.matchers[etype] = Matcher(tuple(rules), test, names)
+            fused = fuse_tests([r.trigger.cond for r in rules])
+            light = (
+                fused.names is not None
+                and fused.names <= {"event", "trigger"}
+                and all(n in fused.fields and fused.fields[n] <= LIGHT_FIELDS for n in fused.names)
+            )
+            self.matchers[etype] = Matcher(tuple(rules), fused.test, light)
         self.watched = frozenset(watched)
 
 

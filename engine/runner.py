@@ -49,8 +49,8 @@ _REACTION_FIELD = {
     "message.opened": "opened_at",
     "message.clicked": "clicked_at",
 }
-EVENT_NAMES = frozenset({"event", "trigger"})
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "opened": 3, "clicked": 4}
+_AWAITED_FIELD = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at"}
 
 
 class Engine:
@@ -134,12 +134,12 @@ class Engine:
             return
         # Every trigger condition of the event's type, fused, against one context; the
         # user's part is built only when a condition reads it or a rule starts.
-        trigger = ev.context
         ctx = None
-        if matcher.names is not None and matcher.names <= EVENT_NAMES:
-            test_ctx = {"event": trigger, "trigger": trigger}
+        if matcher.light:
+            light = ev.light_context()
+            test_ctx = {"event": light, "trigger": light}
         else:
-            test_ctx = ctx = self._ctx(ws, st, trigger, trigger)
+            test_ctx = ctx = self._ctx(ws, st, ev.context, ev.context)
         rules = matcher.rules
         hits = matcher.test(
             test_ctx,
@@ -147,8 +147,8 @@ class Engine:
         )
         for n in hits:
             if ctx is None:
-                ctx = self._ctx(ws, st, trigger, trigger)
-            self._start(ws, rules[n], st, trigger, ctx)
+                ctx = self._ctx(ws, st, ev.context, ev.context)
+            self._start(ws, rules[n], st, ev.context, ctx)
 
     def try_start(
         self, ws: Workspace, rule: Rule, st: UserState, trigger: dict[str, Any]
@@ -629,16 +629,13 @@ class Engine:
         outcome: Outcome,
     ) -> bool | None:
         """True/False as _send when the cascade stops or waits; None to try the next channel."""
-        ws.save_message(message)
+        self._settle(ws, st, message, outcome)
         if outcome.kind == "accepted":
-            if outcome.dead_addresses and message.channel:
-                # Some of the user's devices are gone: later sends skip them.
-                mark_invalid(st, message.channel, list(outcome.dead_addresses))
-                ws.save_profile(st)
-            message.status, message.sent_at = "sent", ws.now
-            message.provider_id = outcome.provider_id
-            self._record(ws, message, "sent", message.reason)
             if entry.await_ and entry.within_s is not None:
+                if getattr(message, _AWAITED_FIELD[entry.await_]) is not None:
+                    # The reaction came before the provider's answer was applied (a mail
+                    # server's image proxy, a fast receipt): nothing left to wait for.
+                    return True
                 inst.state = {
                     "kind": "await",
                     "idx": self._entry_index(inst, rule, entry),
@@ -649,6 +646,25 @@ class Engine:
                 ws.save_instance(inst)
                 return False
             return True
+        return None
+
+    def _settle(self, ws: Workspace, st: UserState, message: Message, outcome: Outcome) -> None:
+        """Record the provider's final answer on the message (and dead addresses on the
+        profile); what the cascade does next is the caller's business."""
+        ws.save_message(message)
+        if outcome.kind == "accepted":
+            if outcome.dead_addresses and message.channel:
+                # Some of the user's devices are gone: later sends skip them.
+                mark_invalid(st, message.channel, list(outcome.dead_addresses))
+                ws.save_profile(st)
+            if _STATUS_RANK.get(message.status, -1) < _STATUS_RANK["sent"]:
+                message.status = "sent"  # never back down from a reaction that came first
+            if message.reason == "exited":
+                message.reason = None  # cancelled while its call was in flight: it went out
+            message.sent_at = ws.now
+            message.provider_id = outcome.provider_id
+            self._record(ws, message, "sent", message.reason)
+            return
         message.status = "failed"
         message.detail = outcome.detail
         if outcome.kind == "reject_recipient":
@@ -668,7 +684,6 @@ class Engine:
             message.reason = "retries_exhausted"
         else:
             message.reason = "provider_rejected"
-        return None
 
     def _entry_index(self, inst: Instance, rule: Rule, entry: CascadeEntry) -> int:
         op = rule.program[inst.pc]
@@ -689,7 +704,13 @@ class Engine:
             ),
             None,
         )
-        if message is None or inst is None:
+        if message is None:
+            return
+        if inst is None:
+            # The instance ended (goal, exit, restart) while the call was in flight: no
+            # cascade goes on, but the log must say what became of the message.
+            if message.sent_at is None and message.status not in ("failed", "skipped"):
+                self._settle(ws, st, message, outcome)
             return
         rule = self._rule_of(inst)
         if rule is None:

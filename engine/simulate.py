@@ -6,6 +6,7 @@ clock jumps from event to event and to the next due timer or broadcast.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ class Simulation:
         self.seen_ids: set[str] = set()
         self.duplicates = 0
         self._pending = 0
+        self._saving: asyncio.Future[None] | None = None
         self._schedules = [
             (r, cron_trigger(r.trigger.schedule or "", r.trigger.timezone)) for r in rules.scheduled
         ]
@@ -92,7 +94,7 @@ class Simulation:
             else:
                 break
             if self._pending >= _FLUSH_EVERY:
-                await self.flush()
+                await self.flush(wait=False)
         await self.flush()
         return self.ws.records
 
@@ -149,7 +151,6 @@ class Simulation:
         rule, trigger = self._schedules[which]
         fired = self.ws.now
         self._next_broadcast[which] = next_fire(trigger, fired)
-        await self.flush()
         event = {
             "id": None,
             "type": "schedule",
@@ -157,25 +158,37 @@ class Simulation:
             "time": iso(fired),
             "data": {"rule": rule.id},
         }
-        after = ""
-        while True:
-            users = await self.store.profile_ids(after, _FANOUT_BATCH)
-            for uid in users:
-                self.engine.try_start(self.ws, rule, self._user(uid), {**event, "user_id": uid})
-            self._pending += len(users)
-            if len(users) < _FANOUT_BATCH:
-                break
-            after = users[-1]
-            # Paging reads profile ids only, which the workspace does not change: flush for
-            # memory's sake, not for correctness.
+        # Every profile, in user id order as the store pages them. State is resident here:
+        # every user with a profile is in the workspace, so no write-behind has to land first.
+        users = sorted(self.ws.users)
+        for start in range(0, len(users), _FANOUT_BATCH):
+            for uid in users[start : start + _FANOUT_BATCH]:
+                self.engine.try_start(self.ws, rule, self.ws.users[uid], {**event, "user_id": uid})
+            self._pending += _FANOUT_BATCH
             if self._pending >= _FLUSH_EVERY:
-                await self.flush()
+                await self.flush(wait=False)
 
-    async def flush(self) -> None:
+    async def flush(self, *, wait: bool = True) -> None:
+        """Write the workspace's changes behind. `wait=False` lets the engine go on while
+        SQLite works (one save in flight at most, saves in order); a read of the store,
+        and the end of the run, wait for every save."""
+        changes = self.ws.take_changes()
         self._pending = 0
-        await self.store.save(self.ws.take_changes())
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            await saving
+        if not changes:
+            return
+        task = asyncio.ensure_future(self.store.save(changes))
+        if wait:
+            await task
+        else:
+            self._saving = task
 
     async def close(self) -> None:
+        if self._saving is not None:
+            saving, self._saving = self._saving, None
+            await saving
         await self.store.close()
 
 

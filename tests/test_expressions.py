@@ -479,9 +479,8 @@ def one_by_one(exprs: list[Expression | None], ctx: dict[str, Any]) -> list[Outc
 
 
 def fused_outcomes(exprs: list[Expression | None], ctx: dict[str, Any]) -> list[Outcome]:
-    test, _names = fuse_tests(exprs)
     errors: dict[int, str] = {}
-    hits = test(ctx, lambda n, exc: errors.__setitem__(n, str(exc)))
+    hits = fuse_tests(exprs).test(ctx, lambda n, exc: errors.__setitem__(n, str(exc)))
     assert hits == sorted(hits)
     assert not set(hits) & set(errors)
     return [
@@ -505,15 +504,19 @@ def test_fused_tests_equal_one_by_one(context: str) -> None:
     assert fused_outcomes(exprs, ctx) == one_by_one(reference, ctx)
 
 
-def test_fused_reports_names_and_falls_back_per_expression() -> None:
+def test_fused_reports_names_fields_and_falls_back_per_expression() -> None:
     fast = [Expression("event.data.total > 1"), Expression("user.rfm == 'loyal'")]
-    _test, names = fuse_tests(fast)
-    assert names == {"event", "user"}
-    _test, names = fuse_tests([*fast, Expression("event.data.tags | first == 'a'")])
-    assert names is None  # a Jinja-evaluated condition may read any name
-    ctx = CONTEXTS["full"]
-    test, _ = fuse_tests([*fast, Expression("event.data.tags | first == 'a'")])
-    assert test(ctx, lambda n, e: None) == [0, 1, 2]
+    fused = fuse_tests(fast)
+    assert fused.names == {"event", "user"}
+    assert fused.fields == {"event": {"data"}, "user": {"rfm"}}
+    # the object itself used: any field may be read, so none is listed
+    fused = fuse_tests([Expression("event.time > '2026'"), Expression("'x' in trigger")])
+    assert fused.names == {"event", "trigger"}
+    assert fused.fields == {"event": {"time"}}
+    jinja = Expression("event.data.tags | first == 'a'")
+    fused = fuse_tests([*fast, jinja])
+    assert fused.names is None  # a Jinja-evaluated condition may read any name
+    assert fused.test(CONTEXTS["full"], lambda n, e: None) == [0, 1, 2]
 
 
 def test_fused_chain_failure_is_each_users_error() -> None:

@@ -694,3 +694,27 @@ def test_a_reaction_for_an_unknown_message_is_ignored(load: Load) -> None:
     records, sim = simulate_with_sandbox(load(AWAIT_OPENED), events)
     assert records == []
     assert sim.ws.users["u1"].messages == []
+
+
+@pytest.mark.parametrize(
+    ("condition", "started"),
+    [
+        ("event.data.query == 'kettle'", True),  # reads data only: the light context
+        ("event.time >= '2026-11-23T09:30:00Z'", True),  # reads the time: the full context
+        ("trigger.time < '2026-11-23T09:30:00Z'", False),
+        ("event.user_id == 'u1' and user.email is not none", True),  # the user too
+        ("event | length == 5", True),  # the whole object: every field is there
+        ("event.data.missing > 1", False),  # an error: false, and the rule keeps loading
+    ],
+)
+def test_trigger_conditions_see_the_whole_event(load: Load, condition: str, started: bool) -> None:
+    rules = load(
+        f"""\
+        rule: r
+        trigger: {{event: search.performed, if: "{condition}"}}
+        steps:
+          - send: {{template: note, cascade: [email]}}
+        """
+    )
+    records = run_simulation(rules, [U1, search("2026-11-23T10:00:00Z")], config=QUIET_CONFIG)
+    assert [r["status"] for r in records] == (["sent"] if started else [])
