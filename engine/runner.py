@@ -19,10 +19,10 @@ from .config import Config
 from .durations import parse_duration
 from .errors import ExpressionError
 from .events import MESSAGE_EVENTS, Event
-from .expressions import Expression
+from .expressions import Expression, FusedTests, fuse_tests
 from .facts import apply_facts, mark_invalid
 from .localtime import next_local_time, parse_time_of_day, quiet_until, zone
-from .model import Instance, Message, Record, UserState, profile_context
+from .model import PROFILE_DEFAULTS, Instance, Message, Record, UserState, profile_context
 from .program import (
     REACTIONS_MEETING,
     BranchOp,
@@ -80,6 +80,8 @@ class Engine:
         )
         self.rules = rules
         self.versions: dict[tuple[str, str], Rule] = {}
+        # rule version -> its audience fused, and the profile fields it reads
+        self._audiences: dict[str, tuple[FusedTests, tuple[str, ...]]] = {}
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -87,6 +89,36 @@ class Engine:
         self.rules = rules
         for rule in rules.rules.values():
             self.versions[(rule.id, rule.version)] = rule
+            # (what try_start checks before the audience must be absent, so that testing
+            # the audience first changes nothing)
+            if (
+                rule.audience is not None
+                and rule.trigger.cond is None
+                and rule.key is None
+                and rule.version not in self._audiences
+            ):
+                fused = fuse_tests([rule.audience])
+                if fused.names == frozenset({"user"}) and "user" in fused.fields:
+                    self._audiences[rule.version] = (fused, tuple(fused.fields["user"]))
+
+    def start_for_audience(
+        self, ws: Workspace, rule: Rule, st: UserState, trigger: dict[str, Any]
+    ) -> Instance | None:
+        """try_start for one user of a broadcast, most of whom the audience leaves out: an
+        audience that reads a few profile fields is tested on those alone first."""
+        pre = self._audiences.get(rule.version)
+        if pre is not None:
+            fused, fields = pre
+            profile = st.profile
+            view = {
+                f: profile[f] if f in profile else PROFILE_DEFAULTS[f]
+                for f in fields
+                if f in profile or f in PROFILE_DEFAULTS
+            }
+            errors: list[ExpressionError] = []
+            if not fused.test({"user": view}, lambda _n, exc: errors.append(exc)) and not errors:
+                return None  # a clean "no"; an error goes the whole way, to be recorded
+        return self.try_start(ws, rule, st, trigger)
 
     # -- context ---------------------------------------------------------------------------
 

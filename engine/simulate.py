@@ -163,7 +163,9 @@ class Simulation:
         users = sorted(self.ws.users)
         for start in range(0, len(users), _FANOUT_BATCH):
             for uid in users[start : start + _FANOUT_BATCH]:
-                self.engine.try_start(self.ws, rule, self.ws.users[uid], {**event, "user_id": uid})
+                self.engine.start_for_audience(
+                    self.ws, rule, self.ws.users[uid], {**event, "user_id": uid}
+                )
             self._pending += _FANOUT_BATCH
             if self._pending >= _FLUSH_EVERY:
                 await self.flush(wait=False)

@@ -718,3 +718,34 @@ def test_trigger_conditions_see_the_whole_event(load: Load, condition: str, star
     )
     records = run_simulation(rules, [U1, search("2026-11-23T10:00:00Z")], config=QUIET_CONFIG)
     assert [r["status"] for r in records] == (["sent"] if started else [])
+
+
+@pytest.mark.parametrize(
+    ("audience", "expected"),
+    [
+        ("user.attributes.tier == 'gold'", ["a"]),
+        ("user.rfm in ['loyal'] or user.attributes.tier == 'silver'", ["b", "c"]),
+        ("user.attributes.score > 5", ["a"]),  # b and c: an error (no score), so false
+        ("user.orders_count == 0 and now.year > 2000", ["a", "b", "c"]),  # not prefiltered
+    ],
+)
+def test_a_broadcast_starts_exactly_its_audience(
+    load: Load, audience: str, expected: list[str]
+) -> None:
+    rules = load(
+        f"""\
+        rule: r
+        trigger: {{schedule: "0 11 * * TUE"}}
+        audience: "{audience}"
+        steps:
+          - send: {{template: note, cascade: [email]}}
+        """
+    )
+    users = [
+        profile("a", T0, email="a@shop.test", attributes={"tier": "gold", "score": 9}),
+        profile("b", T0, email="b@shop.test", rfm="loyal"),
+        profile("c", T0, email="c@shop.test", attributes={"tier": "silver"}),
+    ]
+    records = run_simulation(rules, users, config=QUIET_CONFIG, until=1795600000.0)
+    first = [r for r in records if r["time"] == "2026-11-24T11:00:00Z"]
+    assert [r["user_id"] for r in first] == expected
