@@ -49,6 +49,8 @@ _REACTION_FIELD = {
     "message.opened": "opened_at",
     "message.clicked": "clicked_at",
 }
+_WITH_DISPATCHER = frozenset({"queued", "sending", "answered"})
+_REACTED = (("clicked_at", "clicked"), ("opened_at", "opened"), ("delivered_at", "delivered"))
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "opened": 3, "clicked": 4}
 _AWAITED_FIELD = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at"}
 
@@ -286,7 +288,11 @@ class Engine:
                 if getattr(message, implied) is None:
                     setattr(message, implied, ws.now)
             new_status = ev.type.split(".", 1)[1]
-            if _STATUS_RANK.get(new_status, 0) > _STATUS_RANK.get(message.status, -1):
+            # A message still with the dispatcher keeps its status (the dispatcher and a
+            # restart go by it); the provider's answer, when settled, reads the times.
+            if message.status not in _WITH_DISPATCHER and _STATUS_RANK.get(
+                new_status, 0
+            ) > _STATUS_RANK.get(message.status, -1):
                 message.status = new_status
         elif ev.type == "message.unsubscribed" and message.channel:
             st.profile.setdefault("consent", {})[message.channel] = False
@@ -689,8 +695,13 @@ class Engine:
                 # Some of the user's devices are gone: later sends skip them.
                 mark_invalid(st, message.channel, list(outcome.dead_addresses))
                 ws.save_profile(st)
-            if _STATUS_RANK.get(message.status, -1) < _STATUS_RANK["sent"]:
-                message.status = "sent"  # never back down from a reaction that came first
+            # A reaction that came before the answer (an image proxy, a fast receipt)
+            # left its time: the status is the furthest the message got.
+            status = next(
+                (name for at, name in _REACTED if getattr(message, at) is not None), "sent"
+            )
+            if _STATUS_RANK.get(message.status, -1) < _STATUS_RANK[status]:
+                message.status = status
             if message.reason == "exited":
                 message.reason = None  # cancelled while its call was in flight: it went out
             message.sent_at = ws.now

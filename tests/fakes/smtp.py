@@ -8,6 +8,8 @@ import email
 import email.policy
 import ipaddress
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+_HOLD_MAX_S = 60.0  # a held reply is released by then even if the test forgot to
 
 
 @dataclass
@@ -38,6 +42,9 @@ class Script:
     rcpt: str | None = None  # e.g. "550 5.1.1 User unknown"
     data: str | None = None  # the reply at the end of DATA, e.g. "554 5.7.1 Spam"
     delay_s: float = 0.0  # sleep inside DATA before answering: a timeout for the client
+    # Keep the message (and tell `on_received`), then answer DATA only once this is set: the
+    # mail is in the mailbox while the sender still waits for the server's reply.
+    hold: threading.Event | None = None
 
 
 class _PortZeroController(Controller):
@@ -60,6 +67,9 @@ class FakeSmtp:
     script: dict[str, Script] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     auth_attempts: list[tuple[str, str]] = field(default_factory=list)
+    # Called with each message kept, on aiosmtpd's own thread: hand it to the test's loop with
+    # loop.call_soon_threadsafe.
+    on_received: Callable[[Received], None] | None = None
     host: str = "127.0.0.1"
     port: int = 0
     _queued: int = 0
@@ -86,6 +96,9 @@ class FakeSmtp:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for script in self.script.values():
+            if script.hold is not None:
+                script.hold.set()  # no held reply outlives the server
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
@@ -141,20 +154,25 @@ class FakeSmtp:
         raw = envelope.original_content or b""
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
-        self.received.append(
-            Received(
-                mail_from=str(envelope.mail_from),
-                rcpt_tos=list(envelope.rcpt_tos),
-                message=parsed,
-                raw=raw,
-                # STARTTLS sets session.ssl; implicit TLS shows on the transport only.
-                tls=session.ssl is not None
-                or server.transport.get_extra_info("ssl_object") is not None,
-                authenticated=bool(session.authenticated),
-            )
+        received = Received(
+            mail_from=str(envelope.mail_from),
+            rcpt_tos=list(envelope.rcpt_tos),
+            message=parsed,
+            raw=raw,
+            # STARTTLS sets session.ssl; implicit TLS shows on the transport only.
+            tls=session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
+            authenticated=bool(session.authenticated),
         )
+        self.received.append(received)
         self._queued += 1
-        return f"250 2.0.0 Ok: queued as Q{self._queued:05d}"
+        queue_id = f"Q{self._queued:05d}"
+        if self.on_received is not None:
+            self.on_received(received)
+        if script.hold is not None:
+            # A thread waits on the test's Event, so this server's loop keeps serving others.
+            await asyncio.get_running_loop().run_in_executor(None, script.hold.wait, _HOLD_MAX_S)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
 def self_signed_server_context(directory: Path) -> ssl.SSLContext:

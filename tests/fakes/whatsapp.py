@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +39,15 @@ def wa_error(
 
 
 class FakeWhatsApp(FakeServer):
-    def __init__(self, version: str = "v21.0") -> None:
+    def __init__(
+        self,
+        version: str = "v21.0",
+        on_request: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.version = version
         self.requests: list[dict[str, Any]] = []  # JSON bodies of accepted-for-checking calls
+        # Called with each body as it is added to `requests`, in the serving (test's) loop.
+        self.on_request = on_request
         self._replies: dict[str, list[Reply]] = {}
         self._ids = itertools.count(1)
 
@@ -67,6 +74,8 @@ class FakeWhatsApp(FakeServer):
         except ValueError:
             return await self._answer(wa_error(400, 100, "Invalid JSON"))
         self.requests.append(body)
+        if self.on_request is not None:
+            self.on_request(body)
         problem = _problem(body)
         if problem:
             return await self._answer(wa_error(400, 100, "(#100) Invalid parameter", problem))
