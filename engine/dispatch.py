@@ -96,6 +96,8 @@ class Dispatcher:
         if requeued:
             log.warning("dispatch.requeued_in_flight", count=requeued)
         while True:
+            # Cleared before looking, so a wake-up that comes while we look is not lost.
+            self.wake.clear()
             try:
                 batch = await self.store.claim_queued(self.clock.now(), 200)
             except asyncio.CancelledError:
@@ -108,7 +110,6 @@ class Dispatcher:
                 self.tasks.spawn(self._send(message), name=f"send-{message.id}")
             if len(batch) == 200:
                 continue
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=1.0)
 
