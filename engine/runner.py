@@ -281,12 +281,15 @@ class Engine:
             return
         field = _REACTION_FIELD.get(ev.type)
         if field and getattr(message, field) is None:
-            setattr(message, field, ws.now)
+            # When it happened, as orders are dated (attribution compares the two): the
+            # event's time, unless it claims the future or a time before the message.
+            at = max(min(ev.time, ws.now), message.created_at)
+            setattr(message, field, at)
             # A click implies the open and the delivery, an open implies the delivery.
             order = ("delivered_at", "opened_at", "clicked_at")
             for implied in order[: order.index(field)]:
                 if getattr(message, implied) is None:
-                    setattr(message, implied, ws.now)
+                    setattr(message, implied, at)
             new_status = ev.type.split(".", 1)[1]
             # A message still with the dispatcher keeps its status (the dispatcher and a
             # restart go by it); the provider's answer, when settled, reads the times.

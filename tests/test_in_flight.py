@@ -98,3 +98,18 @@ def test_an_answer_after_the_goal_is_recorded_and_goes_no_further(tmp_path: Path
     eng.on_send_outcome(ws, st, message.id, Outcome.accepted("pid-1"))
     assert (message.status, message.sent_at, message.provider_id) == ("sent", T0 + 6, "pid-1")
     assert [m.channel for m in outbox] == ["email"]  # the cascade did not go on to SMS
+
+
+def test_a_reaction_is_dated_when_it_happened(tmp_path: Path) -> None:
+    """As orders are (attribution compares the two): the event's time, but never in the
+    future nor before the message existed."""
+    eng, _outbox = engine(tmp_path)
+    ws = Workspace(now=T0)
+    st = user(ws)
+    eng.handle_event(ws, st, event("cart.updated", T0, total=10))
+    (message,) = st.messages
+    ws.now = T0 + 50
+    eng.handle_event(ws, st, event("message.delivered", T0 - 100, message_id=message.id))
+    eng.handle_event(ws, st, event("message.opened", T0 + 30, message_id=message.id))
+    eng.handle_event(ws, st, event("message.clicked", T0 + 900, message_id=message.id))
+    assert (message.delivered_at, message.opened_at, message.clicked_at) == (T0, T0 + 30, T0 + 50)

@@ -52,7 +52,8 @@ def statuses(*items: tuple[str, str]) -> bytes:
         value: dict[str, Any] = {
             "id": wamid,
             "status": status,
-            "timestamp": str(int(START) + 60),
+            # when the provider saw it: the minute after the sends of these tests
+            "timestamp": str(int(START) + 3660),
             "recipient_id": "79990001122",
         }
         if status == "failed":
