@@ -1,8 +1,11 @@
-"""`python -m bench` (`make bench`): the matcher, replay and ingest benchmarks.
+"""`python -m bench` (`make bench`): the matcher, replay, ingest and timers benchmarks.
 
-Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...}}``.
-Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the matcher; 200,000
-events from 20,000 users over 14 days for the replay).
+Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
+"ingest": {...}, "timers": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0:
+20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay;
+100,000 events for ingest; 1,000,000 pending timers). ``--timers-10m`` (or
+``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with 10,000,000 pending timers:
+it builds a ~6 GB store and takes several minutes more.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ MATCH_EVENTS = 20_000
 REPLAY_EVENTS = 200_000
 REPLAY_USERS = 20_000
 REPLAY_DAYS = 14
+TIMERS = 1_000_000
 
 
 def _log(message: str) -> None:
@@ -35,11 +39,33 @@ def _scale() -> float:
     return scale
 
 
+def _timers(flag: int | None, scale: float) -> int:
+    """Pending timers: the flag, else KASKAD_BENCH_TIMERS, else 1,000,000 x the scale."""
+    raw = os.environ.get("KASKAD_BENCH_TIMERS")
+    if flag is not None:
+        return flag
+    if raw is None:
+        return max(10_000, round(TIMERS * scale))
+    try:
+        count = int(raw)
+    except ValueError:
+        raise SystemExit(f"KASKAD_BENCH_TIMERS must be an integer, got {raw!r}") from None
+    if count < 1000:
+        raise SystemExit(f"KASKAD_BENCH_TIMERS must be at least 1000, got {raw!r}")
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=("match", "replay", "ingest"), help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=("match", "replay", "ingest", "timers"), help="run one benchmark"
+    )
+    parser.add_argument(
+        "--timers-10m", action="store_true", help="10,000,000 pending timers (slow)"
+    )
     args = parser.parse_args(argv)
     scale = _scale()
+    timers = _timers(10_000_000 if args.timers_10m else None, scale)
     report: dict[str, Any] = {}
     if args.only in (None, "match"):
         from bench.match import run_match
@@ -61,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["ingest"] = run_ingest(max(1000, round(100_000 * scale)), log=_log)
         _log(f"ingest: {json.dumps(report['ingest'])}")
+    if args.only in (None, "timers"):
+        from bench.timers import run_timers
+
+        report["timers"] = run_timers(timers, log=_log)
+        _log(f"timers: {json.dumps(report['timers'])}")
     print(json.dumps(report))
     return 0
 

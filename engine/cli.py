@@ -118,6 +118,94 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_existing_store(config: Config) -> Any:
+    """The daemon's store; a missing SQLite file is an error, not a new empty database."""
+    from .store import open_store
+    from .store.sqlite import sqlite_path
+
+    url = config.storage.url
+    if url.startswith("sqlite:"):
+        path = sqlite_path(url)
+        if path != ":memory:" and not Path(path).is_file():
+            raise SystemExit(f"storage.url {url}: no database at {path} (has the daemon run?)")
+    return open_store(url)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .clock import RealClock
+    from .ruleset import load_ruleset
+    from .stats import compute_stats, parse_bound
+    from .stats_text import format_text
+
+    config = _config(args.config)
+    now = RealClock().now()
+    try:
+        since = parse_bound(args.since, now, "--since") if args.since else None
+        until = parse_bound(args.until, now, "--until") if args.until else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if since is not None and until is not None and until <= since:
+        print("--until must be after --since", file=sys.stderr)
+        return 2
+    rules_path = Path(config.rules.path)
+    rules = load_ruleset([rules_path]) if rules_path.exists() else None
+
+    async def run() -> dict[str, Any]:
+        store = await _open_existing_store(config)
+        try:
+            return await compute_stats(
+                store,
+                rules=rules,
+                policies=config.policies,
+                rule=args.rule,
+                since=since,
+                until=until,
+                now=now,
+            )
+        finally:
+            await store.close()
+
+    stats = asyncio.run(run())
+    if args.format == "json":
+        json.dump(stats, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_text(stats))
+    return 0
+
+
+def cmd_rfm(args: argparse.Namespace) -> int:
+    from .clock import RealClock
+    from .processor import Processor
+    from .rfm import Write, recompute, through
+    from .ruleset import RuleSet
+    from .runner import Engine
+    from .store.sqlite import SqliteStore
+
+    config = _config(args.config)
+
+    async def run() -> dict[str, Any]:
+        store = await _open_existing_store(config)
+        try:
+            write: Write
+            if isinstance(store, SqliteStore):
+                # Beside a running daemon: only the two keys change, in place.
+                write = store.set_rfm
+            else:
+                processor = Processor(Engine(RuleSet(), config, lambda m: None), store, RealClock())
+                write = through(processor.call)
+            return (await recompute(store, write)).json()
+        finally:
+            await store.close()
+
+    result = asyncio.run(run())
+    print(f"{result['customers']} customers scored, {result['changed']} profiles updated")
+    for name, count in result["segments"].items():
+        print(f"  {name:<16}{count:>8}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import main as daemon_main
 
@@ -155,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", help="rules directory (default: rules.path from the config)")
     p.add_argument("--config")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("stats", help="funnels per rule, step, channel, variant; A/B results")
+    p.add_argument("--rule", help="one rule id (default: every rule)")
+    p.add_argument("--since", help="ISO time, or a duration before now such as -7d")
+    p.add_argument("--until", help="ISO time, or a duration before now (default: now)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("rfm", help="recompute RFM segments on the profiles now")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_rfm)
 
     p = sub.add_parser("schema", help="JSON Schema of rule and template files")
     p.set_defaults(func=cmd_schema)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +95,35 @@ class Attribution(_Section):
     window: str = "7d"
     touch: Literal["click", "open", "send"] = "click"
 
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        # The daemon keeps a user's last 30 days of messages at hand, so the touch an order
+        # is attributed to is found within 30 days.
+        if not 0 < parse_duration(value) <= 30 * 86400:
+            raise ValueError("must be a duration from 1s to 30d")
+        return value
+
+    @property
+    def window_s(self) -> float:
+        return parse_duration(self.window)
+
+
+class AbConfig(_Section):
+    # A/B verdicts: no winner is called while a variant has fewer users than this.
+    min_sample: int = Field(default=100, ge=1)
+
+
+class RfmConfig(_Section):
+    # The nightly RFM recompute, at this time of day in policies.timezone.
+    at: str = "03:30"
+
+    @field_validator("at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        parse_time_of_day(value)
+        return value
+
 
 def _default_caps() -> list[FrequencyCap]:
     return [FrequencyCap(per="1d", max=2), FrequencyCap(per="7d", max=6)]
@@ -105,6 +136,8 @@ class PoliciesConfig(_Section):
     attribution: Attribution = Field(default_factory=Attribution)
     consent_default: dict[str, Literal["opt_in", "opt_out"]] = Field(default_factory=dict)
     timezone: str = "UTC"  # for users whose profile has none
+    ab: AbConfig = Field(default_factory=AbConfig)
+    rfm: RfmConfig | None = Field(default_factory=RfmConfig)  # None: no nightly recompute
 
     @field_validator("consent_default")
     @classmethod
@@ -241,17 +274,33 @@ def parse_config(text: str, path: str = "config.yaml", env: dict[str, str] | Non
 
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at `loc` takes (through models, list items and dict values)."""
     model: Any = Config
     for part in loc:
-        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-        if field is None:
+        model = _unwrap(model)
+        origin, args = typing.get_origin(model), typing.get_args(model)
+        if hasattr(model, "model_fields"):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return []
+            model = field.annotation
+        elif origin in (list, tuple) and isinstance(part, int) and args:
+            model = args[0]
+        elif origin is dict and len(args) == 2:
+            model = args[1]
+        else:
             return []
-        model = field.annotation
-        model = next(
-            (a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model
-        )
-    fields = getattr(model, "model_fields", {})
+    fields = getattr(_unwrap(model), "model_fields", {})
     return [f.alias or name for name, f in fields.items()]
+
+
+def _unwrap(model: Any) -> Any:
+    """`X | None` (or any union holding one model or container) -> X."""
+    args = typing.get_args(model)
+    if typing.get_origin(model) in (typing.Union, types.UnionType):
+        useful = [a for a in args if a is not type(None)]
+        return useful[0] if len(useful) == 1 else model
+    return model
 
 
 def load_config(path: str | Path | None = None) -> Config:

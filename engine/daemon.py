@@ -26,6 +26,7 @@ from .logs import configure
 from .metrics import Metrics
 from .processor import Processor
 from .reload import RuleManager
+from .rfm import RfmJob, through
 from .runner import Engine
 from .store import open_store
 from .tasks import TaskGroup
@@ -111,6 +112,7 @@ class Daemon:
             self.tasks,
             on_result=lambda ch, kind: self.metrics.sends.labels(ch, kind).inc(),
         )
+        self.rfm = RfmJob(self.store, through(self.processor.call))  # nightly; POST /v1/rfm
         self.state = AppState(
             config=config,
             store=self.store,
@@ -121,6 +123,7 @@ class Daemon:
             dispatcher=self.dispatcher,
             tracker=self.engine.tracker,
             started_at=clock.now(),
+            extra={"rfm": self.rfm},
         )
         self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -156,6 +159,7 @@ class Daemon:
     def _scheduler(self) -> Any:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+        from .localtime import parse_time_of_day
         from .schedule import cron_trigger
 
         scheduler = AsyncIOScheduler(timezone="UTC")
@@ -179,6 +183,21 @@ class Daemon:
         sync_jobs()
         self.rules.listeners.append(sync_jobs)
         scheduler.add_job(self._retention, "cron", hour=3, minute=17, id="retention")
+        rfm = self.config.policies.rfm
+        if rfm is not None:
+            at = parse_time_of_day(rfm.at)
+            scheduler.add_job(
+                self.rfm.run,
+                "cron",
+                hour=at.hour,
+                minute=at.minute,
+                second=at.second,
+                timezone=self.config.policies.timezone,
+                id="rfm",
+                coalesce=True,
+                misfire_grace_time=3600,
+                max_instances=1,
+            )
         if self.background:
             scheduler.start()
         return scheduler

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
+from .clock import iso
 from .events import Event
-from .model import UserState
+from .model import Message, UserState
+from .store.base import Order, Touch
 from .workspace import Workspace
 
 _MERGED = ("attributes", "consent")
+# A shop that re-sends an order (a retry with a new event id) must not count it twice: the
+# profile remembers its last order ids, the orders table's key is the backstop.
+RECENT_ORDER_IDS = 50
 
 
 def _same(token: Any) -> Any:
@@ -45,12 +51,14 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
         _merge_profile(profile, data)
         changed = True
     elif etype == "order.created":
-        profile["orders_count"] = int(profile.get("orders_count", 0)) + 1
-        total = data.get("total")
-        if isinstance(total, int | float) and total > 0:
-            profile["revenue"] = round(float(profile.get("revenue", 0)) + total, 2)
-        profile["last_order_at"] = ev.context["time"]
-        changed = True
+        order = _order(ws, st, ev)
+        if order is not None:
+            ws.changes.orders.append(order)
+            profile["orders_count"] = int(profile.get("orders_count", 0)) + 1
+            if order.total:
+                profile["revenue"] = round(float(profile.get("revenue", 0)) + order.total, 2)
+            profile["last_order_at"] = ev.context["time"]
+            changed = True
     elif etype == "cart.updated":
         ws.changes.cart_reset.add(uid)
         for item in data.get("items") or []:
@@ -75,6 +83,68 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
         profile["updated_at"] = ws.now
         st.profile_dirty = False
         ws.save_profile(st)
+
+
+def _order(ws: Workspace, st: UserState, ev: Event) -> Order | None:
+    """The order row of an order.created event, None when this order was counted before."""
+    data, profile = ev.data, st.profile
+    raw_id = data.get("order_id")
+    known = profile.get("recent_order_ids")
+    recent = [x for x in known if isinstance(x, str)] if isinstance(known, list) else []
+    if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and raw_id != "":
+        order_id = str(raw_id)
+        if order_id in recent:
+            return None
+        profile["recent_order_ids"] = [*recent, order_id][-RECENT_ORDER_IDS:]
+    elif ev.id is not None:
+        order_id = f"event:{ev.id}"
+    else:
+        order_id = f"{iso(ws.now)}#{int(profile.get('orders_count', 0)) + 1}"
+    raw_total = data.get("total")
+    total = (
+        round(float(raw_total), 2)
+        if isinstance(raw_total, int | float)
+        and not isinstance(raw_total, bool)
+        and math.isfinite(raw_total)
+        and raw_total >= 0
+        else None
+    )
+    currency = data.get("currency")
+    source = data.get("source")
+    # An order dated in the future (a shop clock ahead of ours) counts as of now.
+    at = min(ev.time, ws.now)
+    return Order(
+        user_id=st.user_id,
+        order_id=order_id,
+        at=at,
+        total=total,
+        currency=currency if isinstance(currency, str) else None,
+        source="offline" if isinstance(source, str) and source.lower() == "offline" else "online",
+        event_id=ev.id,
+        touches=last_touches(st.messages, at),
+    )
+
+
+_TOUCH_TIME = {"click": "clicked_at", "open": "opened_at", "send": "sent_at"}
+
+
+def last_touches(messages: list[Message], at: float) -> dict[str, Touch]:
+    """The user's last clicked, opened and sent message at or before `at` (later wins ties).
+
+    The daemon holds a user's messages of the last 30 days, which bounds the attribution
+    window (policies.attribution.window).
+    """
+    out: dict[str, Touch] = {}
+    for kind, attr in _TOUCH_TIME.items():
+        best: Message | None = None
+        best_at = -math.inf
+        for m in messages:
+            when = getattr(m, attr)
+            if when is not None and best_at <= when <= at:
+                best, best_at = m, when
+        if best is not None:
+            out[kind] = Touch(best.id, best_at, best.rule_id, best.step, best.channel, best.variant)
+    return out
 
 
 def _interest(ws: Workspace, add: bool, product_id: str, kind: str, uid: str) -> None:

@@ -42,6 +42,10 @@ def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
@@ -59,6 +63,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # sys.stderr as it is when a line is written, not as it was when logging was
+        # configured (a CLI run inside tests, or a redirected stream, would leave it closed)
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,6 +14,7 @@ from .errors import ExpressionError
 from .facts import _merge_profile
 from .model import new_profile, profile_context
 from .ruleset import load_ruleset
+from .templates import Template
 from .tracking import Tracker
 
 SAMPLE_TRIGGER: dict[str, Any] = {
@@ -35,6 +37,48 @@ SAMPLE_TRIGGER: dict[str, Any] = {
 }
 
 
+@dataclass
+class Rendered:
+    """One channel of a template rendered with sample data: its fields, or the error."""
+
+    channel: str
+    fields: dict[str, Any] | None
+    error: str | None = None
+
+
+def render_channels(
+    template: Template,
+    user: dict[str, Any],
+    trigger: dict[str, Any],
+    config: Config,
+) -> list[Rendered]:
+    """Every channel block of the template, rendered as a send would render it."""
+    uid = str(user.get("user_id", "preview-user"))
+    profile = new_profile(uid, 0.0)
+    _merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
+    event = trigger or SAMPLE_TRIGGER
+    now = parse_time(event["time"]) if isinstance(event.get("time"), str) else 0.0
+    tracker = Tracker(config.tracking.base_url, config.tracking.secret or "preview")
+    out = []
+    for channel in template.blocks:
+        ctx = {
+            "event": event,
+            "trigger": event,
+            "user": profile_context(profile),
+            "now": datetime.fromtimestamp(now, UTC),
+            "message": {"id": "m-preview", "channel": channel, "rule": "preview"},
+            "track": lambda url: tracker.click_url("m-preview", str(url)),
+            "unsubscribe_url": tracker.unsubscribe_url("m-preview", channel),
+            "variant": None,
+            "rule": {"id": "preview"},
+        }
+        try:
+            out.append(Rendered(channel, template.render(channel, ctx)))
+        except ExpressionError as exc:
+            out.append(Rendered(channel, None, str(exc)))
+    return out
+
+
 def preview(
     rules_path: Path,
     name: str,
@@ -50,33 +94,14 @@ def preview(
             out.write(f"{problem}\n")
         out.write(f"unknown template '{name}'\n")
         return 1
-    uid = str(user.get("user_id", "preview-user"))
-    profile = new_profile(uid, 0.0)
-    _merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
-    event = trigger or SAMPLE_TRIGGER
-    now = parse_time(event["time"]) if isinstance(event.get("time"), str) else 0.0
-    tracker = Tracker(config.tracking.base_url, config.tracking.secret or "preview")
     failed = 0
-    for channel in template.blocks:
-        ctx = {
-            "event": event,
-            "trigger": event,
-            "user": profile_context(profile),
-            "now": datetime.fromtimestamp(now, UTC),
-            "message": {"id": "m-preview", "channel": channel, "rule": "preview"},
-            "track": lambda url: tracker.click_url("m-preview", str(url)),
-            "unsubscribe_url": tracker.unsubscribe_url("m-preview", channel),
-            "variant": None,
-            "rule": {"id": "preview"},
-        }
-        out.write(f"== {channel} ==\n")
-        try:
-            rendered = template.render(channel, ctx)
-        except ExpressionError as exc:
+    for item in render_channels(template, user, trigger, config):
+        out.write(f"== {item.channel} ==\n")
+        if item.fields is None:
             failed += 1
-            out.write(f"template_error: {exc}\n\n")
+            out.write(f"template_error: {item.error}\n\n")
             continue
-        for key, value in rendered.items():
+        for key, value in item.fields.items():
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             out.write(f"{key}: {text}\n" if "\n" not in text else f"{key}:\n{text}\n")
         out.write("\n")

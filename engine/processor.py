@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ class Processor:
         clock: Clock,
         *,
         batch: int = 500,
+        timer_batch: int = 1000,
         on_commit: Callable[[Workspace], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -52,6 +54,9 @@ class Processor:
         self.store = store
         self.clock = clock
         self.batch = batch
+        # Timers fire in bigger batches: one query for the due ones, one load of their users,
+        # one commit (and fsync) for all of them.
+        self.timer_batch = timer_batch
         self.wake = asyncio.Event()
         self.outcomes: asyncio.Queue[tuple[str, str, Outcome]] = asyncio.Queue()
         self.counters = Counters()
@@ -78,14 +83,15 @@ class Processor:
         cooldowns = [r.cooldown_s for r in self.engine.rules.rules.values()]
         return now - max(cooldowns, default=0.0) - 1.0
 
-    async def _workspace(self, user_ids: list[str]) -> Workspace:
+    async def _workspace(self, user_ids: list[str], *, starts: bool = True) -> Workspace:
+        """The users' state; starts=False for work that starts no instance (no cooldowns)."""
         now = self.clock.now()
         ws = Workspace(now=now)
         if user_ids:
             ws.users = await self.store.load_users(
                 sorted(set(user_ids)),
                 messages_since=now - self._messages_since_s,
-                starts_since=self._starts_since(now),
+                starts_since=self._starts_since(now) if starts else math.inf,
             )
         return ws
 
@@ -165,10 +171,11 @@ class Processor:
 
     async def step_timers(self) -> int:
         now = self.clock.now()
-        due = await self.store.due_instances(now, self.batch)
+        due = await self.store.due_instances(now, self.timer_batch)
         if not due:
             return 0
-        ws = await self._workspace([uid for _, _, uid in due])
+        # A timer only moves its own instance on: it never starts one, so no cooldowns.
+        ws = await self._workspace([uid for _, _, uid in due], starts=False)
         fired = 0
         for due_at, iid, uid in due:
             st = ws.users.get(uid)
@@ -178,11 +185,12 @@ class Processor:
             self.counters.lateness_s = max(0.0, now - due_at)
             if self.metrics:
                 self.metrics.timer_lateness.observe(self.counters.lateness_s)
-                self.metrics.timers_fired.inc()
             self.engine.on_timer(ws, st, inst)
             fired += 1
         await self._commit(ws)
         self.counters.timers += fired
+        if self.metrics:
+            self.metrics.timers_fired.inc(fired)
         return max(fired, 1)
 
     async def step_outcomes(self) -> int:
@@ -318,6 +326,8 @@ class Processor:
         """Forever: work while there is work; else sleep until the next due timer or a wake."""
         self.looping = True
         while True:
+            # Cleared before looking for work: a wake set while we look is not lost.
+            self.wake.clear()
             try:
                 if await self.run_once():
                     continue
@@ -334,6 +344,5 @@ class Processor:
             await self._sleep(delay_s)
 
     async def _sleep(self, delay_s: float) -> None:
-        self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=min(delay_s, 3600.0))

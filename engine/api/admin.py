@@ -10,14 +10,23 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..clock import iso
+from ..config import Attribution
 from ..errors import EventError
 from ..events import parse_event
 from ..model import Instance, Message, profile_context
+from ..store.base import Order, Store
 from .auth import admin_denied
 from .errors import Handler, error
 from .state import STATE
 
-ADMIN_PREFIXES = ("/v1/profiles", "/v1/users", "/v1/messages", "/v1/rules", "/v1/stats")
+ADMIN_PREFIXES = (
+    "/v1/profiles",
+    "/v1/users",
+    "/v1/messages",
+    "/v1/rules",
+    "/v1/stats",
+    "/v1/rfm",
+)
 
 
 @web.middleware
@@ -121,10 +130,56 @@ def _instance_json(i: Instance) -> dict[str, Any]:
 async def get_timeline(request: web.Request) -> web.Response:
     """Everything kaskad did for one user, newest first: "why wasn't it sent?"."""
     state = request.app[STATE]
-    uid = request.match_info["user_id"]
-    instances = await state.store.instances_of(uid)
-    messages = await state.store.messages(user_id=uid, limit=500)
-    items: list[dict[str, Any]] = []
+    return web.json_response(
+        await timeline(
+            state.store, request.match_info["user_id"], state.config.policies.attribution
+        )
+    )
+
+
+def _order_json(order: Order, policy: Attribution) -> dict[str, Any]:
+    """An order and the message it is attributed to under `policy` (None: unattributed)."""
+    touch = order.touches.get(policy.touch)
+    attributed = touch is not None and order.at - touch.at <= policy.window_s
+    return {
+        "order_id": order.order_id,
+        "at": _t(order.at),
+        "total": order.total,
+        "currency": order.currency,
+        "source": order.source,
+        "event_id": order.event_id,
+        "attributed": None
+        if touch is None or not attributed
+        else {
+            "message_id": touch.message_id,
+            "rule": touch.rule,
+            "step": touch.step,
+            "channel": touch.channel,
+            "variant": touch.variant,
+            "touch": policy.touch,
+            "touch_at": _t(touch.at),
+        },
+    }
+
+
+async def timeline(
+    store: Store, uid: str, attribution: Attribution | None = None
+) -> dict[str, Any]:
+    """The user's instances and orders and, newest first, their starts, ends, sends, skips
+    and orders (each with the message it is attributed to, per `attribution`)."""
+    policy = attribution or Attribution()
+    instances = await store.instances_of(uid)
+    messages = await store.messages(user_id=uid, limit=500)
+    orders = [_order_json(o, policy) for o in await store.orders_of(uid)]
+    items: list[dict[str, Any]] = [
+        {
+            "time": o["at"],
+            "kind": "order.created",
+            "rule": o["attributed"]["rule"] if o["attributed"] else None,
+            **o,
+        }
+        for o in orders
+    ]
     for inst in instances:
         items.append(
             {"time": _t(inst.started_at), "kind": "instance.started", **_instance_json(inst)}
@@ -148,9 +203,12 @@ async def get_timeline(request: web.Request) -> web.Response:
             }
         )
     items.sort(key=lambda x: (x["time"] or "", x["kind"]), reverse=True)
-    return web.json_response(
-        {"user_id": uid, "instances": [_instance_json(i) for i in instances], "timeline": items}
-    )
+    return {
+        "user_id": uid,
+        "instances": [_instance_json(i) for i in instances],
+        "orders": orders,
+        "timeline": items,
+    }
 
 
 def _cursor_encode(m: Message) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, callbacks, ingest, tracking
+from . import admin, callbacks, dashboard, ingest, stats, tracking
 from .errors import json_errors
 from .state import STATE, AppState
 
@@ -25,6 +25,8 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/v1/messages", admin.get_messages)
     r.add_get("/v1/rules", admin.get_rules)
     r.add_post("/v1/rules/reload", admin.reload_rules)
+    r.add_get("/v1/stats", stats.get_stats)
+    r.add_post("/v1/rfm/recompute", stats.post_rfm_recompute)
     r.add_get("/v1/callbacks/{channel}", callbacks.get_callback)
     r.add_post("/v1/callbacks/{channel}", callbacks.post_callback)
     r.add_get("/t/o/{token}", tracking.open_pixel)
@@ -34,4 +36,5 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/healthz", admin.healthz)
     r.add_get("/readyz", admin.readyz)
     r.add_get("/metrics", admin.metrics)
+    dashboard.add_routes(r)  # the marketers' dashboard: `/` and /ui/...
     return app

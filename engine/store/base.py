@@ -7,6 +7,59 @@ from typing import Any, Protocol
 
 from ..model import Instance, Message, UserState
 
+TOUCHES = ("click", "open", "send")
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """A message as an order's touch: which one, when it was clicked/opened/sent, its row."""
+
+    message_id: str
+    at: float
+    rule: str
+    step: str
+    channel: str | None
+    variant: str | None
+
+
+@dataclass(slots=True)
+class Order:
+    """An order as stats keep it, with the user's last touch of each kind before it."""
+
+    user_id: str
+    order_id: str
+    at: float
+    total: float | None  # None: missing or negative in the event (counted, revenue 0)
+    currency: str | None
+    source: str  # online | offline
+    event_id: str | None = None
+    touches: dict[str, Touch] = field(default_factory=dict)  # kind (TOUCHES) -> touch
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """What a stats read covers: [since, until) on each row's own time, one rule or all, and
+    the attribution policy (touch = click | open | send, window in seconds)."""
+
+    since: float
+    until: float
+    rule: str | None
+    touch: str
+    window_s: float
+
+
+# Rows of the stats reads (plain tuples: they come straight from GROUP BY queries).
+# (rule, step, channel, variant, status, reason, messages, sends, delivered, opened, clicked)
+MessageCounts = tuple[str, str, str | None, str | None, str, str | None, int, int, int, int, int]
+# (rule, step, channel, variant, attributed orders, their revenue)
+AttributedCounts = tuple[str, str, str | None, str | None, int, float]
+# (rule, variant, users assigned, users who clicked, users with an attributed order)
+VariantCounts = tuple[str, str, int, int, int]
+# (source, orders, revenue, attributed orders, attributed revenue)
+OrderCounts = tuple[str, int, float, int, float]
+# (user id, recency score, frequency score, monetary score, current rfm, current scores)
+RfmRow = tuple[str, int, int, int, Any, Any]
+
 
 @dataclass
 class Changes:
@@ -21,6 +74,7 @@ class Changes:
     # user ids whose cart interest is replaced before interest_add applies
     cart_reset: set[str] = field(default_factory=set)
     erased_users: set[str] = field(default_factory=set)
+    orders: list[Order] = field(default_factory=list)
     # inbox rows whose effects are in this unit of work, and fan-out progress
     inbox_done: list[int] = field(default_factory=list)
     inbox_cursor: tuple[int, str] | None = None
@@ -36,6 +90,7 @@ class Changes:
             or self.interest_remove
             or self.cart_reset
             or self.erased_users
+            or self.orders
         )
 
 
@@ -138,11 +193,52 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
+    # -- stats, orders, RFM ----------------------------------------------------------------
+
+    async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:
+        """Messages created in range, counted per rule, step, channel, variant, status, reason."""
+        ...
+
+    async def stats_instances(self, q: StatsQuery) -> list[tuple[str, str, int]]:
+        """(rule, status, count) of instances started in range."""
+        ...
+
+    async def stats_attributed(self, q: StatsQuery) -> list[AttributedCounts]:
+        """Orders in range attributed (per the query's policy) to a message, per message row."""
+        ...
+
+    async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
+        """A/B cohorts: users whose instance got a variant in range, and of them those who
+        clicked a message of that rule and those with an order attributed to one (any time)."""
+        ...
+
+    async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
+        """Orders in range per source, with the attributed part (the rule filter is ignored)."""
+        ...
+
+    async def orders_of(self, user_id: str, limit: int = 200) -> list[Order]:
+        """The user's orders, newest first."""
+        ...
+
+    async def rfm_scores(self) -> list[RfmRow]:
+        """Recency, frequency and monetary quintile scores (1-5) of every profile with orders."""
+        ...
+
 
 async def open_store(url: str) -> Store:
-    """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:."""
+    """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
+    or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas."""
     if url.startswith("sqlite:"):
         from .sqlite import SqliteStore
 
         return await SqliteStore.open(url)
-    raise ValueError(f"unsupported storage url '{url}': expected sqlite:///path")
+    if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        from .postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    from .postgres import redact
+
+    raise ValueError(
+        f"unsupported storage url '{redact(url)}': expected sqlite:///path or "
+        "postgresql://user:password@host:5432/database"
+    )

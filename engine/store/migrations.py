@@ -108,3 +108,187 @@ SQLITE_MIGRATIONS.append(
     CREATE INDEX messages_answered ON messages (id) WHERE status = 'answered';
     """
 )
+
+SQLITE_MIGRATIONS.append(
+    # 4: orders, for revenue and attribution (the event log itself is not kept). An order is
+    # written with the event's other effects; (user_id, order_id) makes a re-sent order count
+    # once. The order keeps the user's last clicked, opened and sent message before it (id,
+    # time, and the message's rule/step/channel/variant, so stats need no join); stats pick
+    # one of them per policies.attribution, so each order is attributed at most once, to one
+    # message. `total` is NULL when missing or negative.
+    # messages_stats, instances_stats and instances_variants cover the funnel, instance and
+    # A/B cohort counts in their GROUP BY order: no sort, no table reads (1M messages: the
+    # funnel in 0.3 s instead of 4.6 s).
+    """
+    CREATE TABLE orders (
+        user_id TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        total REAL,
+        currency TEXT,
+        source TEXT NOT NULL,
+        event_id TEXT,
+        click_id TEXT, click_at REAL, click_rule TEXT, click_step TEXT, click_channel TEXT,
+        click_variant TEXT,
+        open_id TEXT, open_at REAL, open_rule TEXT, open_step TEXT, open_channel TEXT,
+        open_variant TEXT,
+        send_id TEXT, send_at REAL, send_rule TEXT, send_step TEXT, send_channel TEXT,
+        send_variant TEXT,
+        PRIMARY KEY (user_id, order_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX orders_at ON orders (at);
+    CREATE INDEX messages_stats ON messages (rule_id, step, channel, variant, status, reason,
+        created_at, sent_at, delivered_at, opened_at, clicked_at);
+    CREATE INDEX instances_stats ON instances (rule_id, status, started_at);
+    CREATE INDEX instances_variants ON instances (rule_id, variant, user_id, started_at, id)
+        WHERE variant IS NOT NULL;
+    """
+)
+
+# PostgreSQL (storage.url: postgresql://...): the tables of SQLITE_MIGRATIONS 1-4 in one
+# step, with the same columns and meaning (times as double precision unix seconds, JSON as
+# text), ids in the "C" collation so they sort bytewise as in SQLite, and what replicas
+# sharing the database need: `claimed_by` (the owner id of the store that claimed an inbox
+# row, a due timer or a message in flight; the claim holds while that store's session holds
+# its advisory lock), the inbox row's user (claims keep each user's events in order) and a
+# version per user (a unit of work saved over a newer one is refused, not lost).
+POSTGRES_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events_seen (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX events_seen_at ON events_seen (seen_at);
+
+    CREATE TABLE profiles (
+        user_id TEXT COLLATE "C" PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+
+    CREATE TABLE interests (
+        product_id TEXT COLLATE "C" NOT NULL,
+        kind TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (product_id, kind, user_id)
+    );
+    CREATE INDEX interests_user ON interests (user_id, kind);
+
+    CREATE TABLE instances (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        rule_id TEXT COLLATE "C" NOT NULL,
+        rule_version TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL,
+        status TEXT COLLATE "C" NOT NULL,
+        pc INTEGER NOT NULL,
+        state TEXT,
+        trigger TEXT NOT NULL,
+        variant TEXT COLLATE "C",
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION,
+        end_reason TEXT,
+        due_at DOUBLE PRECISION,
+        claimed_by INTEGER
+    );
+    CREATE INDEX instances_due ON instances (due_at, id) WHERE due_at IS NOT NULL;
+    CREATE INDEX instances_user ON instances (user_id, status);
+    CREATE INDEX instances_starts ON instances (user_id, rule_id, key, started_at);
+
+    CREATE TABLE messages (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        instance_id TEXT COLLATE "C" NOT NULL,
+        rule_id TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        step TEXT COLLATE "C" NOT NULL,
+        channel TEXT COLLATE "C",
+        template TEXT COLLATE "C",
+        variant TEXT COLLATE "C",
+        category TEXT NOT NULL,
+        status TEXT COLLATE "C" NOT NULL,
+        reason TEXT COLLATE "C",
+        created_at DOUBLE PRECISION NOT NULL,
+        sent_at DOUBLE PRECISION,
+        provider_id TEXT COLLATE "C",
+        payload TEXT,
+        detail TEXT,
+        delivered_at DOUBLE PRECISION,
+        opened_at DOUBLE PRECISION,
+        clicked_at DOUBLE PRECISION,
+        recipient TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        outcome TEXT,
+        claimed_by INTEGER
+    );
+    CREATE INDEX messages_user ON messages (user_id, created_at);
+    CREATE INDEX messages_created ON messages (created_at, id);
+    CREATE INDEX messages_rule ON messages (rule_id, created_at);
+    CREATE INDEX messages_provider ON messages (provider_id) WHERE provider_id IS NOT NULL;
+    CREATE INDEX messages_queue ON messages (next_attempt_at NULLS FIRST, created_at)
+        WHERE status = 'queued';
+    CREATE INDEX messages_sending ON messages (claimed_by) WHERE status = 'sending';
+    CREATE INDEX messages_answered ON messages (id) WHERE status = 'answered';
+    CREATE UNIQUE INDEX messages_once ON messages (instance_id, step, channel);
+    CREATE INDEX messages_stats ON messages (rule_id, step, channel, variant, status, reason,
+        created_at) INCLUDE (sent_at, delivered_at, opened_at, clicked_at);
+
+    CREATE TABLE inbox (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        body TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        cursor TEXT,
+        user_id TEXT COLLATE "C",
+        claimed_by INTEGER
+    );
+    CREATE INDEX inbox_user ON inbox (user_id, seq);
+
+    CREATE TABLE rule_versions (
+        version TEXT COLLATE "C" PRIMARY KEY,
+        rule_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        loaded_at DOUBLE PRECISION NOT NULL
+    );
+
+    CREATE TABLE orders (
+        user_id TEXT COLLATE "C" NOT NULL,
+        order_id TEXT COLLATE "C" NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        total DOUBLE PRECISION,
+        currency TEXT,
+        source TEXT COLLATE "C" NOT NULL,
+        event_id TEXT,
+        click_id TEXT COLLATE "C", click_at DOUBLE PRECISION, click_rule TEXT COLLATE "C",
+        click_step TEXT COLLATE "C", click_channel TEXT COLLATE "C",
+        click_variant TEXT COLLATE "C",
+        open_id TEXT COLLATE "C", open_at DOUBLE PRECISION, open_rule TEXT COLLATE "C",
+        open_step TEXT COLLATE "C", open_channel TEXT COLLATE "C",
+        open_variant TEXT COLLATE "C",
+        send_id TEXT COLLATE "C", send_at DOUBLE PRECISION, send_rule TEXT COLLATE "C",
+        send_step TEXT COLLATE "C", send_channel TEXT COLLATE "C",
+        send_variant TEXT COLLATE "C",
+        PRIMARY KEY (user_id, order_id)
+    );
+    CREATE INDEX orders_at ON orders (at);
+
+    CREATE TABLE user_versions (
+        user_id TEXT COLLATE "C" PRIMARY KEY,
+        version BIGINT NOT NULL
+    );
+    """,
+]
+
+# Start-up asks which rule versions running instances use, and /metrics counts them: an
+# index on the active instances alone answers both without reading every instance.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE INDEX instances_active ON instances (rule_id, rule_version) WHERE status = 'active';
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE INDEX instances_active ON instances (rule_id, rule_version) WHERE status = 'active';
+    """
+)

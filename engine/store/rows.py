@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..model import Instance, Message
@@ -33,13 +34,38 @@ def _values(row: Sequence[Any], is_json: tuple[bool, ...]) -> list[Any]:
     return [json.loads(v) if j and v else v for v, j in zip(row, is_json, strict=True)]
 
 
+# Instances are read and written per timer and per event: their two JSON columns by index,
+# the rest as is (the same rows as _row/_values give, without the per-column loop).
+_TRIGGER = INSTANCE_COLUMNS.index("trigger")
+_STATE = INSTANCE_COLUMNS.index("state")
+_instance_values = operator.attrgetter(*INSTANCE_COLUMNS)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def stored_json(text: str) -> Any:
+    """JSON text this store wrote (compact, one value): parsed without json.loads' checks
+    for surrounding whitespace, which it never has; anything else takes the full path."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def instance_row(i: Instance) -> tuple[Any, ...]:
-    return _row(i, INSTANCE_COLUMNS, _INSTANCE_JSON)
+    values = list(_instance_values(i))
+    values[_TRIGGER] = _JSON(values[_TRIGGER])
+    if values[_STATE] is not None:
+        values[_STATE] = _JSON(values[_STATE])
+    return tuple(values)
 
 
 def instance_from(row: Sequence[Any]) -> Instance:
-    values = _values(row, _INSTANCE_JSON)
-    values[INSTANCE_COLUMNS.index("trigger")] = values[INSTANCE_COLUMNS.index("trigger")] or {}
+    values = list(row)
+    trigger, state = values[_TRIGGER], values[_STATE]
+    values[_TRIGGER] = stored_json(trigger) if trigger else {}
+    if state:
+        values[_STATE] = stored_json(state)
     return Instance(*values)
 
 

@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
 from ..model import Instance, Message, UserState, new_profile
-from .base import Changes
+from .base import (
+    TOUCHES,
+    AttributedCounts,
+    Changes,
+    MessageCounts,
+    Order,
+    OrderCounts,
+    RfmRow,
+    StatsQuery,
+    Touch,
+    VariantCounts,
+)
 from .migrations import SQLITE_MIGRATIONS
 from .rows import (
     INSTANCE_COLUMNS,
@@ -23,11 +35,21 @@ from .rows import (
     instance_row,
     message_from,
     message_row,
+    stored_json,
 )
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 _INSTANCE_SQL = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"
 _MESSAGE_SQL = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
+# An instance's identity (rule, user, key, start) never changes: an update in place leaves
+# the primary key and the instances_starts index alone, where INSERT OR REPLACE deletes and
+# re-inserts the row and every index entry (the bulk of a timer batch's write).
+_INSTANCE_FIXED = frozenset({"id", "rule_id", "user_id", "key", "started_at"})
+_INSTANCE_UPSERT = (
+    f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS if c not in _INSTANCE_FIXED)
+)
 
 
 def sqlite_path(url: str) -> str:
@@ -62,6 +84,8 @@ class SqliteStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
         self._lock = asyncio.Lock()
+        self._reader: aiosqlite.Connection | None = None  # stats reads (a file database)
+        self._reader_tried = False
 
     @classmethod
     async def open(cls, url: str) -> SqliteStore:
@@ -97,11 +121,13 @@ class SqliteStore:
                 raise
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
         await self.db.close()
 
     async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # One trip to the connection's thread (execute, fetch and close in one call).
+        return list(await self.db.execute_fetchall(sql, params))
 
     @_serialized
     async def load_users(
@@ -112,7 +138,7 @@ class SqliteStore:
             chunk = user_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             profiles = {
-                uid: json.loads(data)
+                uid: stored_json(data)
                 for uid, data in await self._rows(
                     f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
                 )
@@ -134,6 +160,8 @@ class SqliteStore:
                 [*chunk, messages_since],
             ):
                 states[row[3]].messages.append(message_from(row))
+            if starts_since == math.inf:
+                continue  # no start can be that recent: the caller starts none (timers)
             for uid, rule_id, key, last in await self._rows(
                 f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
                 f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
@@ -180,9 +208,7 @@ class SqliteStore:
                 )
             if changes.instances:
                 await db.executemany(
-                    f"INSERT OR REPLACE INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))})",
-                    [instance_row(i) for i in changes.instances.values()],
+                    _INSTANCE_UPSERT, [instance_row(i) for i in changes.instances.values()]
                 )
             if changes.messages:
                 await db.executemany(
@@ -190,6 +216,8 @@ class SqliteStore:
                     f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})",
                     [message_row(m) for m in changes.messages.values()],
                 )
+            if changes.orders:
+                await self._save_orders(changes.orders)
             if changes.inbox_done:
                 await db.executemany(
                     "DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done]
@@ -254,7 +282,7 @@ class SqliteStore:
             (r[0], r[1], r[2])
             for r in await self._rows(
                 "SELECT due_at, id, user_id FROM instances WHERE due_at IS NOT NULL "
-                "AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+                "AND due_at <= ? ORDER BY due_at LIMIT ?",
                 (until, limit),
             )
         ]
@@ -332,16 +360,28 @@ class SqliteStore:
         await db.execute("BEGIN IMMEDIATE")
         try:
             ids = [eid for eid, _ in events if eid is not None]
-            seen = await self._remember_event_ids(ids, now) if ids else set()
+            # One statement remembers the ids and names those it had not seen: a repeat in
+            # the same batch conflicts with its first occurrence, so it is not new either.
+            new = (
+                {
+                    r[0]
+                    for r in await self._rows(
+                        "INSERT INTO events_seen (id, seen_at) SELECT value, ? "
+                        "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING RETURNING id",
+                        (now, json.dumps(ids)),
+                    )
+                }
+                if ids
+                else set()
+            )
             fresh: list[tuple[str, float]] = []
-            taken: set[str] = set()
             duplicates = 0
             for eid, body in events:
-                if eid is not None and (eid in seen or eid in taken):
-                    duplicates += 1
-                    continue
                 if eid is not None:
-                    taken.add(eid)
+                    if eid not in new:
+                        duplicates += 1
+                        continue
+                    new.discard(eid)  # its next occurrence in the batch is a duplicate
                 fresh.append((body, now))
             await db.executemany("INSERT INTO inbox (body, received_at) VALUES (?, ?)", fresh)
             await db.execute("COMMIT")
@@ -464,11 +504,192 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
+    # -- stats, orders, RFM (reads are GROUP BY queries: nothing is loaded row by row) -----
+
+    async def _save_orders(self, orders: list[Order]) -> None:
+        await self.db.executemany(
+            f"INSERT OR IGNORE INTO orders ({', '.join(ORDER_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
+            [_order_row(o) for o in orders],
+        )
+
+    async def _read(self, sql: str, params: Any = ()) -> list[Any]:
+        """A long read (stats, RFM): on its own connection for a file database, so WAL lets
+        the engine write meanwhile; through the shared connection for :memory:."""
+        reader = await self._stats_reader()
+        if reader is None:
+            async with self._lock:
+                return await self._rows(sql, params)
+        async with reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _stats_reader(self) -> aiosqlite.Connection | None:
+        if not self._reader_tried:
+            async with self._lock:
+                if not self._reader_tried:
+                    rows = await self._rows("SELECT file FROM pragma_database_list WHERE seq = 0")
+                    path = rows[0][0] if rows else ""
+                    if path:
+                        reader = await aiosqlite.connect(path, isolation_level=None)
+                        await reader.execute("PRAGMA query_only=ON")
+                        await reader.execute("PRAGMA busy_timeout=5000")
+                        self._reader = reader
+                    self._reader_tried = True
+        return self._reader
+
+    async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:
+        rule, params = _rule_filter(q, "rule_id")
+        # `+created_at`: scan the covering index messages_stats in GROUP BY order rather
+        # than fetch each row of a wide range through messages_created.
+        rows = await self._read(
+            "SELECT rule_id, step, channel, variant, status, reason, count(*), count(sent_at), "
+            "count(delivered_at), count(opened_at), count(clicked_at) FROM messages "
+            f"WHERE +created_at >= ? AND +created_at < ?{rule} "
+            "GROUP BY rule_id, step, channel, variant, status, reason",
+            [q.since, q.until, *params],
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_instances(self, q: StatsQuery) -> list[tuple[str, str, int]]:
+        rule, params = _rule_filter(q, "rule_id")
+        rows = await self._read(
+            "SELECT rule_id, status, count(*) FROM instances "
+            f"WHERE started_at >= ? AND started_at < ?{rule} GROUP BY rule_id, status",
+            [q.since, q.until, *params],
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def stats_attributed(self, q: StatsQuery) -> list[AttributedCounts]:
+        k = _touch(q.touch)
+        rule, params = _rule_filter(q, f"{k}_rule")
+        rows = await self._read(
+            f"SELECT {k}_rule, {k}_step, {k}_channel, {k}_variant, count(*), "
+            "coalesce(sum(total), 0.0) FROM orders "
+            f"WHERE +at >= ? AND +at < ? AND {k}_id IS NOT NULL AND at - {k}_at <= ?{rule} "
+            f"GROUP BY {k}_rule, {k}_step, {k}_channel, {k}_variant",
+            [q.since, q.until, q.window_s, *params],
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
+        k = _touch(q.touch)
+        rule, params = _rule_filter(q, "i.rule_id")
+        # Per instance: did one of its messages get a click (the (instance_id, ...) index of
+        # messages), does its user have an order attributed to this rule and variant (the
+        # orders key starts with user_id)?
+        rows = await self._read(
+            "SELECT i.rule_id, i.variant, count(DISTINCT i.user_id), "
+            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE "
+            "m.instance_id = i.id AND m.clicked_at IS NOT NULL) THEN i.user_id END), "
+            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE "
+            f"o.user_id = i.user_id AND o.{k}_rule = i.rule_id AND o.{k}_variant = i.variant "
+            f"AND o.at - o.{k}_at <= ?) THEN i.user_id END) "
+            "FROM instances i WHERE i.variant IS NOT NULL AND i.started_at >= ? "
+            f"AND i.started_at < ?{rule} GROUP BY i.rule_id, i.variant",
+            [q.window_s, q.since, q.until, *params],
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
+        k = _touch(q.touch)
+        attributed = f"({k}_id IS NOT NULL AND at - {k}_at <= ?)"
+        rows = await self._read(
+            "SELECT source, count(*), coalesce(sum(total), 0.0), "
+            f"coalesce(sum({attributed}), 0), "
+            f"coalesce(sum(CASE WHEN {attributed} THEN total END), 0.0) "
+            "FROM orders WHERE +at >= ? AND +at < ? GROUP BY source",
+            [q.window_s, q.window_s, q.since, q.until],
+        )
+        return [tuple(r) for r in rows]
+
+    async def orders_of(self, user_id: str, limit: int = 200) -> list[Order]:
+        rows = await self._read(
+            f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE user_id = ? "
+            "ORDER BY at DESC, order_id DESC LIMIT ?",
+            (user_id, limit),
+        )
+        return [_order_from(r) for r in rows]
+
+    async def rfm_scores(self) -> list[RfmRow]:
+        # Quintiles by mid-rank among the n profiles with orders: a value whose equal values
+        # take ranks lo..lo+ties-1 scores 1 + floor(5 * (lo + (ties - 1) / 2 - 0.5) / n),
+        # in integers below. Equal values share a score; one customer, or all alike, get 3.
+        # Recency orders by the ISO time of the last order (older = lower score).
+        def score(value: str) -> str:
+            return (
+                f"1 + (10 * rank() OVER (ORDER BY {value}) + 5 * count(*) OVER "
+                f"(PARTITION BY {value}) - 10) / (2 * n)"
+            )
+
+        # Python's encoder may have written NaN or Infinity, which SQLite's JSON refuses:
+        # such a profile is read with them as null (RFM reads numbers and times only).
+        rows = await self._read(
+            "WITH j AS (SELECT user_id, CASE WHEN json_valid(data) THEN data ELSE "
+            "replace(replace(replace(data, 'NaN', 'null'), '-Infinity', 'null'), "
+            "'Infinity', 'null') END AS data FROM profiles), "
+            "p AS (SELECT user_id, json_extract(data, '$.last_order_at') AS last, "
+            "CAST(json_extract(data, '$.orders_count') AS INTEGER) AS freq, "
+            "coalesce(CAST(json_extract(data, '$.revenue') AS REAL), 0.0) AS money, "
+            "json_extract(data, '$.rfm') AS rfm, json_extract(data, '$.rfm_scores') AS scores "
+            "FROM j WHERE json_valid(data) AND "
+            "CAST(json_extract(data, '$.orders_count') AS INTEGER) > 0), "
+            "n AS (SELECT count(*) AS n FROM p) "
+            f"SELECT user_id, {score('last')}, {score('freq')}, {score('money')}, rfm, scores "
+            "FROM p, n ORDER BY user_id"
+        )
+        return [(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None) for r in rows]
+
+    @_serialized
+    async def set_rfm(self, segments: dict[str, tuple[str, dict[str, int]]]) -> None:
+        """Set `rfm` and `rfm_scores` in place (json_set), so a writer in another process
+        (`kaskad rfm` beside a running daemon) never overwrites the rest of a profile."""
+        await self.db.executemany(
+            "UPDATE profiles SET data = json_set(data, '$.rfm', ?, '$.rfm_scores', json(?)) "
+            "WHERE user_id = ? AND json_valid(data)",
+            [(name, dumps(scores), uid) for uid, (name, scores) in segments.items()],
+        )
+
     @_serialized
     async def all_messages(self) -> list[Message]:
         return [
             message_from(r) for r in await self._rows(f"{_MESSAGE_SQL} ORDER BY created_at, id")
         ]
+
+
+_ORDER_FIELDS = ("user_id", "order_id", "at", "total", "currency", "source", "event_id")
+_TOUCH_FIELDS = ("id", "at", "rule", "step", "channel", "variant")
+ORDER_COLUMNS = _ORDER_FIELDS + tuple(f"{k}_{f}" for k in TOUCHES for f in _TOUCH_FIELDS)
+
+
+def _touch(kind: str) -> str:
+    """A touch kind as a column prefix (from a fixed table: never text from a request)."""
+    if kind not in TOUCHES:
+        raise ValueError(f"unknown attribution touch '{kind}'")
+    return kind
+
+
+def _order_row(o: Order) -> tuple[Any, ...]:
+    row: list[Any] = [getattr(o, f) for f in _ORDER_FIELDS]
+    for kind in TOUCHES:
+        t = o.touches.get(kind)
+        row += (
+            [None] * 6 if t is None else [t.message_id, t.at, t.rule, t.step, t.channel, t.variant]
+        )
+    return tuple(row)
+
+
+def _order_from(row: Sequence[Any]) -> Order:
+    n = len(_ORDER_FIELDS)
+    order = Order(*row[:n])
+    for i, kind in enumerate(TOUCHES):
+        part = row[n + 6 * i : n + 6 * (i + 1)]
+        if part[0] is not None:
+            order.touches[kind] = Touch(*part)
+    return order
+
+
+def _rule_filter(q: StatsQuery, column: str) -> tuple[str, list[Any]]:
+    return (f" AND {column} = ?", [q.rule]) if q.rule is not None else ("", [])
 
 
 def _filters(**values: Any) -> tuple[list[str], list[Any]]:

@@ -1,4 +1,7 @@
-"""An in-process daemon on a virtual clock: real HTTP, real SQLite file, no sleeping."""
+"""An in-process daemon on a virtual clock: real HTTP, a real store, no sleeping.
+
+The store is a SQLite file; a test module that overrides the `storage_url` fixture runs the
+same daemon fixtures on another store (tests/daemon/test_postgres.py: PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -62,10 +65,11 @@ def make_config(
     rules: Path,
     policies: str = "{quiet_hours: null, frequency_caps: []}",
     extra: str = "",
+    storage_url: str | None = None,
 ) -> Any:
     return parse_config(f"""
 server: {{host: 127.0.0.1, port: 0, max_batch_events: 50}}
-storage: {{url: "sqlite:///{tmp_path}/kaskad.db"}}
+storage: {{url: "{storage_url or f"sqlite:///{tmp_path}/kaskad.db"}"}}
 rules: {{path: "{rules}", watch: false}}
 auth: {{ingest_tokens: [ingest-token], ingest_hmac_secret: hmac-secret,
         admin_token: admin-token}}
@@ -82,8 +86,14 @@ def rules_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
-    daemon = Daemon(make_config(tmp_path, rules_dir), VirtualClock(START), background=False)
+def storage_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/kaskad.db"
+
+
+@pytest.fixture
+async def client(tmp_path: Path, rules_dir: Path, storage_url: str) -> AsyncIterator[Client]:
+    config = make_config(tmp_path, rules_dir, storage_url=storage_url)
+    daemon = Daemon(config, VirtualClock(START), background=False)
     await daemon.start()
     async with aiohttp.ClientSession() as session:
         yield Client(daemon, session)

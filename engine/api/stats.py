@@ -1,0 +1,52 @@
+"""GET /v1/stats (as `kaskad stats --format json`) and POST /v1/rfm/recompute."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..rfm import RfmJob, through
+from ..stats import compute_stats, parse_bound
+from .errors import error
+from .state import STATE, AppState
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    q = request.query
+    now = state.clock.now()
+    bounds: dict[str, float | None] = {}
+    problems = []
+    for name in ("since", "until"):
+        text = q.get(name)
+        try:
+            bounds[name] = parse_bound(text, now, name) if text else None
+        except ValueError as exc:
+            problems.append({"field": name, "message": str(exc)})
+    since, until = bounds.get("since"), bounds.get("until")
+    if not problems and since is not None and until is not None and until <= since:
+        problems.append({"field": "until", "message": "until must be after since"})
+    if problems:
+        return error(400, "invalid_parameter", problems[0]["message"], problems)
+    stats = await compute_stats(
+        state.store,
+        rules=state.rules.current,
+        policies=state.config.policies,
+        rule=q.get("rule") or None,
+        since=since,
+        until=until,
+        now=now,
+    )
+    return web.json_response(stats)
+
+
+def rfm_job(state: AppState) -> RfmJob:
+    """The daemon's job (one recompute at a time), made on first use otherwise."""
+    job = state.extra.get("rfm")
+    if not isinstance(job, RfmJob):
+        job = state.extra["rfm"] = RfmJob(state.store, through(state.processor.call))
+    return job
+
+
+async def post_rfm_recompute(request: web.Request) -> web.Response:
+    result = await rfm_job(request.app[STATE]).run()
+    return web.json_response(result.json())

@@ -1,0 +1,206 @@
+"""The PostgreSQL store's stats, orders and RFM reads: the GROUP BY queries of
+SqliteStore's, in PostgreSQL's dialect."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import asyncpg
+
+from .base import (
+    TOUCHES,
+    AttributedCounts,
+    MessageCounts,
+    Order,
+    OrderCounts,
+    RfmRow,
+    StatsQuery,
+    Touch,
+    VariantCounts,
+)
+
+# An order's row: its fields, then each touch kind's message as {kind}_id, {kind}_at,
+# {kind}_rule, ... (the columns SqliteStore keeps).
+_ORDER_FIELDS = tuple(f.name for f in dataclasses.fields(Order) if f.name != "touches")
+_TOUCH_FIELDS = tuple(f.name for f in dataclasses.fields(Touch))
+ORDER_COLUMNS = _ORDER_FIELDS + tuple(
+    f"{kind}_{'id' if f == 'message_id' else f}" for kind in TOUCHES for f in _TOUCH_FIELDS
+)
+_COLS_ORDER = ", ".join(ORDER_COLUMNS)
+# An order counts once: sent again, the first one stays (SQLite's INSERT OR IGNORE).
+INSERT_ORDER = (
+    f"INSERT INTO orders ({_COLS_ORDER}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(ORDER_COLUMNS) + 1))}) "
+    "ON CONFLICT (user_id, order_id) DO NOTHING"
+)
+
+
+class PostgresStats:
+    pool: asyncpg.Pool[asyncpg.Record]
+
+    async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:
+        rule, params = _rule_filter(q, "rule_id", 3)
+        rows = await self.pool.fetch(
+            "SELECT rule_id, step, channel, variant, status, reason, count(*), count(sent_at), "
+            "count(delivered_at), count(opened_at), count(clicked_at) FROM messages "
+            f"WHERE created_at >= $1 AND created_at < $2{rule} "
+            "GROUP BY rule_id, step, channel, variant, status, reason",
+            q.since,
+            q.until,
+            *params,
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_instances(self, q: StatsQuery) -> list[tuple[str, str, int]]:
+        rule, params = _rule_filter(q, "rule_id", 3)
+        rows = await self.pool.fetch(
+            "SELECT rule_id, status, count(*) FROM instances "
+            f"WHERE started_at >= $1 AND started_at < $2{rule} GROUP BY rule_id, status",
+            q.since,
+            q.until,
+            *params,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def stats_attributed(self, q: StatsQuery) -> list[AttributedCounts]:
+        k = _touch(q.touch)
+        rule, params = _rule_filter(q, f"{k}_rule", 4)
+        rows = await self.pool.fetch(
+            f"SELECT {k}_rule, {k}_step, {k}_channel, {k}_variant, count(*), "
+            "coalesce(sum(total), 0.0) FROM orders "
+            f"WHERE at >= $1 AND at < $2 AND {k}_id IS NOT NULL AND at - {k}_at <= $3{rule} "
+            f"GROUP BY {k}_rule, {k}_step, {k}_channel, {k}_variant",
+            q.since,
+            q.until,
+            q.window_s,
+            *params,
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
+        k = _touch(q.touch)
+        rule, params = _rule_filter(q, "i.rule_id", 4)
+        rows = await self.pool.fetch(
+            "SELECT i.rule_id, i.variant, count(DISTINCT i.user_id), "
+            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE "
+            "m.instance_id = i.id AND m.clicked_at IS NOT NULL) THEN i.user_id END), "
+            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE "
+            f"o.user_id = i.user_id AND o.{k}_rule = i.rule_id AND o.{k}_variant = i.variant "
+            f"AND o.at - o.{k}_at <= $1) THEN i.user_id END) "
+            "FROM instances i WHERE i.variant IS NOT NULL AND i.started_at >= $2 "
+            f"AND i.started_at < $3{rule} GROUP BY i.rule_id, i.variant",
+            q.window_s,
+            q.since,
+            q.until,
+            *params,
+        )
+        return [tuple(r) for r in rows]
+
+    async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
+        k = _touch(q.touch)
+        attributed = f"{k}_id IS NOT NULL AND at - {k}_at <= $1"
+        rows = await self.pool.fetch(
+            "SELECT source, count(*), coalesce(sum(total), 0.0), "
+            f"count(*) FILTER (WHERE {attributed}), "
+            f"coalesce(sum(total) FILTER (WHERE {attributed}), 0.0) "
+            "FROM orders WHERE at >= $2 AND at < $3 GROUP BY source",
+            q.window_s,
+            q.since,
+            q.until,
+        )
+        return [tuple(r) for r in rows]
+
+    async def orders_of(self, user_id: str, limit: int = 200) -> list[Order]:
+        rows = await self.pool.fetch(
+            f"SELECT {_COLS_ORDER} FROM orders WHERE user_id = $1 "
+            "ORDER BY at DESC, order_id DESC LIMIT $2",
+            user_id,
+            limit,
+        )
+        return [_order_from(tuple(r)) for r in rows]
+
+    async def rfm_scores(self) -> list[RfmRow]:
+        # As SqliteStore: quintiles by mid-rank among the n profiles with orders, a value
+        # whose equal values take ranks lo..lo+ties-1 scoring
+        # 1 + floor(5 * (lo + (ties - 1) / 2 - 0.5) / n) in integers; recency orders by the
+        # ISO time of the last order (older = lower score, none = lowest).
+        def score(value: str) -> str:
+            return (
+                f"1 + (10 * rank() OVER (ORDER BY {value} NULLS FIRST) + 5 * count(*) OVER "
+                f"(PARTITION BY {value}) - 10) / (2 * n)"
+            )
+
+        rows = await self.pool.fetch(
+            f"WITH d AS (SELECT user_id, {_PROFILE_JSONB} AS d FROM profiles), "
+            "p AS (SELECT user_id, (d ->> 'last_order_at') COLLATE \"C\" AS last, "
+            f"{_sql_int('orders_count')} AS freq, "
+            f"coalesce({_sql_real('revenue')}, 0.0) AS money, "
+            "d ->> 'rfm' AS rfm, d ->> 'rfm_scores' AS scores FROM d), "
+            "w AS (SELECT * FROM p WHERE freq > 0), n AS (SELECT count(*) AS n FROM w) "
+            f"SELECT user_id, {score('last')}, {score('freq')}, {score('money')}, rfm, scores "
+            "FROM w, n ORDER BY user_id"
+        )
+        return [
+            (r[0], int(r[1]), int(r[2]), int(r[3]), r[4], json.loads(r[5]) if r[5] else None)
+            for r in rows
+        ]
+
+
+# Profiles are JSON text; Python's encoder may have written NaN or Infinity, which jsonb
+# refuses: read those as null (a string holding them is read the same way, which RFM, that
+# reads numbers and times only, does not mind).
+_PROFILE_JSONB = (
+    "(CASE WHEN data LIKE '%NaN%' OR data LIKE '%Infinity%' "
+    "THEN regexp_replace(data, '(?<=[:,\\[])-?(NaN|Infinity)(?=[,}\\]])', 'null', 'g') "
+    "ELSE data END)::jsonb"
+)
+
+
+def _sql_int(key: str) -> str:
+    """SQLite's CAST(json_extract(data, '$.key') AS INTEGER): numbers truncated, a string's
+    leading integer (else 0), anything else NULL."""
+    return (
+        f"(CASE jsonb_typeof(d -> '{key}') WHEN 'number' THEN trunc((d ->> '{key}')::numeric) "
+        f"WHEN 'string' THEN coalesce(substring(d ->> '{key}' FROM '^\\s*[-+]?[0-9]+')::numeric"
+        ", 0) END)"
+    )
+
+
+def _sql_real(key: str) -> str:
+    """SQLite's CAST(json_extract(data, '$.key') AS REAL), as _sql_int."""
+    return (
+        f"(CASE jsonb_typeof(d -> '{key}') WHEN 'number' THEN (d ->> '{key}')::float8 "
+        f"WHEN 'string' THEN coalesce(substring(d ->> '{key}' "
+        "FROM '^\\s*[-+]?(?:[0-9]+\\.?[0-9]*|\\.[0-9]+)(?:[eE][-+]?[0-9]+)?')::float8, 0.0) END)"
+    )
+
+
+def _touch(kind: str) -> str:
+    """A touch kind as a column prefix (from a fixed table: never text from a request)."""
+    if kind not in TOUCHES:
+        raise ValueError(f"unknown attribution touch '{kind}'")
+    return kind
+
+
+def order_row(o: Order) -> tuple[Any, ...]:
+    row: list[Any] = [getattr(o, f) for f in _ORDER_FIELDS]
+    for kind in TOUCHES:
+        t = o.touches.get(kind)
+        row += [None] * len(_TOUCH_FIELDS) if t is None else [getattr(t, f) for f in _TOUCH_FIELDS]
+    return tuple(row)
+
+
+def _order_from(row: tuple[Any, ...]) -> Order:
+    n, width = len(_ORDER_FIELDS), len(_TOUCH_FIELDS)
+    order = Order(*row[:n])
+    for i, kind in enumerate(TOUCHES):
+        part = row[n + width * i : n + width * (i + 1)]
+        if part[0] is not None:
+            order.touches[kind] = Touch(*part)
+    return order
+
+
+def _rule_filter(q: StatsQuery, column: str, n: int) -> tuple[str, list[Any]]:
+    return (f" AND {column} = ${n}", [q.rule]) if q.rule is not None else ("", [])

@@ -1,0 +1,341 @@
+"""Dashboard pages rendered from stats that follow the JSON contract exactly, including the
+awkward cases real data rarely produces: rules gone with data left, undefined p-values,
+no A/B, hostile names. (The pages over real data: test_dashboard_http.py.)"""
+
+from __future__ import annotations
+
+import copy
+import re
+from html import unescape
+from html.parser import HTMLParser
+from typing import Any
+
+from engine.api import dashboard
+from engine.clock import parse_time
+from engine.model import Message
+
+NOW = parse_time("2026-11-23T12:00:00Z")
+HOSTILE = "<script>alert(1)</script>"
+VOID = {"meta", "input", "br", "img", "link", "hr", "rect", "line", "circle", "option"}
+
+
+def counts(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "sends": 0,
+        "skipped": 0,
+        "delivered": 0,
+        "opened": 0,
+        "clicked": 0,
+        "converted": 0,
+        "revenue": 0.0,
+        "skips": {},
+    }
+    row.update(values)
+    return row
+
+
+def metric(rate: float, base: float, p: float | None, ci: list[float]) -> dict[str, Any]:
+    lift = round(rate - base, 4)
+    return {
+        "rate": rate,
+        "baseline_rate": base,
+        "lift_abs": lift,
+        "lift_rel": round(lift / base, 4) if base else None,
+        "p_value": p,
+        "ci95": ci,
+    }
+
+
+def rule_row(rule: str, name: str, state: str = "loaded", **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "rule": rule,
+        "name": name,
+        "state": state,
+        "instances": {
+            "started": 0,
+            "running": 0,
+            "goal": 0,
+            "exit": 0,
+            "completed": 0,
+            "expired": 0,
+            "other": 0,
+        },
+        "funnel": {k: v for k, v in counts().items() if k != "skips"},
+        "skips": {},
+        "steps": [],
+        "channels": [],
+        "variants": [],
+        "ab": None,
+    }
+    row.update(extra)
+    return row
+
+
+def contract_stats() -> dict[str, Any]:
+    """Stats as engine.stats returns them: a loaded A/B rule, a deleted rule with data."""
+    cart = rule_row(
+        "abandoned_cart",
+        "Cart reminder, then a promo",
+        instances={
+            "started": 40,
+            "running": 5,
+            "goal": 12,
+            "exit": 3,
+            "completed": 18,
+            "expired": 2,
+            "other": 0,
+        },
+        funnel={
+            "sends": 70,
+            "skipped": 6,
+            "delivered": 66,
+            "opened": 30,
+            "clicked": 14,
+            "converted": 9,
+            "revenue": 812.5,
+        },
+        skips={"no_address": 4, "quiet_hours": 2},
+        steps=[
+            {"step": "1", "channel": "email", "variant": None, **counts(sends=40, delivered=38)},
+            {
+                "step": "3",
+                "channel": "whatsapp",
+                "variant": "B",
+                **counts(sends=5, skipped=4, skips={"no_address": 4}),
+            },
+        ],
+        channels=[{"channel": "email", **counts(sends=65, converted=9, revenue=812.5)}],
+        variants=[
+            {"variant": "A", "users": 120, **counts(sends=20)},
+            {"variant": "B", "users": 118, **counts(sends=21)},
+        ],
+        ab={
+            "baseline": "A",
+            "min_sample": 100,
+            "variants": [
+                {
+                    "variant": "B",
+                    "users": 118,
+                    "conversion": metric(0.0847, 0.05, 0.0031, [0.0121, 0.0573]),
+                    "clicks": metric(0.0, 0.0, None, [0.0, 0.0]),
+                }
+            ],
+            "verdict": "B beats A on conversion: +3.5 points (+69%), p = 0.003.",
+        },
+    )
+    gone = rule_row(
+        "old_promo",
+        "old_promo",
+        state="deleted",
+        instances={**rule_row("x", "x")["instances"], "started": 3, "other": 3},
+        funnel={**rule_row("x", "x")["funnel"], "sends": 3},
+    )
+    return {
+        "generated_at": "2026-11-23T12:00:00Z",
+        "since": None,
+        "until": None,
+        "attribution": {"window": "7d", "touch": "click"},
+        "orders": {
+            "count": 20,
+            "revenue": 1999.99,
+            "attributed": 9,
+            "attributed_revenue": 812.5,
+            "by_source": {
+                "online": {"count": 18, "revenue": 1800.0},
+                "offline": {"count": 2, "revenue": 199.99},
+            },
+        },
+        "rules": [cart, gone],
+    }
+
+
+DESCRIBED: dict[str, Any] = {
+    "rules": [
+        {
+            "id": "abandoned_cart",
+            "path": "rules/abandoned_cart.yaml",
+            "description": "Cart reminder, then a promo",
+            "state": "active",
+            "errors": [],
+        },
+        {
+            "id": "broken_rule",
+            "path": "rules/broken_rule.yaml",
+            "state": "error",
+            "errors": ["rules/broken_rule.yaml:3:7: 'delya' is an invalid option"],
+        },
+    ],
+    "templates": [],
+    "problems": ["rules/broken_rule.yaml:3:7: 'delya' is an invalid option"],
+    "loaded_at": NOW,
+}
+
+
+class Balance(HTMLParser):
+    """Every element opened is closed, in order: the templates are not broken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+        else:
+            self.stack.pop()
+
+
+def page(template: str, **context: Any) -> str:
+    _, since = dashboard.since_context(None, NOW)
+    defaults = {"request_path": "/", "logout": True, **since}
+    html = dashboard.render(template, **{**defaults, **context})
+    checker = Balance()
+    checker.feed(html)
+    checker.close()
+    assert not checker.errors and checker.stack == [], (checker.errors, checker.stack)
+    return html
+
+
+def overview(stats: dict[str, Any] | None, described: dict[str, Any] = DESCRIBED) -> str:
+    return page(
+        "overview.html",
+        rules=dashboard.merge_rules(described, stats),
+        problems=described["problems"],
+        stats=stats,
+        stats_error=None if stats else "Statistics are not available.",
+    )
+
+
+def row_of(html: str, rule: str) -> str:
+    match = re.search(rf'<tr id="rule-{rule}">(.*?)</tr>', html, re.S)
+    assert match, f"no row for {rule}"
+    return text_of(match.group(1))
+
+
+def text_of(html: str) -> str:
+    """The visible text, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html))).strip()
+
+
+def test_overview_lists_loaded_broken_and_deleted_rules_with_their_numbers() -> None:
+    html = overview(contract_stats())
+    assert row_of(html, "abandoned_cart") == (
+        "abandoned_cart Cart reminder, then a promo active 40 70 6 66 30 14 9 812.50 "
+        "B beats A on conversion: +3.5 points (+69%), p = 0.003."
+    )
+    assert row_of(html, "broken_rule").startswith(
+        "broken_rule error rules/broken_rule.yaml:3:7: 'delya' is an invalid option"
+    )
+    assert row_of(html, "old_promo") == "old_promo deleted 3 3 0 0 0 0 0 0.00"
+    # One funnel chart per rule with data, none for the broken rule without any.
+    assert html.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart funnel"') == 2
+    assert 'id="funnel-broken_rule"' not in html
+    assert re.search(r'Nothing yet:\s*<a href="/ui/rules/broken_rule\?since=all">', html)
+    assert "Orders: <b>20</b> (1\u202f999.99)" in html
+    assert "last click within\n   7d" in html
+
+
+def test_overview_without_stats_still_lists_the_rules() -> None:
+    html = overview(None)
+    assert "Statistics are not available." in html
+    assert row_of(html, "abandoned_cart").startswith("abandoned_cart Cart reminder")
+    assert "No numbers to chart." in html
+
+
+def test_hostile_names_are_escaped_everywhere() -> None:
+    stats = contract_stats()
+    stats["rules"][0]["name"] = HOSTILE
+    stats["rules"][0]["skips"] = {HOSTILE: 1}
+    stats["rules"][0]["ab"]["verdict"] = HOSTILE
+    described = copy.deepcopy(DESCRIBED)
+    described["rules"][0]["description"] = HOSTILE
+    described["problems"] = [HOSTILE]
+    html = overview(stats, described)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    message = Message(
+        id="m1",
+        instance_id="i1",
+        rule_id="abandoned_cart",
+        user_id=HOSTILE,
+        step="1",
+        channel="email",
+        template="cart_reminder",
+        variant=None,
+        category="marketing",
+        status="skipped",
+        created_at=NOW,
+        reason=HOSTILE,
+        detail=HOSTILE,
+    )
+    html = page(
+        "messages.html",
+        messages=[message],
+        rule=HOSTILE,
+        status=None,
+        statuses=("sent", "skipped"),
+        rule_ids=[HOSTILE],
+        limit=100,
+    )
+    assert "<script>" not in html
+    assert "/ui/users?q=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in html
+
+
+def test_rule_page_shows_ab_table_verdict_steps_and_skip_reasons() -> None:
+    stats = contract_stats()
+    [row] = [r for r in dashboard.merge_rules(DESCRIBED, stats) if r["id"] == "abandoned_cart"]
+    html = page("rule.html", row=row, rule=None, stats_error=None, messages=[])
+    text = text_of(html)
+    assert 'id="verdict">B beats A on conversion: +3.5 points (+69%), p = 0.003.<' in html
+    # variant, users, metric, rate, baseline, lift, relative, p, CI
+    assert "A (baseline) 120 conversion 5.0% clicks 0.0% B 118" in text
+    assert "B 118 conversion 8.5% 5.0% +3.5 pt 69.4% 0.003 [+1.2 pt, +5.7 pt]" in text
+    assert "clicks 0.0% 0.0% +0.0 pt — — [+0.0 pt, +0.0 pt]" in text  # undefined: a dash
+    assert "no_address 4 quiet_hours 2" in text  # skip reasons, most frequent first
+    assert "3 whatsapp B 5 4 0 0 0 0 0.00 no_address: 4" in text
+    assert '<svg xmlns="http://www.w3.org/2000/svg" class="chart lift"' in html
+    assert "goal 12" in text and "expired 2" in text
+
+
+def test_rule_page_of_a_deleted_rule_without_ab() -> None:
+    stats = contract_stats()
+    [row] = [r for r in dashboard.merge_rules(DESCRIBED, stats) if r["id"] == "old_promo"]
+    html = page("rule.html", row=row, rule=None, stats_error=None, messages=[])
+    assert "This rule is no longer loaded" in html
+    assert "A/B test" not in html
+    assert "Nothing was skipped." in html
+
+
+def test_since_parsing_is_forgiving_but_says_what_it_could_not_read() -> None:
+    day = 86400.0
+    assert dashboard.parse_since(None, NOW) == (None, None)
+    assert dashboard.parse_since("all", NOW) == (None, None)
+    assert dashboard.parse_since("7d", NOW) == (NOW - 7 * day, None)
+    assert dashboard.parse_since("2026-11-01", NOW) == (parse_time("2026-11-01T00:00:00Z"), None)
+    assert dashboard.parse_since("2026-11-01T06:00:00Z", NOW)[0] == parse_time("2026-11-01T06:00Z")
+    # Further back than the epoch, or absurdly far: all time.
+    assert dashboard.parse_since("99999999999d", NOW) == (None, None)
+    assert dashboard.parse_since("9" * 400 + "d", NOW) == (None, None)
+    assert dashboard.parse_since("0001-01-01", NOW) == (None, None)
+    # In the future: nothing yet, rather than an error.
+    assert dashboard.parse_since("9999-12-31", NOW) == (parse_time("9999-12-31"), None)
+    since, problem = dashboard.parse_since("last tuesday", NOW)
+    assert since is None and problem is not None and "'last tuesday'" in problem
+
+
+def test_session_cookie_is_an_expiring_hmac_not_the_token() -> None:
+    value = dashboard.session_value("admin-token", int(NOW) + 60)
+    assert "admin-token" not in value
+    assert dashboard.session_ok("admin-token", value, NOW)
+    assert not dashboard.session_ok("admin-token", value, NOW + 61)  # expired
+    assert not dashboard.session_ok("other-token", value, NOW)  # token rotated
+    forged = f"{int(NOW) + 10**6}.{value.partition('.')[2]}"  # expiry pushed out
+    assert not dashboard.session_ok("admin-token", forged, NOW)
+    assert not dashboard.session_ok("admin-token", "garbage", NOW)
