@@ -21,7 +21,7 @@ from .errors import EventError
 from .events import Event, parse_event
 from .metrics import Metrics
 from .runner import Engine
-from .store.base import Store
+from .store.base import ConcurrentUpdate, Store
 from .workspace import Workspace
 
 log = structlog.get_logger("kaskad.processor")
@@ -227,6 +227,11 @@ class Processor:
                 results.append((None, exc))
         try:
             await self._commit(ws)
+        except ConcurrentUpdate:
+            # Another replica changed one of these users meanwhile: nothing was written;
+            # the requests run again, first, on fresh state.
+            self._calls[:0] = calls
+            raise
         except BaseException as exc:
             for _, _, fut in calls:
                 if not fut.done():
@@ -331,9 +336,17 @@ class Processor:
             try:
                 if await self.run_once():
                     continue
+                # Idle: recount what waits in the inbox (another replica on a shared
+                # PostgreSQL may have applied events this one counted as accepted).
+                self._inbox_estimate = await self.store.inbox_size()
                 next_due = await self.store.next_due()
             except asyncio.CancelledError:
                 raise
+            except ConcurrentUpdate as exc:
+                # Another replica worked on one of these users (PostgreSQL): nothing was
+                # written; the same work runs again at once on fresh state.
+                log.info("processor.conflict", detail=str(exc))
+                continue
             except Exception:
                 # The store failed (disk full, database down): back off and try again;
                 # nothing was committed, so nothing is lost.

@@ -225,6 +225,10 @@ class Store(Protocol):
         ...
 
 
+class ConcurrentUpdate(RuntimeError):
+    """Another replica changed what this unit of work read: nothing was written; retry."""
+
+
 async def open_store(url: str) -> Store:
     """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
     or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas."""

@@ -31,6 +31,7 @@ import structlog
 from ..model import Instance, Message, UserState, new_profile
 from .base import (
     Changes,
+    ConcurrentUpdate,
 )
 from .migrations import POSTGRES_MIGRATIONS
 from .postgres_stats import INSERT_ORDER, PostgresStats, order_row
@@ -102,10 +103,6 @@ def _upsert(table: str, columns: tuple[str, ...], key: str, also: str = "") -> s
 # the claim of a message in flight stays with the store that sends it.
 _UPSERT_INSTANCE = _upsert("instances", INSTANCE_COLUMNS, "id", ", claimed_by = NULL")
 _UPSERT_MESSAGE = _upsert("messages", MESSAGE_COLUMNS, "id", ", outcome = NULL")
-
-
-class ConcurrentUpdate(RuntimeError):
-    """Another replica changed what this unit of work read: nothing was written; retry."""
 
 
 def redact(url: str) -> str:
