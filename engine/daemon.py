@@ -29,6 +29,7 @@ from .reload import RuleManager
 from .rfm import RfmJob, through
 from .runner import Engine
 from .store import open_store
+from .store.base import Changes
 from .tasks import TaskGroup
 from .tracking import Tracker
 from .workspace import IdGen, Workspace
@@ -209,8 +210,8 @@ class Daemon:
         removed = await self.store.forget_events_before(self.clock.now() - keep_s)
         log.info("retention.done", event_ids_removed=removed)
 
-    async def _committed(self, ws: Workspace) -> None:
-        changes_queued = any(m.status == "queued" for m in ws.changes.messages.values())
+    async def _committed(self, ws: Workspace, changes: Changes) -> None:
+        changes_queued = any(m.status == "queued" for m in changes.messages.values())
         for record in ws.records:
             if record.status == "skipped" and record.reason:
                 self.metrics.skips.labels(record.rule, record.reason).inc()

@@ -21,7 +21,7 @@ from .errors import EventError
 from .events import Event, parse_event
 from .metrics import Metrics
 from .runner import Engine
-from .store.base import ConcurrentUpdate, Store
+from .store.base import Changes, ConcurrentUpdate, Store
 from .workspace import Workspace
 
 log = structlog.get_logger("kaskad.processor")
@@ -47,7 +47,7 @@ class Processor:
         *,
         batch: int = 500,
         timer_batch: int = 1000,
-        on_commit: Callable[[Workspace], Awaitable[None]] | None = None,
+        on_commit: Callable[[Workspace, Changes], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
@@ -96,9 +96,10 @@ class Processor:
         return ws
 
     async def _commit(self, ws: Workspace) -> None:
-        await self.store.save(ws.take_changes())
+        changes = ws.take_changes()
+        await self.store.save(changes)
         if self._on_commit is not None:
-            await self._on_commit(ws)
+            await self._on_commit(ws, changes)  # what was just written (ws.changes is empty)
 
     # -- one step of each kind; each returns how much it did -------------------------------
 

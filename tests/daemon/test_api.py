@@ -261,3 +261,18 @@ async def test_admin_auth_header_is_needed_for_profiles(client: Client) -> None:
     status, body = await client.request("GET", "/v1/profiles/u1")
     assert status == 401 and "admin_token" in body["error"]["message"]
     assert ADMIN["Authorization"].startswith("Bearer ")
+
+
+async def test_a_queued_send_wakes_the_dispatcher(client: Client) -> None:
+    """The commit that queues a message wakes the dispatcher at once (else it would wait for
+    its next poll, a second later on the real clock)."""
+    profile = {"type": "profile.updated", "user_id": "w1", "data": {"phone": "+15550001234"}}
+    bonus = {"type": "bonus.credited", "user_id": "w1", "data": {"amount": 5, "balance": 5}}
+    assert (await client.post_events([profile]))[0] == 202
+    wake = client.daemon.dispatcher.wake
+    wake.clear()
+    await client.daemon.processor.run_once()
+    assert not wake.is_set()  # a profile update queues nothing
+    assert (await client.post_events([bonus]))[0] == 202
+    await client.daemon.processor.run_once()
+    assert wake.is_set()
