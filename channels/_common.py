@@ -131,13 +131,22 @@ def http_session(name: str, provider: str, session: Any) -> aiohttp.ClientSessio
 class HttpChannel:
     """An adapter on the daemon's shared aiohttp session whose send() never raises.
 
-    Subclasses set `provider` and `_log`, and implement `_send`.
+    Subclasses set `provider`, `_log` and `keys` (their own config keys, checked here), and
+    implement `_send`.
     """
 
     provider: str
     _log: ClassVar[Any]  # the module's structlog logger
+    keys: ClassVar[frozenset[str]]
 
-    def __init__(self, name: str, session: aiohttp.ClientSession, limits: Limits | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        session: aiohttp.ClientSession,
+        limits: Limits | None,
+    ) -> None:
+        check_keys(name, config, self.keys, hint=DID_YOU_MEAN_SEMICOLON)
         self.name = name
         self.limits = limits or Limits()
         self._session = session

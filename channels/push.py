@@ -18,11 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ._common import (
-    DID_YOU_MEAN_SEMICOLON,
     NETWORK_ERRORS,
     HttpChannel,
     base_url,
-    check_keys,
     http_session,
     parse_json,
     ttl_s,
@@ -71,6 +69,7 @@ class FcmChannel(HttpChannel):
 
     provider = "fcm"
     _log = log
+    keys = _KEYS
 
     def __init__(
         self,
@@ -81,9 +80,8 @@ class FcmChannel(HttpChannel):
         *,
         now: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, session, limits)
+        super().__init__(name, config, session, limits)
         self._now = now
-        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
         account, where = _service_account(name, config)
         self._client_email = _account_str(account, "client_email", where)
         self._token_uri = base_url(_account_str(account, "token_uri", where), f"{where}.token_uri")

@@ -11,11 +11,9 @@ import aiohttp
 import structlog
 
 from ._common import (
-    DID_YOU_MEAN_SEMICOLON,
     NETWORK_ERRORS,
     HttpChannel,
     base_url,
-    check_keys,
     http_session,
     parse_json,
     seconds,
@@ -42,6 +40,7 @@ class TelegramChannel(HttpChannel):
 
     provider = "bot_api"
     _log = log
+    keys = _KEYS
 
     def __init__(
         self,
@@ -50,8 +49,7 @@ class TelegramChannel(HttpChannel):
         session: aiohttp.ClientSession,
         limits: Limits | None = None,
     ) -> None:
-        super().__init__(name, session, limits)
-        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
+        super().__init__(name, config, session, limits)
         self.base_url = base_url(
             config.get("base_url") or "https://api.telegram.org", f"channels.{name}.base_url"
         )

@@ -19,10 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02, VapidException
 
 from ._common import (
-    DID_YOU_MEAN_SEMICOLON,
     NETWORK_ERRORS,
     HttpChannel,
-    check_keys,
     http_session,
     retry_after_s,
     ttl_s,
@@ -56,6 +54,7 @@ class WebPushChannel(HttpChannel):
 
     provider = "vapid"
     _log = log
+    keys = _KEYS
 
     def __init__(
         self,
@@ -66,9 +65,8 @@ class WebPushChannel(HttpChannel):
         *,
         now: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, session, limits)
+        super().__init__(name, config, session, limits)
         self._now = now
-        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
         self._vapid = Vapid02(
             private_key=_vapid_key(config.get("vapid_private_key"), name),
             conf={"no-strict": True},  # the subject is checked below, py_vapid's regex is narrow

@@ -14,11 +14,9 @@ import aiohttp
 import structlog
 
 from ._common import (
-    DID_YOU_MEAN_SEMICOLON,
     NETWORK_ERRORS,
     HttpChannel,
     base_url,
-    check_keys,
     http_session,
     parse_json,
     seconds,
@@ -58,6 +56,7 @@ class WhatsAppChannel(HttpChannel):
 
     provider = "cloud_api"
     _log = log
+    keys = _KEYS
 
     def __init__(
         self,
@@ -66,8 +65,7 @@ class WhatsAppChannel(HttpChannel):
         session: aiohttp.ClientSession,
         limits: Limits | None = None,
     ) -> None:
-        super().__init__(name, session, limits)
-        check_keys(name, config, _KEYS, hint=DID_YOU_MEAN_SEMICOLON)
+        super().__init__(name, config, session, limits)
         base = base_url(
             config.get("base_url") or "https://graph.facebook.com", f"channels.{name}.base_url"
         )
