@@ -34,7 +34,7 @@ from .base import (
     ConcurrentUpdate,
 )
 from .migrations import POSTGRES_MIGRATIONS
-from .postgres_stats import INSERT_ORDER, PostgresStats, order_row
+from .postgres_stats import INSERT_ORDER, PostgresStats
 from .rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
@@ -43,6 +43,7 @@ from .rows import (
     instance_row,
     message_from,
     message_row,
+    order_row,
 )
 
 log = structlog.get_logger("kaskad.store")

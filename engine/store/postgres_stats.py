@@ -3,31 +3,22 @@ SqliteStore's, in PostgreSQL's dialect."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import asyncpg
 
 from .base import (
-    TOUCHES,
     AttributedCounts,
     MessageCounts,
     Order,
     OrderCounts,
     RfmRow,
     StatsQuery,
-    Touch,
     VariantCounts,
 )
+from .rows import ORDER_COLUMNS, order_from, touch_kind
 
-# An order's row: its fields, then each touch kind's message as {kind}_id, {kind}_at,
-# {kind}_rule, ... (the columns SqliteStore keeps).
-_ORDER_FIELDS = tuple(f.name for f in dataclasses.fields(Order) if f.name != "touches")
-_TOUCH_FIELDS = tuple(f.name for f in dataclasses.fields(Touch))
-ORDER_COLUMNS = _ORDER_FIELDS + tuple(
-    f"{kind}_{'id' if f == 'message_id' else f}" for kind in TOUCHES for f in _TOUCH_FIELDS
-)
 _COLS_ORDER = ", ".join(ORDER_COLUMNS)
 # An order counts once: sent again, the first one stays (SQLite's INSERT OR IGNORE).
 INSERT_ORDER = (
@@ -65,7 +56,7 @@ class PostgresStats:
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def stats_attributed(self, q: StatsQuery) -> list[AttributedCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         rule, params = _rule_filter(q, f"{k}_rule", 4)
         rows = await self.pool.fetch(
             f"SELECT {k}_rule, {k}_step, {k}_channel, {k}_variant, count(*), "
@@ -80,7 +71,7 @@ class PostgresStats:
         return [tuple(r) for r in rows]
 
     async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         rule, params = _rule_filter(q, "i.rule_id", 4)
         rows = await self.pool.fetch(
             "SELECT i.rule_id, i.variant, count(DISTINCT i.user_id), "
@@ -99,7 +90,7 @@ class PostgresStats:
         return [tuple(r) for r in rows]
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         attributed = f"{k}_id IS NOT NULL AND at - {k}_at <= $1"
         rows = await self.pool.fetch(
             "SELECT source, count(*), coalesce(sum(total), 0.0), "
@@ -119,7 +110,7 @@ class PostgresStats:
             user_id,
             limit,
         )
-        return [_order_from(tuple(r)) for r in rows]
+        return [order_from(tuple(r)) for r in rows]
 
     async def rfm_scores(self) -> list[RfmRow]:
         # As SqliteStore: quintiles by mid-rank among the n profiles with orders, a value
@@ -175,31 +166,6 @@ def _sql_real(key: str) -> str:
         f"WHEN 'string' THEN coalesce(substring(d ->> '{key}' "
         "FROM '^\\s*[-+]?(?:[0-9]+\\.?[0-9]*|\\.[0-9]+)(?:[eE][-+]?[0-9]+)?')::float8, 0.0) END)"
     )
-
-
-def _touch(kind: str) -> str:
-    """A touch kind as a column prefix (from a fixed table: never text from a request)."""
-    if kind not in TOUCHES:
-        raise ValueError(f"unknown attribution touch '{kind}'")
-    return kind
-
-
-def order_row(o: Order) -> tuple[Any, ...]:
-    row: list[Any] = [getattr(o, f) for f in _ORDER_FIELDS]
-    for kind in TOUCHES:
-        t = o.touches.get(kind)
-        row += [None] * len(_TOUCH_FIELDS) if t is None else [getattr(t, f) for f in _TOUCH_FIELDS]
-    return tuple(row)
-
-
-def _order_from(row: tuple[Any, ...]) -> Order:
-    n, width = len(_ORDER_FIELDS), len(_TOUCH_FIELDS)
-    order = Order(*row[:n])
-    for i, kind in enumerate(TOUCHES):
-        part = row[n + width * i : n + width * (i + 1)]
-        if part[0] is not None:
-            order.touches[kind] = Touch(*part)
-    return order
 
 
 def _rule_filter(q: StatsQuery, column: str, n: int) -> tuple[str, list[Any]]:

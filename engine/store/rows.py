@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..model import Instance, Message
+from .base import TOUCHES, Order, Touch
 
 INSTANCE_COLUMNS = tuple(f.name for f in dataclasses.fields(Instance))
 MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))
@@ -75,3 +76,37 @@ def message_row(m: Message) -> tuple[Any, ...]:
 
 def message_from(row: Sequence[Any]) -> Message:
     return Message(*_values(row, _MESSAGE_JSON))
+
+
+# An order's row: its fields, then each touch kind's message as {kind}_id, {kind}_at,
+# {kind}_rule, ... (NULLs when the user had no such touch).
+_ORDER_FIELDS = tuple(f.name for f in dataclasses.fields(Order) if f.name != "touches")
+_TOUCH_FIELDS = tuple(f.name for f in dataclasses.fields(Touch))
+ORDER_COLUMNS = _ORDER_FIELDS + tuple(
+    f"{kind}_{'id' if f == 'message_id' else f}" for kind in TOUCHES for f in _TOUCH_FIELDS
+)
+
+
+def touch_kind(kind: str) -> str:
+    """A touch kind as a column prefix (from a fixed table: never text from a request)."""
+    if kind not in TOUCHES:
+        raise ValueError(f"unknown attribution touch '{kind}'")
+    return kind
+
+
+def order_row(o: Order) -> tuple[Any, ...]:
+    row: list[Any] = [getattr(o, f) for f in _ORDER_FIELDS]
+    for kind in TOUCHES:
+        t = o.touches.get(kind)
+        row += [None] * len(_TOUCH_FIELDS) if t is None else [getattr(t, f) for f in _TOUCH_FIELDS]
+    return tuple(row)
+
+
+def order_from(row: Sequence[Any]) -> Order:
+    n, width = len(_ORDER_FIELDS), len(_TOUCH_FIELDS)
+    order = Order(*row[:n])
+    for i, kind in enumerate(TOUCHES):
+        part = row[n + width * i : n + width * (i + 1)]
+        if part[0] is not None:
+            order.touches[kind] = Touch(*part)
+    return order

@@ -7,7 +7,7 @@ import functools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -15,7 +15,6 @@ import aiosqlite
 
 from ..model import Instance, Message, UserState, new_profile
 from .base import (
-    TOUCHES,
     AttributedCounts,
     Changes,
     MessageCounts,
@@ -23,19 +22,22 @@ from .base import (
     OrderCounts,
     RfmRow,
     StatsQuery,
-    Touch,
     VariantCounts,
 )
 from .migrations import SQLITE_MIGRATIONS
 from .rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
+    ORDER_COLUMNS,
     dumps,
     instance_from,
     instance_row,
     message_from,
     message_row,
+    order_from,
+    order_row,
     stored_json,
+    touch_kind,
 )
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -510,7 +512,7 @@ class SqliteStore:
         await self.db.executemany(
             f"INSERT OR IGNORE INTO orders ({', '.join(ORDER_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
-            [_order_row(o) for o in orders],
+            [order_row(o) for o in orders],
         )
 
     async def _read(self, sql: str, params: Any = ()) -> list[Any]:
@@ -560,7 +562,7 @@ class SqliteStore:
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def stats_attributed(self, q: StatsQuery) -> list[AttributedCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         rule, params = _rule_filter(q, f"{k}_rule")
         rows = await self._read(
             f"SELECT {k}_rule, {k}_step, {k}_channel, {k}_variant, count(*), "
@@ -572,7 +574,7 @@ class SqliteStore:
         return [tuple(r) for r in rows]
 
     async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         rule, params = _rule_filter(q, "i.rule_id")
         # Per instance: did one of its messages get a click (the (instance_id, ...) index of
         # messages), does its user have an order attributed to this rule and variant (the
@@ -591,7 +593,7 @@ class SqliteStore:
         return [tuple(r) for r in rows]
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
-        k = _touch(q.touch)
+        k = touch_kind(q.touch)
         attributed = f"({k}_id IS NOT NULL AND at - {k}_at <= ?)"
         rows = await self._read(
             "SELECT source, count(*), coalesce(sum(total), 0.0), "
@@ -608,7 +610,7 @@ class SqliteStore:
             "ORDER BY at DESC, order_id DESC LIMIT ?",
             (user_id, limit),
         )
-        return [_order_from(r) for r in rows]
+        return [order_from(r) for r in rows]
 
     async def rfm_scores(self) -> list[RfmRow]:
         # Quintiles by mid-rank among the n profiles with orders: a value whose equal values
@@ -654,38 +656,6 @@ class SqliteStore:
         return [
             message_from(r) for r in await self._rows(f"{_MESSAGE_SQL} ORDER BY created_at, id")
         ]
-
-
-_ORDER_FIELDS = ("user_id", "order_id", "at", "total", "currency", "source", "event_id")
-_TOUCH_FIELDS = ("id", "at", "rule", "step", "channel", "variant")
-ORDER_COLUMNS = _ORDER_FIELDS + tuple(f"{k}_{f}" for k in TOUCHES for f in _TOUCH_FIELDS)
-
-
-def _touch(kind: str) -> str:
-    """A touch kind as a column prefix (from a fixed table: never text from a request)."""
-    if kind not in TOUCHES:
-        raise ValueError(f"unknown attribution touch '{kind}'")
-    return kind
-
-
-def _order_row(o: Order) -> tuple[Any, ...]:
-    row: list[Any] = [getattr(o, f) for f in _ORDER_FIELDS]
-    for kind in TOUCHES:
-        t = o.touches.get(kind)
-        row += (
-            [None] * 6 if t is None else [t.message_id, t.at, t.rule, t.step, t.channel, t.variant]
-        )
-    return tuple(row)
-
-
-def _order_from(row: Sequence[Any]) -> Order:
-    n = len(_ORDER_FIELDS)
-    order = Order(*row[:n])
-    for i, kind in enumerate(TOUCHES):
-        part = row[n + 6 * i : n + 6 * (i + 1)]
-        if part[0] is not None:
-            order.touches[kind] = Touch(*part)
-    return order
 
 
 def _rule_filter(q: StatsQuery, column: str) -> tuple[str, list[Any]]:
