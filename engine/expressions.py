@@ -277,6 +277,15 @@ class _Compiler:
             return "{" + ", ".join(pairs) + "}"
         raise _Unsupported(type(node).__name__)
 
+    def resolve_names(self) -> list[str]:
+        """The statements that put each context name in its local, up front as in Jinja's
+        generated code (resolving has no effects)."""
+        lines = []
+        for name, local in self.names.items():
+            key = self.bind(name)
+            lines.append(f"{local} = ctx[{key}] if {key} in ctx else _resolve({key})")
+        return lines
+
     def _name(self, name: str) -> str:
         """The local holding a context name (resolved at the top of the function)."""
         if name not in self.names:
@@ -333,11 +342,7 @@ class _Compiler:
 
     def function(self, node: nodes.Expr) -> Callable[[Mapping[str, Any]], Any]:
         body = self.expr(node)
-        # Names resolve up front, as in Jinja's generated code (resolving has no effects).
-        prologue = []
-        for name, local in self.names.items():
-            key = self.bind(name)
-            prologue.append(f"        {local} = ctx[{key}] if {key} in ctx else _resolve({key})")
+        prologue = [f"        {line}" for line in self.resolve_names()]
         params = [*_HELPERS, *(f"_c{n}" for n in range(len(self.values)))]
         source = "\n".join(
             [
@@ -529,10 +534,7 @@ def fuse_tests(exprs: list[Expression | None]) -> FusedTests:
                 "except Exception as _e:",
                 f"    _fail({index}, _error({index}, _e))",
             ]
-    prologue = []
-    for name, local in compiler.names.items():
-        key = compiler.bind(name)
-        prologue.append(f"{local} = ctx[{key}] if {key} in ctx else _resolve({key})")
+    prologue = compiler.resolve_names()
     prologue += compiler.prologue
     if compiler.chains:
         ok = " and ".join(f"{c}.__class__ is not _Failed" for c in compiler.chains.values())
