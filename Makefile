@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check engine channels tests bench
 	$(BIN)/ruff format --check engine channels tests bench
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

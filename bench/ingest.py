@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 
 from engine.clock import RealClock
-from engine.config import parse_config
 from engine.daemon import Daemon
+from engine.lang.config import parse_config
 from engine.store.sqlite import SqliteStore
 
 BATCH = 1000

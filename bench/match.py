@@ -23,11 +23,11 @@ from bench.match_peer import (
     to_kaskad_expression,
 )
 from engine.errors import ExpressionError
-from engine.events import Event, parse_event
-from engine.rules import parse_rule
-from engine.ruleset import RuleSet
-from engine.validation import Checker
-from engine.yamlfile import YDict, load_yaml
+from engine.lang.events import Event, parse_event
+from engine.lang.rules import parse_rule
+from engine.lang.ruleset import RuleSet
+from engine.lang.validation import Checker
+from engine.lang.yamlfile import YDict, load_yaml
 
 REPEATS = 3
 

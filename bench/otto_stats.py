@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.clock import iso
-from engine.config import Config, load_config
-from engine.events import Event, parse_event
-from engine.model import Record
-from engine.ruleset import RuleSet, load_ruleset
+from engine.core.model import Record
+from engine.lang.config import Config, load_config
+from engine.lang.events import Event, parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.measure.stats import compute_stats
+from engine.measure.stats_text import format_text
 from engine.simulate import Simulation
-from engine.stats import compute_stats
-from engine.stats_text import format_text
 
 ROOT = Path(__file__).resolve().parent.parent
 OTTO = ROOT / "tests" / "data" / "otto_events.jsonl"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(ROOT / "config.yaml"))
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
-    from engine.logs import configure
+    from engine.runtime.logs import configure
 
     configure(level="error", fmt="console")
     stats = asyncio.run(otto_stats(load_config(args.config), args.seed))

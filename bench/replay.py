@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.datasets import generate_stream
-from engine.config import Config
-from engine.events import Event, parse_event
-from engine.logs import configure
-from engine.ruleset import RuleSet, load_ruleset
+from engine.lang.config import Config
+from engine.lang.events import Event, parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.runtime.logs import configure
 from engine.simulate import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent

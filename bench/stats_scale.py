@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import PoliciesConfig
-from engine.stats import compute_stats
+from engine.lang.config import PoliciesConfig
+from engine.measure.stats import compute_stats
 from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS
 from engine.store.sqlite import ORDER_COLUMNS, SqliteStore
 

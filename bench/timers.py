@@ -93,7 +93,7 @@ async def _schema(path: Path) -> None:
 
 
 def _rule_version(rules: Path) -> str:
-    from engine.ruleset import load_ruleset
+    from engine.lang.ruleset import load_ruleset
 
     ruleset = load_ruleset([rules])
     assert not ruleset.problems, ruleset.problems

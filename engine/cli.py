@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .clock import parse_time
-from .config import Config, load_config
-from .durations import parse_duration
-from .errors import LoadError
-from .logs import configure
+from engine import __version__
+from engine.clock import parse_time
+from engine.errors import LoadError
+from engine.lang.config import Config, load_config
+from engine.lang.durations import parse_duration
+from engine.runtime.logs import configure
 
 
 def _config(path: str | None) -> Config:
@@ -27,7 +27,7 @@ def _config(path: str | None) -> Config:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .ruleset import load_ruleset
+    from engine.lang.ruleset import load_ruleset
 
     paths = [Path(p) for p in args.paths] or [Path(_config(args.config).rules.path)]
     missing = [p for p in paths if not p.exists()]
@@ -54,8 +54,8 @@ def _until(text: str | None, last_event: float | None) -> float | None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .ruleset import load_ruleset
-    from .simulate import Simulation, read_events, write_records
+    from engine.lang.ruleset import load_ruleset
+    from engine.simulate import Simulation, read_events, write_records
 
     config = _config(args.config)
     rules_path = Path(args.rules or config.rules.path)
@@ -101,7 +101,7 @@ def _read_json(path: str | None, what: str) -> dict[str, Any]:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from .preview import preview
+    from engine.core.preview import preview
 
     config = _config(args.config)
     ruleset_path = Path(args.rules or config.rules.path)
@@ -111,7 +111,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .schema import schema
+    from engine.lang.schema import schema
 
     json.dump(schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -120,8 +120,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def _open_existing_store(config: Config) -> Any:
     """The daemon's store; a missing SQLite file is an error, not a new empty database."""
-    from .store import open_store
-    from .store.sqlite import sqlite_path
+    from engine.store import open_store
+    from engine.store.urls import sqlite_path
 
     url = config.storage.url
     if url.startswith("sqlite:"):
@@ -132,10 +132,10 @@ def _open_existing_store(config: Config) -> Any:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .clock import RealClock
-    from .ruleset import load_ruleset
-    from .stats import compute_stats, parse_bound
-    from .stats_text import format_text
+    from engine.clock import RealClock
+    from engine.lang.ruleset import load_ruleset
+    from engine.measure.stats import compute_stats, parse_bound
+    from engine.measure.stats_text import format_text
 
     config = _config(args.config)
     now = RealClock().now()
@@ -176,12 +176,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_rfm(args: argparse.Namespace) -> int:
-    from .clock import RealClock
-    from .processor import Processor
-    from .rfm import Write, recompute, through
-    from .ruleset import RuleSet
-    from .runner import Engine
-    from .store.sqlite import SqliteStore
+    from engine.clock import RealClock
+    from engine.core.runner import Engine
+    from engine.lang.ruleset import RuleSet
+    from engine.measure.rfm import Write, recompute, through
+    from engine.runtime.processor import Processor
+    from engine.store.sqlite import SqliteStore
 
     config = _config(args.config)
 
@@ -207,7 +207,7 @@ def cmd_rfm(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import main as daemon_main
+    from engine.daemon import main as daemon_main
 
     return daemon_main(_config(args.config))
 

@@ -16,23 +16,23 @@ from aiohttp import web
 
 from channels.base import Channel, Limits, Outcome
 from channels.registry import factory
-
-from .api.app import make_app
-from .api.state import AppState
-from .clock import Clock, RealClock
-from .config import Config
-from .dispatch import Dispatcher
-from .logs import configure
-from .metrics import Metrics
-from .processor import Processor
-from .reload import RuleManager
-from .rfm import RfmJob, through
-from .runner import Engine
-from .store import open_store
-from .store.base import Changes
-from .tasks import TaskGroup
-from .tracking import Tracker
-from .workspace import IdGen, Workspace
+from engine.api.app import make_app
+from engine.api.state import AppState
+from engine.clock import Clock, RealClock
+from engine.core.changes import Changes
+from engine.core.runner import Engine
+from engine.core.tracking import Tracker
+from engine.core.workspace import IdGen, Workspace
+from engine.lang.config import Config
+from engine.measure.rfm import RfmJob, through
+from engine.runtime.dispatch import Dispatcher
+from engine.runtime.intake import Intake
+from engine.runtime.logs import configure
+from engine.runtime.metrics import Metrics
+from engine.runtime.processor import Processor
+from engine.runtime.reload import RuleManager
+from engine.runtime.tasks import TaskGroup
+from engine.store import open_store
 
 log = structlog.get_logger("kaskad.daemon")
 
@@ -103,13 +103,13 @@ class Daemon:
         )
         await self.processor.start()
         for message_id, user_id, answer in await self.store.answered():
-            self.processor.outcomes.put_nowait((message_id, user_id, Outcome.from_json(answer)))
+            self.processor.deliver(message_id, user_id, Outcome.from_json(answer))
         self.session = aiohttp.ClientSession()
         self.dispatcher = Dispatcher(
             self.store,
             build_channels(config, self.session),
             clock,
-            self._deliver,
+            self.processor.deliver,
             self.tasks,
             on_result=lambda ch, kind: self.metrics.sends.labels(ch, kind).inc(),
         )
@@ -123,8 +123,9 @@ class Daemon:
             metrics=self.metrics,
             dispatcher=self.dispatcher,
             tracker=self.engine.tracker,
+            intake=Intake(self.store, self.processor, clock, config.server, self.metrics),
+            rfm=self.rfm,
             started_at=clock.now(),
-            extra={"rfm": self.rfm},
         )
         self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -137,10 +138,13 @@ class Daemon:
         if config.rules.watch and self.background:
             self.tasks.spawn(self.rules.watch(), name="rules-watch")
         if config.mqtt.url:
-            from .mqtt import run_mqtt
+            from engine.runtime.mqtt import run_mqtt
 
-            self.state.broker_ok = False
-            self.tasks.spawn(run_mqtt(self.state), name="mqtt")
+            self.state.broker.ok = False
+            self.tasks.spawn(
+                run_mqtt(config.mqtt, self.state.intake, self.state.broker, self.metrics),
+                name="mqtt",
+            )
         self.scheduler = self._scheduler()
         log.info(
             "daemon.started",
@@ -154,14 +158,14 @@ class Daemon:
         """Run the engine loop and the dispatcher until neither has anything due now."""
         while True:
             await self.processor.drain()
-            if not await self.dispatcher.dispatch_once() and self.processor.outcomes.empty():
+            if not await self.dispatcher.dispatch_once() and not self.processor.has_outcomes():
                 return
 
     def _scheduler(self) -> Any:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        from .localtime import parse_time_of_day
-        from .schedule import cron_trigger
+        from engine.lang.localtime import parse_time_of_day
+        from engine.lang.schedule import cron_trigger
 
         scheduler = AsyncIOScheduler(timezone="UTC")
 
@@ -204,7 +208,7 @@ class Daemon:
         return scheduler
 
     async def _retention(self) -> None:
-        from .durations import parse_duration
+        from engine.lang.durations import parse_duration
 
         keep_s = parse_duration(self.config.storage.event_retention)
         removed = await self.store.forget_events_before(self.clock.now() - keep_s)
@@ -218,10 +222,6 @@ class Daemon:
         ws.records.clear()
         if changes_queued:
             self.dispatcher.wake.set()
-
-    def _deliver(self, message_id: str, user_id: str, outcome: Any) -> None:
-        self.processor.outcomes.put_nowait((message_id, user_id, outcome))
-        self.processor.wake.set()
 
     async def stop(self) -> None:
         log.info("daemon.stopping")

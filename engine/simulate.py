@@ -15,18 +15,17 @@ from typing import Any, TextIO
 
 from channels.base import OutboundMessage, Outcome
 from channels.sandbox import SandboxChannel
-
-from .clock import VirtualClock, iso
-from .config import Config
-from .errors import EventError
-from .events import Event, parse_event
-from .model import Record, UserState, new_profile
-from .ruleset import RuleSet
-from .runner import Engine
-from .schedule import cron_trigger, next_fire
-from .store.base import Store
-from .store.sqlite import SqliteStore
-from .workspace import IdGen, Workspace
+from engine.clock import VirtualClock, iso
+from engine.core.model import Record, UserState, new_profile
+from engine.core.runner import Engine
+from engine.core.workspace import IdGen, Workspace
+from engine.errors import EventError
+from engine.lang.config import Config
+from engine.lang.events import Event, parse_event
+from engine.lang.ruleset import RuleSet
+from engine.lang.schedule import cron_trigger, next_fire
+from engine.store.base import Store
+from engine.store.sqlite import SqliteStore
 
 MAX_HORIZON_S = 400 * 86400
 _FLUSH_EVERY = 20_000

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config, parse_config
-from engine.events import parse_event
-from engine.logs import configure
-from engine.ruleset import RuleSet, load_ruleset
+from engine.lang.config import Config, parse_config
+from engine.lang.events import parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.runtime.logs import configure
 from engine.simulate import Simulation, record_json
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from engine import svg
+from engine.measure import svg
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

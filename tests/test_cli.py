@@ -14,10 +14,10 @@ import pytest
 from conftest import QUIET_CONFIG, ROOT, RULES, ev, profile
 
 from engine.cli import main
-from engine.logs import configure
-from engine.rules import RULE_KEYS
-from engine.templates import CHANNEL_KEYS
-from engine.yamlfile import load_yaml
+from engine.lang.rules import RULE_KEYS
+from engine.lang.templates import CHANNEL_KEYS
+from engine.lang.yamlfile import load_yaml
+from engine.runtime.logs import configure
 
 RECORD_KEYS = [
     "time",

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from engine.config import Config, load_config, parse_config
+from channels.kinds import CHANNELS
 from engine.errors import LoadError
-from engine.reach import CHANNELS
+from engine.lang.config import Config, load_config, parse_config
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:

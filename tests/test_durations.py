@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.durations import format_duration, parse_duration
+from engine.lang.durations import format_duration, parse_duration
 
 MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 

@@ -9,7 +9,7 @@ import pytest
 
 from engine.clock import parse_time
 from engine.errors import EventError
-from engine.events import MAX_EVENT_BYTES, BatchProblem, parse_batch, parse_event
+from engine.lang.events import MAX_EVENT_BYTES, BatchProblem, parse_batch, parse_event
 
 RECEIVED = parse_time("2026-11-23T12:00:00Z")
 SUB = {"endpoint": "https://push.example/abc", "keys": {"p256dh": "BNc", "auth": "tBH"}}

@@ -11,7 +11,7 @@ import pytest
 from jinja2 import UndefinedError
 
 from engine.errors import ExpressionError
-from engine.expressions import Expression, TextTemplate, fuse_tests
+from engine.lang.expressions import Expression, TextTemplate, fuse_tests
 
 Outcome = tuple[str, Any]
 

@@ -9,12 +9,12 @@ from conftest import QUIET_CONFIG
 
 from channels.base import OutboundMessage, Outcome
 from engine.clock import iso
-from engine.config import parse_config
-from engine.events import Event, parse_event
-from engine.model import UserState, new_profile
-from engine.ruleset import load_ruleset
-from engine.runner import Engine
-from engine.workspace import IdGen, Workspace
+from engine.core.model import UserState, new_profile
+from engine.core.runner import Engine
+from engine.core.workspace import IdGen, Workspace
+from engine.lang.config import parse_config
+from engine.lang.events import Event, parse_event
+from engine.lang.ruleset import load_ruleset
 
 RULE = """\
 rule: promo

@@ -16,7 +16,7 @@ from conftest import ROOT, run_simulation, shipped_rules
 
 from bench.abandoned_cart_reference import expected_sends
 from bench.datasets import rees46_events
-from engine.ruleset import load_ruleset
+from engine.lang.ruleset import load_ruleset
 
 OTTO = ROOT / "tests" / "data" / "otto_events.jsonl"
 REES46 = Path(

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from conftest import ev, profile
 
-from engine.config import parse_config
-from engine.events import parse_event
-from engine.rfm import SEGMENTS, recompute, resident, segment
-from engine.ruleset import load_ruleset
+from engine.lang.config import parse_config
+from engine.lang.events import parse_event
+from engine.lang.ruleset import load_ruleset
+from engine.measure.rfm import SEGMENTS, recompute, resident, segment
 from engine.simulate import Simulation
 
 VIP_RULE = """

@@ -12,13 +12,13 @@ import pytest
 from conftest import ev, profile
 
 from engine.clock import parse_time
-from engine.config import Config, parse_config
 from engine.errors import Problem
-from engine.events import parse_event
-from engine.ruleset import RuleSet, load_ruleset
+from engine.lang.config import Config, parse_config
+from engine.lang.events import parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.measure.stats import MAX_TIME, ci95, compute_stats, parse_bound, z_test
+from engine.measure.stats_text import format_text
 from engine.simulate import Simulation
-from engine.stats import MAX_TIME, ci95, compute_stats, parse_bound, z_test
-from engine.stats_text import format_text
 
 TEMPLATE = "template: t\nemail: {subject: Hi, text: Hello}\n"
 RULES = {
@@ -483,9 +483,9 @@ async def test_variants_in_the_data_but_not_in_the_rule_are_listed_after_it(run:
 
 
 def load_rule_text(base: RuleSet, text: str) -> RuleSet:
-    from engine.rules import parse_rule
-    from engine.validation import Checker
-    from engine.yamlfile import load_yaml
+    from engine.lang.rules import parse_rule
+    from engine.lang.validation import Checker
+    from engine.lang.yamlfile import load_yaml
 
     doc = load_yaml(text, "promo.yaml")
     parsed = parse_rule(doc, Checker("promo.yaml"), text)

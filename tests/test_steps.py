@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from conftest import QUIET_CONFIG, brief, ev, profile, run_simulation
 
-from engine.config import parse_config
-from engine.events import parse_event
-from engine.ruleset import RuleSet, load_ruleset
+from engine.lang.config import parse_config
+from engine.lang.events import parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
 from engine.simulate import Simulation, record_json
 
 TEMPLATES = {

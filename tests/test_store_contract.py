@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from engine.model import Instance, Message
-from engine.store import Changes, Store, open_store
-from engine.store.base import Order, StatsQuery, Touch
+from engine.core.changes import Changes, Order, Touch
+from engine.core.model import Instance, Message
+from engine.store import Store, open_store
+from engine.store.base import StatsQuery
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres import ConcurrentUpdate, PostgresStore
 from tests.pgdb import pg_schema

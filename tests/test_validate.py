@@ -14,8 +14,8 @@ import pytest
 from _pytest.mark.structures import ParameterSet
 from conftest import RULES
 
-from engine.expressions import Expression
-from engine.ruleset import RuleSet, load_ruleset
+from engine.lang.expressions import Expression
+from engine.lang.ruleset import RuleSet, load_ruleset
 
 HELLO = """\
 template: hello

@@ -9,15 +9,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..clock import iso
-from ..config import Attribution
-from ..errors import EventError
-from ..events import parse_event
-from ..model import Instance, Message, profile_context
-from ..store.base import Order, Store
-from .auth import admin_denied
-from .errors import Handler, error
-from .state import STATE
+from engine.api.auth import admin_denied
+from engine.api.errors import Handler, error
+from engine.api.state import STATE
+from engine.clock import iso
+from engine.core.changes import Order
+from engine.core.model import Instance, Message, profile_context
+from engine.errors import EventError
+from engine.lang.config import Attribution
+from engine.lang.events import parse_event
+from engine.store.base import Store
 
 ADMIN_PREFIXES = (
     "/v1/profiles",
@@ -283,8 +284,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = f"error: {exc}"
     rules = state.rules.current
     checks["rules"] = "ok" if rules.rules or not rules.problems else "error: no valid rules"
-    if state.broker_ok is not None:
-        checks["broker"] = "ok" if state.broker_ok else f"error: {state.broker_error}"
+    if state.broker.ok is not None:
+        checks["broker"] = "ok" if state.broker.ok else f"error: {state.broker.error}"
     paused = state.dispatcher.paused() if state.dispatcher else {}
     checks["channels"] = {name: f"paused: {why}" for name, why in paused.items()} or "ok"
     ready = all(v == "ok" for k, v in checks.items() if k != "channels")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, callbacks, dashboard, ingest, stats, tracking
-from .errors import json_errors
-from .state import STATE, AppState
+from engine.api import admin, callbacks, dashboard, ingest, stats, tracking
+from engine.api.errors import json_errors
+from engine.api.state import STATE, AppState
 
 
 def make_app(state: AppState) -> web.Application:

@@ -7,7 +7,7 @@ import hmac
 
 from aiohttp import web
 
-from ..config import AuthConfig
+from engine.lang.config import AuthConfig
 
 HMAC_TOLERANCE_S = 300.0
 

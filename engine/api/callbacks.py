@@ -16,11 +16,10 @@ from aiohttp import web
 
 from channels.sms import verify_twilio_signature
 from channels.whatsapp import parse_statuses, verify_signature, verify_subscription
-
-from ..model import Message
-from .errors import error
-from .reactions import erased, reaction, record
-from .state import STATE, AppState
+from engine.api.errors import error
+from engine.api.reactions import erased, reaction, record
+from engine.api.state import STATE, AppState
+from engine.core.model import Message
 
 log = structlog.get_logger("kaskad.callbacks")
 

@@ -21,15 +21,15 @@ import structlog
 from aiohttp import web
 from markupsafe import Markup
 
-from .. import svg
-from ..clock import iso, parse_time
-from ..durations import parse_duration
-from ..model import MESSAGE_STATUSES
-from ..preview import render_channels
-from ..stats import compute_stats
-from .admin import timeline
-from .auth import admin_denied
-from .state import STATE, AppState
+from engine.api.admin import timeline
+from engine.api.auth import admin_denied
+from engine.api.state import STATE, AppState
+from engine.clock import iso, parse_time
+from engine.core.model import MESSAGE_STATUSES
+from engine.core.preview import render_channels
+from engine.lang.durations import parse_duration
+from engine.measure import svg
+from engine.measure.stats import compute_stats
 
 log = structlog.get_logger("kaskad.dashboard")
 

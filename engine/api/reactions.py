@@ -7,16 +7,13 @@ awaiting it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
 
-from ..clock import iso
-from ..errors import EventError
-from ..events import parse_event
-from ..model import Message
-from .state import AppState
+from engine.api.state import AppState
+from engine.clock import iso
+from engine.core.model import Message
 
 log = structlog.get_logger("kaskad.reactions")
 
@@ -57,21 +54,4 @@ async def record(state: AppState, events: list[dict[str, Any]]) -> int:
 
     Raises whatever the store raises: the caller decides what the sender is told.
     """
-    now = state.clock.now()
-    rows: list[tuple[str | None, str]] = []
-    for obj in events:
-        try:
-            event = parse_event(obj, received_at=now)
-        except EventError as exc:  # e.g. a provider id too long for an event id
-            log.warning("reaction.invalid", type=obj.get("type"), field=exc.field, error=str(exc))
-            continue
-        body = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
-        rows.append((event.id, body))
-    if not rows:
-        return 0
-    accepted, duplicates = await state.store.enqueue(rows, now)
-    state.processor.note_enqueued(accepted)
-    state.processor.wake.set()
-    state.metrics.accepted.inc(accepted)
-    state.metrics.duplicates.inc(duplicates)
-    return accepted
+    return await state.intake.accept_events(events)

@@ -7,16 +7,19 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..clock import Clock
-from ..config import Config
-from ..metrics import Metrics
-from ..store.base import Store
-from ..tracking import Tracker
+from engine.clock import Clock
+from engine.core.tracking import Tracker
+from engine.lang.config import Config
+from engine.measure.rfm import RfmJob
+from engine.runtime.intake import Intake
+from engine.runtime.metrics import Metrics
+from engine.runtime.mqtt import BrokerStatus
+from engine.store.base import Store
 
 if TYPE_CHECKING:
-    from ..dispatch import Dispatcher
-    from ..processor import Processor
-    from ..reload import RuleManager
+    from engine.runtime.dispatch import Dispatcher
+    from engine.runtime.processor import Processor
+    from engine.runtime.reload import RuleManager
 
 
 @dataclass
@@ -27,13 +30,12 @@ class AppState:
     processor: Processor
     rules: RuleManager
     metrics: Metrics
+    intake: Intake
     dispatcher: Dispatcher | None = None
     tracker: Tracker | None = None  # None: tracking links are not served
-    broker_ok: bool | None = None  # None: no broker configured
-    broker_error: str | None = None
+    broker: BrokerStatus = field(default_factory=BrokerStatus)
+    rfm: RfmJob | None = None
     started_at: float = 0.0
-    max_inbox: int = 200_000
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 STATE: web.AppKey[AppState] = web.AppKey("kaskad", AppState)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..rfm import RfmJob, through
-from ..stats import compute_stats, parse_bound
-from .errors import error
-from .state import STATE, AppState
+from engine.api.errors import error
+from engine.api.state import STATE, AppState
+from engine.measure.rfm import RfmJob, through
+from engine.measure.stats import compute_stats, parse_bound
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -41,10 +41,9 @@ async def get_stats(request: web.Request) -> web.Response:
 
 def rfm_job(state: AppState) -> RfmJob:
     """The daemon's job (one recompute at a time), made on first use otherwise."""
-    job = state.extra.get("rfm")
-    if not isinstance(job, RfmJob):
-        job = state.extra["rfm"] = RfmJob(state.store, through(state.processor.call))
-    return job
+    if state.rfm is None:
+        state.rfm = RfmJob(state.store, through(state.processor.call))
+    return state.rfm
 
 
 async def post_rfm_recompute(request: web.Request) -> web.Response:

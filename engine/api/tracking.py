@@ -15,10 +15,10 @@ from urllib.parse import quote, urlsplit
 import structlog
 from aiohttp import web
 
-from ..model import Message
-from .errors import error
-from .reactions import erased, reaction, record
-from .state import STATE, AppState
+from engine.api.errors import error
+from engine.api.reactions import erased, reaction, record
+from engine.api.state import STATE, AppState
+from engine.core.model import Message
 
 log = structlog.get_logger("kaskad.tracking")
 

@@ -1,5 +1,6 @@
 """Storage behind one interface: the runner never sees SQL."""
 
-from .base import Changes, Store, open_store
+from engine.store.base import Store
+from engine.store.urls import open_store
 
-__all__ = ["Changes", "Store", "open_store"]
+__all__ = ["Store", "open_store"]

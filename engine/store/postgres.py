@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,14 +27,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from ..model import Instance, Message, UserState, new_profile
-from .base import (
-    Changes,
-    ConcurrentUpdate,
-)
-from .migrations import POSTGRES_MIGRATIONS
-from .postgres_stats import INSERT_ORDER, PostgresStats
-from .rows import (
+from engine.core.changes import Changes
+from engine.core.model import Instance, Message, UserState, new_profile
+from engine.store.base import ConcurrentUpdate
+from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
+from engine.store.rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
     dumps,
@@ -45,6 +42,7 @@ from .rows import (
     message_row,
     order_row,
 )
+from engine.store.urls import redact
 
 log = structlog.get_logger("kaskad.store")
 
@@ -104,12 +102,6 @@ def _upsert(table: str, columns: tuple[str, ...], key: str, also: str = "") -> s
 # the claim of a message in flight stays with the store that sends it.
 _UPSERT_INSTANCE = _upsert("instances", INSTANCE_COLUMNS, "id", ", claimed_by = NULL")
 _UPSERT_MESSAGE = _upsert("messages", MESSAGE_COLUMNS, "id", ", outcome = NULL")
-
-
-def redact(url: str) -> str:
-    """The URL with its password (in the authority or as ?password=) masked."""
-    url = re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 def _dsn(url: str) -> str:
@@ -774,4 +766,4 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-__all__ = ["ConcurrentUpdate", "PostgresStore", "redact"]
+__all__ = ["ConcurrentUpdate", "PostgresStore"]

@@ -8,16 +8,16 @@ from typing import Any
 
 import asyncpg
 
-from .base import (
+from engine.core.changes import Order
+from engine.store.base import (
     AttributedCounts,
     MessageCounts,
-    Order,
     OrderCounts,
     RfmRow,
     StatsQuery,
     VariantCounts,
 )
-from .rows import ORDER_COLUMNS, order_from, touch_kind
+from engine.store.rows import ORDER_COLUMNS, order_from, touch_kind
 
 _COLS_ORDER = ", ".join(ORDER_COLUMNS)
 # An order counts once: sent again, the first one stays (SQLite's INSERT OR IGNORE).

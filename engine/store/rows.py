@@ -8,8 +8,8 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..model import Instance, Message
-from .base import TOUCHES, Order, Touch
+from engine.core.changes import TOUCHES, Order, Touch
+from engine.core.model import Instance, Message
 
 INSTANCE_COLUMNS = tuple(f.name for f in dataclasses.fields(Instance))
 MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))

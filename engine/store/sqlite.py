@@ -13,19 +13,18 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
-from ..model import Instance, Message, UserState, new_profile
-from .base import (
+from engine.core.changes import Changes, Order
+from engine.core.model import Instance, Message, UserState, new_profile
+from engine.store.base import (
     AttributedCounts,
-    Changes,
     MessageCounts,
-    Order,
     OrderCounts,
     RfmRow,
     StatsQuery,
     VariantCounts,
 )
-from .migrations import SQLITE_MIGRATIONS
-from .rows import (
+from engine.store.migrations import SQLITE_MIGRATIONS
+from engine.store.rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
     ORDER_COLUMNS,
@@ -39,6 +38,7 @@ from .rows import (
     stored_json,
     touch_kind,
 )
+from engine.store.urls import sqlite_path
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 _INSTANCE_SQL = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"
@@ -52,16 +52,6 @@ _INSTANCE_UPSERT = (
     f"VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS if c not in _INSTANCE_FIXED)
 )
-
-
-def sqlite_path(url: str) -> str:
-    """sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory: (SQLAlchemy)."""
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"invalid sqlite url '{url}': expected sqlite:///path")
-    path = url[len("sqlite:///") :]
-    if path in ("", ":memory:"):
-        return ":memory:"
-    return path
 
 
 P = ParamSpec("P")

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from engine.clock import VirtualClock, parse_time
-from engine.config import parse_config
 from engine.daemon import Daemon
+from engine.lang.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 START = parse_time("2026-11-23T10:00:00Z")

@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from engine.model import Message
+from engine.core.model import Message
 from engine.store.sqlite import SqliteStore
 
 from .conftest import START, Client

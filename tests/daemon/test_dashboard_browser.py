@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 
 from engine.clock import VirtualClock
-from engine.config import parse_config
 from engine.daemon import Daemon
+from engine.lang.config import parse_config
 
 from .conftest import ROOT, Client
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.api import dashboard
 from engine.clock import parse_time
-from engine.model import Message
+from engine.core.model import Message
 
 NOW = parse_time("2026-11-23T12:00:00Z")
 HOSTILE = "<script>alert(1)</script>"

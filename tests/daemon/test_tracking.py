@@ -11,7 +11,7 @@ from multidict import CIMultiDictProxy
 from structlog.testing import capture_logs
 
 from engine.api.tracking import PIXEL
-from engine.model import Message
+from engine.core.model import Message
 
 from .conftest import Client
 

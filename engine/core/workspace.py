@@ -8,8 +8,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .model import Instance, Message, Record, UserState
-from .store.base import Changes
+from engine.core.changes import Changes
+from engine.core.model import Instance, Message, Record, UserState
 
 
 class IdGen:

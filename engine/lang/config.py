@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .durations import parse_duration
-from .errors import LoadError, Problem, did_you_mean
-from .localtime import parse_time_of_day, zone
-from .reach import CHANNELS
-from .yamlfile import YDict, YList, load_yaml
+from channels.kinds import CHANNELS
+from engine.errors import LoadError, Problem, did_you_mean
+from engine.lang.durations import parse_duration
+from engine.lang.localtime import parse_time_of_day, zone
+from engine.lang.yamlfile import YDict, YList, load_yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from apscheduler.triggers.cron import CronTrigger
 
-from .localtime import zone
+from engine.lang.localtime import zone
 
 
 def cron_trigger(expr: str, timezone: str = "UTC") -> CronTrigger:

@@ -14,12 +14,12 @@ from typing import Any
 
 import structlog
 
-from .errors import Problem
-from .rules import Rule, parse_rule
-from .ruleset import RuleSet, load_ruleset
-from .store.base import Store
-from .validation import Checker
-from .yamlfile import YDict, load_yaml
+from engine.errors import Problem
+from engine.lang.rules import Rule, parse_rule
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.lang.validation import Checker
+from engine.lang.yamlfile import YDict, load_yaml
+from engine.store.base import Store
 
 log = structlog.get_logger("kaskad.rules")
 

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import iso, parse_time
-from .config import PoliciesConfig
-from .durations import parse_duration
-from .program import SendOp
-from .ruleset import RuleSet
-from .store.base import StatsQuery, Store
+from engine.clock import iso, parse_time
+from engine.lang.config import PoliciesConfig
+from engine.lang.durations import parse_duration
+from engine.lang.program import SendOp
+from engine.lang.ruleset import RuleSet
+from engine.store.base import StatsQuery, Store
 
 # Unix seconds of 0001-01-01 and 9999-12-31T23:59:59: any range is clamped into this.
 MIN_TIME = -62135596800.0

@@ -14,16 +14,25 @@ from typing import Any
 import structlog
 
 from channels.base import OutboundMessage, Outcome
-
-from .config import Config
-from .durations import parse_duration
-from .errors import ExpressionError
-from .events import MESSAGE_EVENTS, Event
-from .expressions import Expression, FusedTests, fuse_tests
-from .facts import apply_facts, mark_invalid
-from .localtime import next_local_time, parse_time_of_day, quiet_until, zone
-from .model import PROFILE_DEFAULTS, Instance, Message, Record, UserState, profile_context
-from .program import (
+from engine.core.facts import apply_facts, mark_invalid
+from engine.core.model import (
+    PROFILE_DEFAULTS,
+    Instance,
+    Message,
+    Record,
+    UserState,
+    profile_context,
+)
+from engine.core.reach import address_key, consent_reason, valid_addresses
+from engine.core.tracking import Tracker
+from engine.core.workspace import IdGen, Workspace
+from engine.errors import ExpressionError
+from engine.lang.config import Config
+from engine.lang.durations import parse_duration
+from engine.lang.events import MESSAGE_EVENTS, Event
+from engine.lang.expressions import Expression, FusedTests, fuse_tests
+from engine.lang.localtime import next_local_time, parse_time_of_day, quiet_until, zone
+from engine.lang.program import (
     REACTIONS_MEETING,
     BranchOp,
     CascadeEntry,
@@ -33,11 +42,8 @@ from .program import (
     WaitForOp,
     WaitOp,
 )
-from .reach import address_key, consent_reason, valid_addresses
-from .rules import Rule
-from .ruleset import RuleSet
-from .tracking import Tracker
-from .workspace import IdGen, Workspace
+from engine.lang.rules import Rule
+from engine.lang.ruleset import RuleSet
 
 log = structlog.get_logger("kaskad.runner")
 
@@ -445,7 +451,7 @@ class Engine:
     ) -> float | None:
         due = ws.now + op.delay_s
         if op.until is not None:
-            from .clock import parse_time
+            from engine.clock import parse_time
 
             try:
                 text = op.until.render(self._ctx(ws, st, event, inst.trigger))

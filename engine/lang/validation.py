@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
-from .durations import parse_duration
-from .errors import Problem, did_you_mean
-from .yamlfile import Pos, YDict, YList
+from engine.errors import Problem, did_you_mean
+from engine.lang.durations import parse_duration
+from engine.lang.yamlfile import Pos, YDict, YList
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from .errors import LoadError, Problem
+from engine.errors import LoadError, Problem
 
 Pos = tuple[int, int]
 

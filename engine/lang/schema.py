@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .program import AWAIT_KINDS
-from .reach import CHANNELS
-from .rules import CATEGORIES, FAN_OUT_KINDS, MODES
-from .templates import CHANNEL_KEYS
+from channels.kinds import CHANNELS
+from engine.lang.program import AWAIT_KINDS
+from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MODES
+from engine.lang.templates import CHANNEL_KEYS
 
 _DURATION = {
     "type": "string",

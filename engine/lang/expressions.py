@@ -17,8 +17,8 @@ from jinja2.optimizer import optimize
 from jinja2.runtime import new_context, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .clock import parse_time
-from .errors import ExpressionError, did_you_mean
+from engine.clock import parse_time
+from engine.errors import ExpressionError, did_you_mean
 
 EXPRESSION_NAMES = frozenset({"event", "trigger", "user", "now"})
 TEMPLATE_NAMES = EXPRESSION_NAMES | {"message", "track", "unsubscribe_url", "variant", "rule"}

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from channels.base import Channel, OutboundMessage, Outcome
-
-from .clock import Clock
-from .model import Message
-from .store.base import Store
-from .tasks import TaskGroup
+from engine.clock import Clock
+from engine.core.model import Message
+from engine.runtime.tasks import TaskGroup
+from engine.store.base import Store
 
 log = structlog.get_logger("kaskad.dispatch")
 

@@ -15,14 +15,14 @@ from typing import Any
 import structlog
 
 from channels.base import Outcome
-
-from .clock import Clock, iso
-from .errors import EventError
-from .events import Event, parse_event
-from .metrics import Metrics
-from .runner import Engine
-from .store.base import Changes, ConcurrentUpdate, Store
-from .workspace import Workspace
+from engine.clock import Clock, iso
+from engine.core.changes import Changes
+from engine.core.runner import Engine
+from engine.core.workspace import Workspace
+from engine.errors import EventError
+from engine.lang.events import Event, parse_event
+from engine.runtime.metrics import Metrics
+from engine.store.base import ConcurrentUpdate, Store
 
 log = structlog.get_logger("kaskad.processor")
 
@@ -69,12 +69,24 @@ class Processor:
             [_RECENT_MESSAGES_S, *(per for per, _ in engine.caps)], default=_RECENT_MESSAGES_S
         )
 
-    def note_enqueued(self, count: int) -> None:
-        self._inbox_estimate += count
+    # -- the public interface: how ingest, the dispatcher and the API reach the loop ------
 
-    def counters_inbox_estimate(self) -> int:
+    def accepted(self, count: int) -> None:
+        """`count` events were durably stored in the inbox: process them soon."""
+        self._inbox_estimate += count
+        self.wake.set()
+
+    def inbox_estimate(self) -> int:
         """Events acknowledged but not processed yet (for back-pressure), kept in memory."""
         return self._inbox_estimate
+
+    def deliver(self, message_id: str, user_id: str, outcome: Outcome) -> None:
+        """A provider's final answer on a queued message (stored as answered already)."""
+        self.outcomes.put_nowait((message_id, user_id, outcome))
+        self.wake.set()
+
+    def has_outcomes(self) -> bool:
+        return not self.outcomes.empty()
 
     async def start(self) -> None:
         self._inbox_estimate = await self.store.inbox_size()

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LoadError, Problem, did_you_mean
-from .events import LIGHT_FIELDS
-from .expressions import FailHook, fuse_tests
-from .program import WaitForOp
-from .rules import Rule, parse_rule
-from .templates import Template, parse_template
-from .validation import Checker
-from .yamlfile import YDict, load_yaml
+from engine.errors import LoadError, Problem, did_you_mean
+from engine.lang.events import LIGHT_FIELDS
+from engine.lang.expressions import FailHook, fuse_tests
+from engine.lang.program import WaitForOp
+from engine.lang.rules import Rule, parse_rule
+from engine.lang.templates import Template, parse_template
+from engine.lang.validation import Checker
+from engine.lang.yamlfile import YDict, load_yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

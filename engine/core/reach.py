@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-CHANNELS = ("mobile_push", "webpush", "email", "sms", "telegram", "whatsapp", "webhook")
+from channels.kinds import CHANNELS
+
+__all__ = ["CHANNELS"]
 
 
 def addresses(profile: dict[str, Any], channel: str) -> list[Any]:

@@ -6,10 +6,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import PRODUCT_EVENTS, TYPE_RE
-from .expressions import EXPRESSION_NAMES, Expression, TextTemplate
-from .localtime import parse_time_of_day, zone
-from .program import (
+from channels.kinds import CHANNELS
+from engine.lang.events import PRODUCT_EVENTS, TYPE_RE
+from engine.lang.expressions import EXPRESSION_NAMES, Expression, TextTemplate
+from engine.lang.localtime import parse_time_of_day, zone
+from engine.lang.program import (
     AWAIT_KINDS,
     BranchOp,
     CascadeEntry,
@@ -21,9 +22,8 @@ from .program import (
     WaitForOp,
     WaitOp,
 )
-from .reach import CHANNELS
-from .validation import Checker
-from .yamlfile import Pos, YDict, YList
+from engine.lang.validation import Checker
+from engine.lang.yamlfile import Pos, YDict, YList
 
 # The key tables are the language: the validator and `kaskad schema` both read them.
 RULE_KEYS = (
@@ -229,7 +229,7 @@ def _trigger(value: Any, pos: Pos, check: Checker) -> Trigger | None:
 
 
 def _schedule_trigger(node: YDict, check: Checker) -> Trigger | None:
-    from .schedule import cron_trigger
+    from engine.lang.schedule import cron_trigger
 
     tz = "UTC"
     if "timezone" in node:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import time
 
-from .expressions import Expression, TextTemplate
+from engine.lang.expressions import Expression, TextTemplate
 
 AWAIT_KINDS = ("delivered", "opened", "clicked")
 # An awaited reaction is also met by any later one: a click implies the open.

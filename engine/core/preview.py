@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .clock import parse_time
-from .config import Config
-from .errors import ExpressionError
-from .facts import _merge_profile
-from .model import new_profile, profile_context
-from .ruleset import load_ruleset
-from .templates import Template
-from .tracking import Tracker
+from engine.clock import parse_time
+from engine.core.facts import _merge_profile
+from engine.core.model import new_profile, profile_context
+from engine.core.tracking import Tracker
+from engine.errors import ExpressionError
+from engine.lang.config import Config
+from engine.lang.ruleset import load_ruleset
+from engine.lang.templates import Template
 
 SAMPLE_TRIGGER: dict[str, Any] = {
     "id": "evt-preview",

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import iso, parse_time
-from .errors import EventError
+from engine.clock import iso, parse_time
+from engine.errors import EventError
 
 TYPE_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 MAX_EVENT_BYTES = 64 * 1024
@@ -168,7 +168,7 @@ def _check_profile(data: dict[str, Any]) -> None:
                 raise EventError(f"data.webpush[{i}]", "must be {endpoint, keys: {p256dh, auth}}")
     tz = data.get("timezone")
     if tz:
-        from .localtime import zone
+        from engine.lang.localtime import zone
 
         try:
             zone(tz)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ExpressionError
-from .expressions import TextTemplate, compile_structure
-from .reach import CHANNELS
-from .sms import segments
-from .validation import Checker
-from .yamlfile import YDict, YList
+from channels.kinds import CHANNELS
+from channels.segments import segments
+from engine.errors import ExpressionError
+from engine.lang.expressions import TextTemplate, compile_structure
+from engine.lang.validation import Checker
+from engine.lang.yamlfile import YDict, YList
 
 # Per channel: allowed keys, required keys. Limits cite the provider docs (PROVIDERS.md).
 CHANNEL_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -189,7 +189,7 @@ def _template_line(message: str) -> int:
 
 
 def _problem(path: str, line: int, message: str) -> Any:
-    from .errors import Problem
+    from engine.errors import Problem
 
     return Problem(path, line, 1, message)
 

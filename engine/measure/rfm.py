@@ -29,8 +29,8 @@ from typing import Any
 
 import structlog
 
-from .store.base import Store
-from .workspace import Workspace
+from engine.core.workspace import Workspace
+from engine.store.base import Store
 
 log = structlog.get_logger("kaskad.rfm")
 

@@ -6,11 +6,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .clock import iso
-from .events import Event
-from .model import Message, UserState
-from .store.base import Order, Touch
-from .workspace import Workspace
+from engine.clock import iso
+from engine.core.changes import Order, Touch
+from engine.core.model import Message, UserState
+from engine.core.workspace import Workspace
+from engine.lang.events import Event
 
 _MERGED = ("attributes", "consent")
 # A shop that re-sends an order (a retry with a new event id) must not count it twice: the

@@ -1,0 +1,134 @@
+"""MQTT ingest (aiomqtt): QoS 1, persistent session, ack only after the events are stored.
+
+A payload that is not a valid batch, or that cannot be stored as one while the store
+answers, is bad input: it goes to the dead-letter topic with the error and is acked (it
+would fail again). Only a store that is down leaves the message un-acked, so the broker
+redelivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import aiomqtt
+import structlog
+
+from engine.lang.config import MqttConfig
+from engine.runtime.intake import Intake, TooMany, decode
+from engine.runtime.metrics import Metrics
+
+log = structlog.get_logger("kaskad.mqtt")
+# What a dead letter quotes of the payload it refuses (the broker's own limit is larger).
+_DEAD_PAYLOAD_CHARS = 64 * 1024
+
+
+@dataclass
+class BrokerStatus:
+    """What /readyz says of the broker: None while none is configured."""
+
+    ok: bool | None = None
+    error: str | None = None
+
+
+def _subscription(topic: str, group: str | None) -> str:
+    return f"$share/{group}/{topic}" if group else topic
+
+
+class StoreDown(RuntimeError):
+    """The store did not take a valid batch and does not answer: redeliver later."""
+
+
+async def handle_payload(intake: Intake, payload: bytes) -> str | None:
+    """Store the events of one MQTT message; the error for the dead letter, or None.
+
+    Raises StoreDown when the store is unavailable (the message must not be acked).
+    """
+    try:
+        decoded = decode(payload, "application/json")
+        if not decoded.values:
+            return "no events in the payload"
+        now = intake.clock.now()
+        rows, problems = intake.validate(decoded, now)
+    except TooMany as exc:
+        return str(exc)
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        return str(exc) or type(exc).__name__
+    if problems:
+        return "; ".join(f"[{p.index}] {p.field}: {p.message}" for p in problems)
+    try:
+        await intake.accept(rows, now)
+    except Exception as exc:
+        # Bad input or a store that is down? A store that answers a ping refused this
+        # batch for what it holds: that is the payload's fault, and it would fail again.
+        try:
+            await intake.store.ping()
+        except Exception as down:
+            raise StoreDown(f"store failed: {exc!r}; ping: {down!r}") from exc
+        log.warning("mqtt.unstorable", error=repr(exc))
+        return f"cannot be stored: {type(exc).__name__}: {exc}"[:500]
+    return None
+
+
+async def run_mqtt(
+    config: MqttConfig, intake: Intake, status: BrokerStatus, metrics: Metrics
+) -> None:
+    url = urlparse(config.url or "")
+    delay_s = 1.0
+    while True:
+        try:
+            client = aiomqtt.Client(
+                hostname=url.hostname or "localhost",
+                port=url.port or 1883,
+                username=url.username,
+                password=url.password,
+                identifier=config.client_id,
+                clean_session=False,  # persistent session: QoS 1 messages wait for us
+            )
+            # PUBACK only after the store commit: paho's manual acknowledgement (aiomqtt
+            # exposes no switch for it, so it is set on the paho client it wraps).
+            client._client.manual_ack_set(True)
+            async with client:
+                for topic in config.topics:
+                    await client.subscribe(
+                        _subscription(topic, config.shared_group), qos=config.qos
+                    )
+                status.ok, status.error = True, None
+                delay_s = 1.0
+                log.info("mqtt.connected", host=url.hostname, topics=config.topics)
+                async for message in client.messages:
+                    await _one(config, intake, metrics, client, message)
+        except asyncio.CancelledError:
+            raise
+        except aiomqtt.MqttError as exc:
+            status.ok, status.error = False, str(exc)
+            log.warning("mqtt.disconnected", error=str(exc), retry_in_s=delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 30.0)
+
+
+async def _one(
+    config: MqttConfig, intake: Intake, metrics: Metrics, client: aiomqtt.Client, message: Any
+) -> None:
+    payload = (
+        message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+    )
+    try:
+        error = await handle_payload(intake, payload)
+    except StoreDown as exc:
+        # No ack: the broker redelivers after we reconnect.
+        log.error("mqtt.store_failed", error=str(exc))
+        raise aiomqtt.MqttError(str(exc)) from exc
+    if error is not None:
+        metrics.dead_letters.inc()
+        dead = {
+            "error": error,
+            "topic": str(message.topic),
+            "payload": payload[:_DEAD_PAYLOAD_CHARS].decode("utf-8", "replace"),
+        }
+        await client.publish(config.dead_letter_topic, json.dumps(dead), qos=1)
+        log.warning("mqtt.dead_letter", topic=str(message.topic), error=error[:200])
+    client._client.ack(message.mid, message.qos)

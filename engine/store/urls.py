@@ -1,0 +1,40 @@
+"""Storage URLs (SQLAlchemy's convention) and the store each one opens."""
+
+from __future__ import annotations
+
+import re
+
+from engine.store.base import Store
+
+
+def redact(url: str) -> str:
+    """The URL with its password (in the authority or as ?password=) masked."""
+    url = re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+
+
+def sqlite_path(url: str) -> str:
+    """sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory: (SQLAlchemy)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"invalid sqlite url '{url}': expected sqlite:///path")
+    path = url[len("sqlite:///") :]
+    if path in ("", ":memory:"):
+        return ":memory:"
+    return path
+
+
+async def open_store(url: str) -> Store:
+    """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
+    or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas."""
+    if url.startswith("sqlite:"):
+        from engine.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(url)
+    if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        from engine.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise ValueError(
+        f"unsupported storage url '{redact(url)}': expected sqlite:///path or "
+        "postgresql://user:password@host:5432/database"
+    )
