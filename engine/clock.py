@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -15,6 +16,10 @@ class Clock(Protocol):
 
     async def sleep_until(self, when: float) -> None:
         """Return at `when` or later; may be cancelled."""
+        ...
+
+    async def wait(self, wake: asyncio.Event, until: float) -> bool:
+        """Return True as soon as `wake` is set, False once `until` has come."""
         ...
 
 
@@ -27,12 +32,27 @@ class RealClock:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
 
+    async def wait(self, wake: asyncio.Event, until: float) -> bool:
+        if wake.is_set():
+            return True
+        delay_s = until - time.time()
+        if delay_s <= 0:
+            return False
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay_s)
+        except TimeoutError:
+            return wake.is_set()
+        return True
+
 
 class VirtualClock:
-    """A clock that only moves when told to: jump to the next due timer or event."""
+    """A clock that only moves when told to (`advance_to`): sleepers wake when it passes
+    their time, so tests and simulate decide when time goes by and never sleep for it."""
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
 
     def now(self) -> float:
         return self._now
@@ -41,13 +61,44 @@ class VirtualClock:
         # Never backwards: events out of order are handled at the current instant.
         if when > self._now:
             self._now = when
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def next_sleeper(self) -> float | None:
+        """When the earliest task sleeping on this clock wants to wake, if any."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    def _sleeper(self, when: float) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (when, self._seq, fut))
+        return fut
 
     async def sleep_until(self, when: float) -> None:
-        self.advance_to(when)
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        await self._sleeper(when)
 
-
-def to_datetime(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+    async def wait(self, wake: asyncio.Event, until: float) -> bool:
+        if wake.is_set():
+            return True
+        if until <= self._now:
+            await asyncio.sleep(0)
+            return wake.is_set()
+        timer = self._sleeper(until)
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+        pending: set[asyncio.Future[Any]] = {timer, waiter}
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            waiter.cancel()
+        return wake.is_set()
 
 
 def _iso_datetime(ts: float) -> str:

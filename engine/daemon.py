@@ -92,7 +92,7 @@ class Daemon:
             ruleset,
             config,
             lambda message: None,
-            ids=IdGen(),
+            ids=IdGen(clock.now),
             tracker=Tracker(config.tracking.base_url, secret or "kaskad-dev-secret"),
         )
         for rule in await self.rules.old_versions():

@@ -38,7 +38,7 @@ class Simulation:
     def __init__(self, rules: RuleSet, config: Config, store: Store) -> None:
         self.clock = VirtualClock()
         self.sandbox = {name: SandboxChannel(name) for name in config.channels}
-        self.engine = Engine(rules, config, self._outbox, ids=IdGen(deterministic=True))
+        self.engine = Engine(rules, config, self._outbox, ids=IdGen())
         self.store = store
         self.ws = Workspace(now=0.0)
         self.seen_ids: set[str] = set()

@@ -45,7 +45,7 @@ def engine(tmp_path: Path) -> tuple[Engine, list[OutboundMessage]]:
     def later(message: OutboundMessage) -> None:
         outbox.append(message)  # the dispatcher answers later, through on_send_outcome
 
-    return Engine(rules, parse_config(QUIET_CONFIG), later, ids=IdGen(True)), outbox
+    return Engine(rules, parse_config(QUIET_CONFIG), later, ids=IdGen()), outbox
 
 
 def event(etype: str, at: float, **data: object) -> Event:

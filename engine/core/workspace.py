@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.core.changes import Changes
@@ -13,17 +13,18 @@ from engine.core.model import Instance, Message, Record, UserState
 
 
 class IdGen:
-    """Ids that sort by creation: counters in simulate (deterministic), time+random live."""
+    """Ids that sort by creation: counters without a clock (simulate: deterministic), else
+    the clock's milliseconds and random bits (unique across replicas)."""
 
-    def __init__(self, deterministic: bool = False) -> None:
-        self._deterministic = deterministic
+    def __init__(self, now: Callable[[], float] | None = None) -> None:
+        self._now = now
         self._counter = itertools.count(1)
 
     def next(self, prefix: str) -> str:
         n = next(self._counter)
-        if self._deterministic:
+        if self._now is None:
             return f"{prefix}{n:09d}"
-        return f"{prefix}{int(time.time() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
+        return f"{prefix}{int(self._now() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
 
 
 @dataclass

@@ -5,7 +5,6 @@ retries with backoff (honouring Retry-After), and hands the final outcome to the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,8 +108,7 @@ class Dispatcher:
                 self.tasks.spawn(self._send(message), name=f"send-{message.id}")
             if len(batch) == 200:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            await self.clock.wait(self.wake, self.clock.now() + 1.0)
 
     async def dispatch_once(self) -> int:
         """Send every message due now and wait for the outcomes (tests, burst mode)."""

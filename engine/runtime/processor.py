@@ -5,7 +5,6 @@ transaction, one writer per process (so no two tasks ever change the same user a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -370,5 +369,4 @@ class Processor:
             await self._sleep(delay_s)
 
     async def _sleep(self, delay_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout=min(delay_s, 3600.0))
+        await self.clock.wait(self.wake, self.clock.now() + min(delay_s, 3600.0))
