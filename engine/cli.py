@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_rfm(args: argparse.Namespace) -> int:
     from engine.clock import RealClock
     from engine.core.runner import Engine
+    from engine.core.tracking import Tracker
     from engine.lang.ruleset import RuleSet
     from engine.measure.rfm import Write, recompute, through
     from engine.runtime.processor import Processor
@@ -193,7 +195,10 @@ def cmd_rfm(args: argparse.Namespace) -> int:
                 # Beside a running daemon: only the two keys change, in place.
                 write = store.set_rfm
             else:
-                processor = Processor(Engine(RuleSet(), config, lambda m: None), store, RealClock())
+                # No rule runs here, so no link is signed: a key of this process will do.
+                tracker = Tracker(config.tracking.base_url, secrets.token_hex(16))
+                engine = Engine(RuleSet(), config, lambda m: None, tracker=tracker)
+                processor = Processor(engine, store, RealClock())
                 write = through(processor.call)
             return (await recompute(store, write)).json()
         finally:

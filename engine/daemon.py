@@ -24,15 +24,20 @@ from engine.core.runner import Engine
 from engine.core.tracking import Tracker
 from engine.core.workspace import IdGen, Workspace
 from engine.lang.config import Config
+from engine.lang.durations import parse_duration
+from engine.lang.localtime import parse_time_of_day
+from engine.lang.ruleset import RuleSet
 from engine.measure.rfm import RfmJob, through
 from engine.runtime.dispatch import Dispatcher
 from engine.runtime.intake import Intake
+from engine.runtime.jobs import Job, cron_job
 from engine.runtime.logs import configure
 from engine.runtime.metrics import Metrics
 from engine.runtime.processor import Processor
 from engine.runtime.reload import RuleManager
 from engine.runtime.tasks import TaskGroup
 from engine.store import open_store
+from engine.store.base import JobRow
 
 log = structlog.get_logger("kaskad.daemon")
 
@@ -97,10 +102,18 @@ class Daemon:
         )
         for rule in await self.rules.old_versions():
             self.engine.versions[(rule.id, rule.version)] = rule
-        self.rules.listeners.append(self.engine.set_rules)
         self.processor = Processor(
-            self.engine, self.store, clock, on_commit=self._committed, metrics=self.metrics
+            self.engine,
+            self.store,
+            clock,
+            on_commit=self._committed,
+            metrics=self.metrics,
+            offload=self.background,
         )
+        self.rfm = RfmJob(self.store, through(self.processor.call))  # nightly; POST /v1/rfm
+        self.rules.listeners.append(self.processor.set_rules)
+        self.rules.listeners.append(lambda rules: self.processor.set_jobs(self._jobs(rules)))
+        self.processor.set_jobs(self._jobs(ruleset))
         await self.processor.start()
         for message_id, user_id, answer in await self.store.answered():
             self.processor.deliver(message_id, user_id, Outcome.from_json(answer))
@@ -113,7 +126,6 @@ class Daemon:
             self.tasks,
             on_result=lambda ch, kind: self.metrics.sends.labels(ch, kind).inc(),
         )
-        self.rfm = RfmJob(self.store, through(self.processor.call))  # nightly; POST /v1/rfm
         self.state = AppState(
             config=config,
             store=self.store,
@@ -145,7 +157,6 @@ class Daemon:
                 run_mqtt(config.mqtt, self.state.intake, self.state.broker, self.metrics),
                 name="mqtt",
             )
-        self.scheduler = self._scheduler()
         log.info(
             "daemon.started",
             host=config.server.host,
@@ -161,55 +172,29 @@ class Daemon:
             if not await self.dispatcher.dispatch_once() and not self.processor.has_outcomes():
                 return
 
-    def _scheduler(self) -> Any:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        from engine.lang.localtime import parse_time_of_day
-        from engine.lang.schedule import cron_trigger
-
-        scheduler = AsyncIOScheduler(timezone="UTC")
-
-        def sync_jobs(ruleset: Any = None) -> None:
-            for job in scheduler.get_jobs():
-                if job.id.startswith("broadcast:"):
-                    job.remove()
-            for rule in self.rules.current.scheduled:
-                trigger = cron_trigger(rule.trigger.schedule or "", rule.trigger.timezone)
-                scheduler.add_job(
-                    self.processor.broadcast,
-                    trigger,
-                    args=[rule.id],
-                    id=f"broadcast:{rule.id}",
-                    coalesce=True,
-                    misfire_grace_time=3600,
-                    max_instances=1,
-                )
-
-        sync_jobs()
-        self.rules.listeners.append(sync_jobs)
-        scheduler.add_job(self._retention, "cron", hour=3, minute=17, id="retention")
+    def _jobs(self, rules: RuleSet) -> list[Job]:
+        """Broadcasts, retention and the nightly RFM, fired by the engine loop (once across
+        replicas)."""
+        jobs = self.processor.broadcast_jobs(rules)
+        jobs.append(cron_job("retention", "17 3 * * *", "UTC", self._retention))
         rfm = self.config.policies.rfm
         if rfm is not None:
             at = parse_time_of_day(rfm.at)
-            scheduler.add_job(
-                self.rfm.run,
-                "cron",
-                hour=at.hour,
-                minute=at.minute,
-                second=at.second,
-                timezone=self.config.policies.timezone,
-                id="rfm",
-                coalesce=True,
-                misfire_grace_time=3600,
-                max_instances=1,
+            jobs.append(
+                cron_job(
+                    "rfm",
+                    f"{at.minute} {at.hour} * * *",
+                    self.config.policies.timezone,
+                    self._rfm,
+                    background=True,  # it writes through the engine loop
+                )
             )
-        if self.background:
-            scheduler.start()
-        return scheduler
+        return jobs
 
-    async def _retention(self) -> None:
-        from engine.lang.durations import parse_duration
+    async def _rfm(self, run: JobRow) -> None:
+        await self.rfm.run()
 
+    async def _retention(self, run: JobRow) -> None:
         keep_s = parse_duration(self.config.storage.event_retention)
         removed = await self.store.forget_events_before(self.clock.now() - keep_s)
         log.info("retention.done", event_ids_removed=removed)
@@ -219,21 +204,17 @@ class Daemon:
         for record in ws.records:
             if record.status == "skipped" and record.reason:
                 self.metrics.skips.labels(record.rule, record.reason).inc()
-        ws.records.clear()
         if changes_queued:
             self.dispatcher.wake.set()
 
     async def stop(self) -> None:
         log.info("daemon.stopping")
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
         await self.runner.cleanup()  # stop taking requests first
         # Let in-flight sends finish so their outcomes are recorded, then stop the loops.
         sends = [t for t in asyncio.all_tasks() if t.get_name().startswith("send-")]
         if sends:
             await asyncio.wait(sends, timeout=10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.processor.drain(), timeout=10)
+        await self.processor.stop()
         await self.tasks.cancel()
         await self.session.close()
         for state in self.dispatcher.channels.values():

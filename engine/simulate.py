@@ -1,14 +1,17 @@
-"""`kaskad simulate`: the real engine over an event file on a virtual clock.
+"""`kaskad simulate`: the daemon's own engine loop (the Processor) over an event file, on a
+virtual clock that jumps from event to event and to the next due timer or broadcast.
 
-State stays resident in memory and is written behind to an in-memory SQLite store; the
-clock jumps from event to event and to the next due timer or broadcast.
+What differs from the daemon is only where things live: every user stays in memory for the
+run (the store, an in-memory SQLite, is written behind), and the sandbox channels answer at
+once instead of through the dispatcher. tests/test_parity.py runs the seed scenarios both
+ways and compares the timelines byte for byte.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
+import secrets
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -16,39 +19,46 @@ from typing import Any, TextIO
 from channels.base import OutboundMessage, Outcome
 from channels.sandbox import SandboxChannel
 from engine.clock import VirtualClock, iso
-from engine.core.model import Record, UserState, new_profile
+from engine.core.changes import Changes
+from engine.core.model import Record
 from engine.core.runner import Engine
-from engine.core.workspace import IdGen, Workspace
+from engine.core.tracking import Tracker
+from engine.core.workspace import Failure, IdGen, Workspace
 from engine.errors import EventError
 from engine.lang.config import Config
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import RuleSet
-from engine.lang.schedule import cron_trigger, next_fire
-from engine.store.base import Store
+from engine.runtime.processor import Processor
+from engine.runtime.states import ResidentStates
 from engine.store.sqlite import SqliteStore
 
 MAX_HORIZON_S = 400 * 86400
-_FLUSH_EVERY = 20_000
-_FANOUT_BATCH = 500
 
 
 class Simulation:
-    """Drives one Engine over a stream of events; collects the send/skip timeline."""
+    """Drives the Processor over a stream of events; collects the send/skip timeline."""
 
-    def __init__(self, rules: RuleSet, config: Config, store: Store) -> None:
+    def __init__(self, rules: RuleSet, config: Config, store: SqliteStore) -> None:
         self.clock = VirtualClock()
         self.sandbox = {name: SandboxChannel(name) for name in config.channels}
-        self.engine = Engine(rules, config, self._outbox, ids=IdGen())
+        # Links are signed with a key of this run: simulate shows no links.
+        tracker = Tracker(config.tracking.base_url, secrets.token_hex(16))
+        self.engine = Engine(rules, config, self._outbox, ids=IdGen(), tracker=tracker)
         self.store = store
-        self.ws = Workspace(now=0.0)
+        self.states = ResidentStates(store)
+        self.processor = Processor(
+            self.engine, store, self.clock, states=self.states, on_commit=self._committed
+        )
+        self.processor.set_jobs(self.processor.broadcast_jobs(rules))
+        self.records: list[Record] = []
+        self.failures: list[Failure] = []  # expressions and templates that failed
         self.seen_ids: set[str] = set()
         self.duplicates = 0
-        self._pending = 0
-        self._saving: asyncio.Future[None] | None = None
-        self._schedules = [
-            (r, cron_trigger(r.trigger.schedule or "", r.trigger.timezone)) for r in rules.scheduled
-        ]
-        self._next_broadcast: list[float | None] = []
+
+    @property
+    def ws(self) -> Workspace:
+        """Every user's state, resident for the run."""
+        return self.states.ws
 
     @classmethod
     async def create(cls, rules: RuleSet, config: Config) -> Simulation:
@@ -57,139 +67,52 @@ class Simulation:
     def _outbox(self, message: OutboundMessage) -> Outcome:
         return self.sandbox[message.channel].accept(message)
 
-    def _user(self, uid: str) -> UserState:
-        st = self.ws.users.get(uid)
-        if st is None:
-            st = UserState(uid, new_profile(uid, self.ws.now))
-            st.profile_dirty = True
-            self.ws.users[uid] = st
-        return st
+    async def _committed(self, ws: Workspace, changes: Changes) -> None:
+        self.records.extend(ws.records)
+        self.failures.extend(ws.errors)
 
     async def run(self, events: Iterable[Event], until: float | None = None) -> list[Record]:
-        """Process every event in time order and every timer up to `until`."""
+        """Process every event in time order and every timer and broadcast up to `until`;
+        the records of this run."""
         ordered = sorted(events, key=lambda e: e.time)
         if until is None:
             until = (ordered[-1].time if ordered else self.clock.now()) + MAX_HORIZON_S
         if ordered:
             self.clock.advance_to(ordered[0].time)
-        self._next_broadcast = [next_fire(t, self.clock.now() - 1) for _, t in self._schedules]
+        processor, first = self.processor, len(self.records)
+        await processor.plan_jobs()  # broadcasts fire from the first instant on
         i = 0
         while True:
             t_event = ordered[i].time if i < len(ordered) else math.inf
-            timer = self.ws.next_timer()
-            t_timer = timer[0] if timer else math.inf
-            t_cast, which = self._earliest_broadcast()
-            # Events at the same instant as a timer go first.
-            if t_event <= min(t_timer, t_cast) and t_event <= until:
-                self._at(t_event)
-                await self._event(ordered[i])
+            t_due = await processor.next_due()
+            if t_due is None:
+                t_due = math.inf
+            # Events at the same instant as a timer go first (SPEC 4).
+            if t_event <= t_due and t_event <= until:
+                self.clock.advance_to(t_event)
+                event = ordered[i]
                 i += 1
-            elif t_timer <= t_cast and t_timer <= until:
-                self._at(t_timer)
-                self._timer()
-            elif t_cast <= until and which is not None:
-                self._at(t_cast)
-                await self._broadcast(which)
+                if event.id is not None:
+                    if event.id in self.seen_ids:
+                        self.duplicates += 1
+                        continue
+                    self.seen_ids.add(event.id)
+                await processor.process(event)
+            elif t_due <= until:
+                self.clock.advance_to(t_due)
+                await processor.step_timers()
+                await processor.step_jobs()
             else:
                 break
-            if self._pending >= _FLUSH_EVERY:
-                await self.flush(wait=False)
-        await self.flush()
-        return self.ws.records
+        await self.states.flush()
+        return self.records[first:]
 
-    def _at(self, when: float) -> None:
-        self.clock.advance_to(when)
-        self.ws.now = self.clock.now()
-
-    def _earliest_broadcast(self) -> tuple[float, int | None]:
-        best, which = math.inf, None
-        for n, when in enumerate(self._next_broadcast):
-            if when is not None and when < best:
-                best, which = when, n
-        return best, which
-
-    async def _event(self, ev: Event) -> None:
-        self._pending += 1
-        if ev.id is not None:
-            if ev.id in self.seen_ids:
-                self.duplicates += 1
-                return
-            self.seen_ids.add(ev.id)
-        if ev.user_id is not None:
-            self.engine.handle_event(self.ws, self._user(ev.user_id), ev)
-            return
-        rules = self.engine.rules.fan_out.get(ev.type, ())
-        if not rules:
-            return
-        await self.flush()  # the interest index must include every earlier event
-        for rule in rules:
-            after = ""
-            while True:
-                users = await self.store.interested_users(
-                    str(ev.data.get("product_id")),
-                    rule.trigger.fan_out,
-                    self.ws.now - 30 * 86400,
-                    after,
-                    _FANOUT_BATCH,
-                )
-                for uid in users:
-                    self.engine.try_start(self.ws, rule, self._user(uid), ev.context)
-                if len(users) < _FANOUT_BATCH:
-                    break
-                after = users[-1]
-                await self.flush()
-
-    def _timer(self) -> None:
-        self._pending += 1
-        _, iid, uid = self.ws.pop_timer()
-        st = self.ws.users[uid]
-        inst = next(i for i in st.instances if i.id == iid)
-        self.engine.on_timer(self.ws, st, inst)
-
-    async def _broadcast(self, which: int) -> None:
-        rule, trigger = self._schedules[which]
-        fired = self.ws.now
-        self._next_broadcast[which] = next_fire(trigger, fired)
-        event = {
-            "id": None,
-            "type": "schedule",
-            "user_id": None,
-            "time": iso(fired),
-            "data": {"rule": rule.id},
-        }
-        # Every profile, in user id order as the store pages them. State is resident here:
-        # every user with a profile is in the workspace, so no write-behind has to land first.
-        users = sorted(self.ws.users)
-        for start in range(0, len(users), _FANOUT_BATCH):
-            for uid in users[start : start + _FANOUT_BATCH]:
-                self.engine.start_for_audience(
-                    self.ws, rule, self.ws.users[uid], {**event, "user_id": uid}
-                )
-            self._pending += _FANOUT_BATCH
-            if self._pending >= _FLUSH_EVERY:
-                await self.flush(wait=False)
-
-    async def flush(self, *, wait: bool = True) -> None:
-        """Write the workspace's changes behind. `wait=False` lets the engine go on while
-        SQLite works (one save in flight at most, saves in order); a read of the store,
-        and the end of the run, wait for every save."""
-        changes = self.ws.take_changes()
-        self._pending = 0
-        saving, self._saving = self._saving, None
-        if saving is not None:
-            await saving
-        if not changes:
-            return
-        task = asyncio.ensure_future(self.store.save(changes))
-        if wait:
-            await task
-        else:
-            self._saving = task
+    async def flush(self) -> None:
+        """Every change so far in the store (the run writes it behind)."""
+        await self.states.flush()
 
     async def close(self) -> None:
-        if self._saving is not None:
-            saving, self._saving = self._saving, None
-            await saving
+        await self.states.close()
         await self.store.close()
 
 

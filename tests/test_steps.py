@@ -433,7 +433,18 @@ def test_wait_until_a_past_moment_goes_on_at_once(load: Load) -> None:
 
 def test_wait_until_a_missing_field_stops_the_instance(load: Load) -> None:
     events = [U1, ev("points.accrued", "u1", "2026-11-23T10:00:00Z", {"amount": 5})]
-    assert run_simulation(load(WAIT_UNTIL), events) == []
+    assert brief(run_simulation(load(WAIT_UNTIL), events)) == [
+        ("2026-11-23T10:00:00Z", "r", "u1", "0", None, "error", "expression_error")
+    ]
+
+
+def test_wait_until_a_time_that_is_not_iso_stops_the_instance_visibly(load: Load) -> None:
+    """Bad data ends the instance as `error`: a simulate line, a log line naming the rule,
+    user, event, step and value, and a metric (tests/daemon/test_instance_errors.py)."""
+    events = [U1, accrued("01.04.2027")]
+    assert brief(run_simulation(load(WAIT_UNTIL), events)) == [
+        ("2026-11-23T10:00:00Z", "r", "u1", "0", None, "error", "invalid_time")
+    ]
 
 
 # -- goals and the order of events and timers ----------------------------------------------
@@ -506,7 +517,7 @@ def test_a_template_error_moves_the_cascade_on_and_sends_nothing_half_rendered(
     ]
     messages = sim.ws.users["u1"].messages
     assert [(m.channel, m.status) for m in messages] == [("sms", "sent")]
-    assert any("coupon" in error and "email.text" in error for error in sim.ws.errors)
+    assert any("coupon" in str(f) and "email.text" in str(f) for f in sim.failures)
 
 
 def test_a_template_error_on_the_last_channel_is_a_template_error_skip(load: Load) -> None:

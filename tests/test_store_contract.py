@@ -14,6 +14,7 @@ import pytest
 
 from engine.core.changes import Changes, Order, Touch
 from engine.core.model import Instance, Message
+from engine.core.waits import Waiting
 from engine.store import Store, open_store
 from engine.store.base import StatsQuery
 from engine.store.migrations import POSTGRES_MIGRATIONS
@@ -93,22 +94,21 @@ async def test_profiles_load_merge_and_page(store: Store) -> None:
 async def test_interests_by_kind_window_and_page(store: Store) -> None:
     await save(
         store,
-        interest_add=[
-            ("p1", "favorite", "u1", T0),
-            ("p1", "cart", "u1", T0),
-            ("p1", "viewed", "u2", T0 - 100),
-            ("p1", "viewed", "u3", T0),
-            ("p1", "viewed", "u3", T0 + 1),  # the later write wins
-            ("p2", "cart", "u4", T0),
-        ],
+        interests={
+            ("p1", "favorite", "u1"): T0,
+            ("p1", "cart", "u1"): T0,
+            ("p1", "viewed", "u2"): T0 - 100,
+            ("p1", "viewed", "u3"): T0 + 1,
+            ("p2", "cart", "u4"): T0,
+        },
     )
     kinds = ("favorite", "cart", "viewed")
     assert await store.interested_users("p1", kinds, T0, "", 10) == ["u1", "u3"]
     assert await store.interested_users("p1", kinds, T0 - 100, "u1", 1) == ["u2"]
-    await save(store, cart_reset={"u1", "u4"}, interest_remove=[("p1", "favorite", "u1")])
+    await save(store, cart_reset={"u1", "u4"}, interests={("p1", "favorite", "u1"): None})
     assert await store.interested_users("p1", kinds, 0, "", 10) == ["u2", "u3"]
     assert await store.interested_users("p2", ("cart",), 0, "", 10) == []
-    await save(store, cart_reset={"u1"}, interest_add=[("p2", "cart", "u1", T0)])
+    await save(store, cart_reset={"u1"}, interests={("p2", "cart", "u1"): T0})
     assert await store.interested_users("p2", ("cart",), 0, "", 10) == ["u1"]
 
 
@@ -136,12 +136,12 @@ async def test_timers_due_in_order_and_active_instances(store: Store) -> None:
     assert states["u1"].last_starts == {("r1", ""): T0 + 2, ("r2", ""): T0}
     # The timer fired: the instance moved on and its next wake is later.
     fired = active[0]
-    fired.due_at, fired.pc, fired.state = T0 + 500, 2, {"kind": "wait"}
+    fired.due_at, fired.pc, fired.state = T0 + 500, 2, Waiting()
     await save(store, instances={"i1": fired})
     assert await store.due_instances(T0 + 60, 10) == [(T0 + 10, "i2", "u2"), (T0 + 30, "i3", "u1")]
     assert [(i.id, i.pc, i.state) for i in await store.instances_of("u1")] == [
         ("i3", 0, None),
-        ("i1", 2, {"kind": "wait"}),
+        ("i1", 2, Waiting()),
         ("i4", 0, None),
     ]
     assert sorted(await store.active_versions()) == [("r1", "v1")]
@@ -244,8 +244,8 @@ async def test_erase_keeps_counts_and_drops_personal_data(store: Store) -> None:
     await save(
         store,
         profiles={"u1": {"user_id": "u1", "email": "a@x.test"}},
-        interest_add=[("p1", "cart", "u1", T0)],
-        instances={"i1": inst("i1", "u1", due_at=T0 + 10, state={"kind": "wait"})},
+        interests={("p1", "cart", "u1"): T0},
+        instances={"i1": inst("i1", "u1", due_at=T0 + 10, state=Waiting())},
         messages={"m1": msg("m1", "u1", status="sent", payload={"text": "hi"}, detail="ok")},
     )
     await save(store, erased_users={"u1"})

@@ -121,7 +121,7 @@ def _instance_json(i: Instance) -> dict[str, Any]:
         "ended_at": _t(i.ended_at),
         "end_reason": i.end_reason,
         "position": i.pc,
-        "waiting": (i.state or {}).get("kind"),
+        "waiting": None if i.state is None else i.state.kind,
         "next_at": _t(i.due_at),
         "variant": i.variant,
         "trigger": {k: i.trigger.get(k) for k in ("type", "time", "id")},

@@ -36,23 +36,56 @@ class Order:
     touches: dict[str, Touch] = field(default_factory=dict)  # kind (TOUCHES) -> touch
 
 
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """How far a run of a scheduled job (a broadcast) got: written with the run's work."""
+
+    name: str
+    run_at: float  # the fire time being run
+    cursor: str  # the last user done
+    done: bool = False
+
+
+InterestKey = tuple[str, str, str]  # (product_id, kind, user_id)
+
+
 @dataclass
 class Changes:
-    """Everything one unit of work changed, written in one transaction."""
+    """Everything one unit of work changed, written in one transaction.
+
+    Each field holds the net effect of the unit's events in their order, so a batch leaves
+    the same state as the same events one by one.
+    """
 
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     instances: dict[str, Instance] = field(default_factory=dict)
     messages: dict[str, Message] = field(default_factory=dict)
-    # (product_id, kind, user_id, at) to upsert; (product_id, kind, user_id) to delete
-    interest_add: list[tuple[str, str, str, float]] = field(default_factory=list)
-    interest_remove: list[tuple[str, str, str]] = field(default_factory=list)
-    # user ids whose cart interest is replaced before interest_add applies
+    # Each interest's last word: when it was (re)stated, or None when withdrawn.
+    interests: dict[InterestKey, float | None] = field(default_factory=dict)
+    # Users whose whole cart interest goes (before `interests` applies).
     cart_reset: set[str] = field(default_factory=set)
     erased_users: set[str] = field(default_factory=set)
     orders: list[Order] = field(default_factory=list)
     # inbox rows whose effects are in this unit of work, and fan-out progress
     inbox_done: list[int] = field(default_factory=list)
     inbox_cursor: tuple[int, str] | None = None
+    job: JobProgress | None = None
+
+    def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
+        """State (at = now) or withdraw (None) one interest."""
+        self.interests[(product_id, kind, user_id)] = at
+
+    def reset_cart(self, user_id: str) -> None:
+        """The user's cart is replaced: every cart interest stated so far goes."""
+        for key in [k for k in self.interests if k[1] == "cart" and k[2] == user_id]:
+            del self.interests[key]
+        self.cart_reset.add(user_id)
+
+    def interest_rows(self) -> tuple[list[tuple[str, str, str, float]], list[InterestKey]]:
+        """(rows to upsert, keys to delete), applied after `cart_reset`."""
+        upserts = [(*key, at) for key, at in self.interests.items() if at is not None]
+        deletes = [key for key, at in self.interests.items() if at is None]
+        return upserts, deletes
 
     def __bool__(self) -> bool:
         return bool(
@@ -61,9 +94,9 @@ class Changes:
             or self.profiles
             or self.instances
             or self.messages
-            or self.interest_add
-            or self.interest_remove
+            or self.interests
             or self.cart_reset
             or self.erased_users
             or self.orders
+            or self.job
         )

@@ -60,14 +60,14 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
             profile["last_order_at"] = ev.context["time"]
             changed = True
     elif etype == "cart.updated":
-        ws.changes.cart_reset.add(uid)
+        ws.changes.reset_cart(uid)
         for item in data.get("items") or []:
             if isinstance(item, dict) and item.get("product_id") is not None:
-                ws.changes.interest_add.append((str(item["product_id"]), "cart", uid, ws.now))
+                ws.changes.interest(str(item["product_id"]), "cart", uid, ws.now)
     elif etype == "cart.cleared":
-        ws.changes.cart_reset.add(uid)
+        ws.changes.reset_cart(uid)
     elif etype == "product.viewed":
-        ws.changes.interest_add.append((str(data["product_id"]), "viewed", uid, ws.now))
+        ws.changes.interest(str(data["product_id"]), "viewed", uid, ws.now)
     elif etype in ("favorite.added", "favorite.removed"):
         _interest(ws, etype == "favorite.added", str(data["product_id"]), "favorite", uid)
     elif etype in ("product.subscribed", "product.unsubscribed"):
@@ -148,10 +148,7 @@ def last_touches(messages: list[Message], at: float) -> dict[str, Touch]:
 
 
 def _interest(ws: Workspace, add: bool, product_id: str, kind: str, uid: str) -> None:
-    if add:
-        ws.changes.interest_add.append((product_id, kind, uid, ws.now))
-    else:
-        ws.changes.interest_remove.append((product_id, kind, uid))
+    ws.changes.interest(product_id, kind, uid, ws.now if add else None)
 
 
 def _merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.waits import WaitState
+
 ACTIVE = "active"
 # How an instance ended: a marketer reads these in the timeline.
-ENDED = frozenset({"converted", "exited", "completed", "restarted", "expired", "stopped"})
+ENDED = frozenset({"converted", "exited", "completed", "restarted", "expired", "stopped", "error"})
 # Message statuses: the furthest state reached.
 MESSAGE_STATUSES = (
     "queued",
@@ -32,9 +34,8 @@ class Instance:
     trigger: dict[str, Any]
     status: str = ACTIVE
     pc: int = 0
-    # What the instance waits on: {"kind": "wait" | "defer" | "await" | "wait_for" |
-    # "sending", ...}; None while running.
-    state: dict[str, Any] | None = None
+    # What the instance waits on; None while running.
+    state: WaitState | None = None
     due_at: float | None = None
     ended_at: float | None = None
     end_reason: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,23 @@ class IdGen:
         return f"{prefix}{int(self._now() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A rule's expression or template that failed on a user's data; the loop counts and
+    logs these per rule and kind, not per user."""
+
+    rule: str
+    kind: str  # expression_error | template_error | invalid_time | key_error
+    where: str  # trigger.if, step 1 wait.until, ...
+    message: str
+    user: str | None = None
+    event: str | None = None
+    stopped: bool = False  # the instance ended on it (status `error`)
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.where}: {self.message}"
+
+
 @dataclass
 class Workspace:
     now: float
@@ -35,7 +53,10 @@ class Workspace:
     records: list[Record] = field(default_factory=list)
     # (due_at, instance id, user id) for every timer set here; entries may be stale.
     timers: list[tuple[float, str, str]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[Failure] = field(default_factory=list)
+    # Instances started (per rule) and ended (per rule and how) here, for the metrics.
+    started: Counter[str] = field(default_factory=Counter)
+    ended: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def save_instance(self, inst: Instance) -> None:
         self.changes.instances[inst.id] = inst

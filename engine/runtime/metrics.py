@@ -40,6 +40,18 @@ class Metrics:
         self.instances_ended = Counter(
             "kaskad_instances_ended", "Instances ended", ["rule", "status"], registry=r
         )
+        self.instance_errors = Counter(
+            "kaskad_instance_errors",
+            "Instances stopped by bad data (a wait.until that is not a time...)",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.expression_errors = Counter(
+            "kaskad_expression_errors",
+            "Conditions and templates that failed on a user's data (taken as false / skipped)",
+            ["rule", "reason"],
+            registry=r,
+        )
         self.active_instances = Gauge("kaskad_instances_active", "Active instances", registry=r)
         self.pending_timers = Gauge("kaskad_timers_pending", "Pending timers", registry=r)
         self.queued_messages = Gauge(

@@ -34,6 +34,17 @@ OrderCounts = tuple[str, int, float, int, float]
 RfmRow = tuple[str, int, int, int, Any, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A scheduled job: its next fire time, and the run in progress (run_at) if any."""
+
+    name: str
+    spec: str
+    due_at: float | None
+    run_at: float | None
+    cursor: str | None
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -56,6 +67,28 @@ class Store(Protocol):
     async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
         """(due_at, instance id, user id) of active instances due at or before `until`."""
         ...
+
+    # -- scheduled jobs ----------------------------------------------------------------------
+
+    async def plan_jobs(self, plans: dict[str, tuple[str, float | None]]) -> None:
+        """Make the jobs table these jobs, name -> (spec, first due time): a job whose spec is
+        unchanged keeps its due time and any run; others are replaced; the rest removed."""
+        ...
+
+    async def due_jobs(self, now: float) -> list[JobRow]:
+        """Jobs due at `now` and runs to resume (cut short, their claimer gone)."""
+        ...
+
+    async def start_job(self, name: str, due_at: float, next_due: float | None) -> bool:
+        """Take the fire time `due_at` of a job (its run begins; due_at moves on to next_due);
+        False when another replica took it first."""
+        ...
+
+    async def resume_job(self, name: str, run_at: float) -> bool:
+        """Take over an unfinished run; False when another replica holds it."""
+        ...
+
+    async def next_job_due(self) -> float | None: ...
 
     async def interested_users(
         self, product_id: str, kinds: tuple[str, ...], viewed_since: float, after: str, limit: int

@@ -292,3 +292,32 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX instances_active ON instances (rule_id, rule_version) WHERE status = 'active';
     """
 )
+
+# Scheduled jobs (broadcasts, the nightly RFM, retention) are rows, fired by the engine loop
+# on its clock: a fire time is taken by one compare-and-set (due_at moves on), so it runs
+# once across replicas; a run's progress (the last user done) is written with its work, so
+# a run cut short resumes where it stopped. `spec` says what planned due_at: a changed
+# schedule plans again.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        due_at REAL,
+        run_at REAL,
+        cursor TEXT
+    );
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE jobs (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        spec TEXT NOT NULL,
+        due_at DOUBLE PRECISION,
+        run_at DOUBLE PRECISION,
+        cursor TEXT,
+        claimed_by BIGINT
+    );
+    """
+)

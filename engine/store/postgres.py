@@ -29,7 +29,7 @@ import structlog
 
 from engine.core.changes import Changes
 from engine.core.model import Instance, Message, UserState, new_profile
-from engine.store.base import ConcurrentUpdate
+from engine.store.base import ConcurrentUpdate, JobRow
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
 from engine.store.rows import (
@@ -52,10 +52,12 @@ if TYPE_CHECKING:
     Conn = PoolConnectionProxy[asyncpg.Record]
 
 # kaskad's two-int advisory locks are (_NS, n): n = 0 the migrations, n = -1 the inbox claim,
+# n = -2 planning the scheduled jobs,
 # n > 0 a store's owner id. Users' locks are single bigint keys, a separate lock space.
 _NS = 0x6B61736B  # "kask"
 _MIGRATE = 0
 _INBOX_CLAIM = -1
+_JOBS_PLAN = -2
 _CONNECT_TIMEOUT_S = 10.0
 # next_due while another live replica holds the earliest timer: look again this soon.
 _RECHECK_S = 1.0
@@ -293,17 +295,18 @@ class PostgresStore(PostgresStats):
                     "DELETE FROM interests WHERE user_id = ANY($1::text[]) AND kind = 'cart'",
                     sorted(changes.cart_reset),
                 )
-            if changes.interest_remove:
+            upserts, deletes = changes.interest_rows()
+            if deletes:
                 await conn.executemany(
                     "DELETE FROM interests WHERE product_id = $1 AND kind = $2 AND user_id = $3",
-                    changes.interest_remove,
+                    deletes,
                 )
-            if changes.interest_add:
+            if upserts:
                 await conn.executemany(
                     "INSERT INTO interests (product_id, kind, user_id, updated_at) "
                     "VALUES ($1, $2, $3, $4) ON CONFLICT (product_id, kind, user_id) "
                     "DO UPDATE SET updated_at = EXCLUDED.updated_at",
-                    changes.interest_add,
+                    upserts,
                 )
             if changes.instances:
                 await conn.executemany(
@@ -337,6 +340,23 @@ class PostgresStore(PostgresStats):
                 if status != "UPDATE 1":
                     raise ConcurrentUpdate(
                         f"inbox row {seq} was taken or applied by another replica; "
+                        "nothing was written"
+                    )
+            if changes.job is not None:
+                job = changes.job
+                status = await conn.execute(
+                    "UPDATE jobs SET cursor = $1, run_at = CASE WHEN $2 THEN NULL ELSE run_at END, "
+                    "claimed_by = CASE WHEN $2 THEN NULL ELSE claimed_by END "
+                    "WHERE name = $3 AND run_at = $4 AND claimed_by = $5",
+                    None if job.done else job.cursor,
+                    job.done,
+                    job.name,
+                    job.run_at,
+                    me,
+                )
+                if status != "UPDATE 1":
+                    raise ConcurrentUpdate(
+                        f"job {job.name} run {job.run_at} was taken over by another replica; "
                         "nothing was written"
                     )
         if task is not None and versions:
@@ -458,6 +478,73 @@ class PostgresStore(PostgresStats):
             me,
         )
         return sorted((r[0], r[1], r[2]) for r in rows)
+
+    # -- scheduled jobs --------------------------------------------------------------------
+
+    async def plan_jobs(self, plans: dict[str, tuple[str, float | None]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One planner at a time, so replicas starting together agree.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _NS, _JOBS_PLAN)
+            current = {r[0]: r[1] for r in await conn.fetch("SELECT name, spec FROM jobs")}
+            gone = sorted(set(current) - set(plans))
+            if gone:
+                await conn.execute("DELETE FROM jobs WHERE name = ANY($1::text[])", gone)
+            for name, (spec, due_at) in plans.items():
+                if current.get(name) == spec:
+                    continue
+                await conn.execute(
+                    "INSERT INTO jobs (name, spec, due_at, run_at, cursor, claimed_by) "
+                    "VALUES ($1, $2, $3, NULL, NULL, NULL) ON CONFLICT (name) DO UPDATE SET "
+                    "spec = EXCLUDED.spec, due_at = EXCLUDED.due_at, run_at = NULL, "
+                    "cursor = NULL, claimed_by = NULL",
+                    name,
+                    spec,
+                    due_at,
+                )
+
+    async def due_jobs(self, now: float) -> list[JobRow]:
+        me = await self._me()
+        rows = await self.pool.fetch(
+            "SELECT name, spec, due_at, run_at, cursor FROM jobs "
+            f"WHERE (run_at IS NULL AND due_at <= $1) OR (run_at IS NOT NULL AND "
+            f"(claimed_by = $2 OR {_free('claimed_by', '$2')})) "
+            "ORDER BY coalesce(run_at, due_at), name",
+            now,
+            me,
+        )
+        return [JobRow(*row) for row in rows]
+
+    async def start_job(self, name: str, due_at: float, next_due: float | None) -> bool:
+        me = await self._me()
+        status = await self.pool.execute(
+            "UPDATE jobs SET run_at = due_at, due_at = $1, cursor = '', claimed_by = $2 "
+            "WHERE name = $3 AND due_at = $4 AND run_at IS NULL",
+            next_due,
+            me,
+            name,
+            due_at,
+        )
+        return bool(status == "UPDATE 1")
+
+    async def resume_job(self, name: str, run_at: float) -> bool:
+        me = await self._me()
+        status = await self.pool.execute(
+            f"UPDATE jobs SET claimed_by = $1 WHERE name = $2 AND run_at = $3 "
+            f"AND {_free('claimed_by', '$1')}",
+            me,
+            name,
+            run_at,
+        )
+        return bool(status == "UPDATE 1")
+
+    async def next_job_due(self) -> float | None:
+        me = await self._me()
+        value = await self.pool.fetchval(
+            "SELECT min(CASE WHEN run_at IS NULL THEN due_at "
+            f"WHEN {_free('claimed_by', '$1')} THEN run_at END) FROM jobs",
+            me,
+        )
+        return None if value is None else float(value)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -737,8 +824,7 @@ def _users_of(changes: Changes) -> set[str]:
     users = set(changes.profiles) | changes.cart_reset | changes.erased_users
     users.update(i.user_id for i in changes.instances.values())
     users.update(m.user_id for m in changes.messages.values())
-    users.update(a[2] for a in changes.interest_add)
-    users.update(r[2] for r in changes.interest_remove)
+    users.update(key[2] for key in changes.interests)
     users.update(o.user_id for o in changes.orders)
     return users
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.core.changes import TOUCHES, Order, Touch
 from engine.core.model import Instance, Message
+from engine.core.waits import state_from, state_json
 
 INSTANCE_COLUMNS = tuple(f.name for f in dataclasses.fields(Instance))
 MESSAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(Message))
@@ -57,7 +58,7 @@ def instance_row(i: Instance) -> tuple[Any, ...]:
     values = list(_instance_values(i))
     values[_TRIGGER] = _JSON(values[_TRIGGER])
     if values[_STATE] is not None:
-        values[_STATE] = _JSON(values[_STATE])
+        values[_STATE] = _JSON(state_json(values[_STATE]))
     return tuple(values)
 
 
@@ -65,8 +66,7 @@ def instance_from(row: Sequence[Any]) -> Instance:
     values = list(row)
     trigger, state = values[_TRIGGER], values[_STATE]
     values[_TRIGGER] = stored_json(trigger) if trigger else {}
-    if state:
-        values[_STATE] = stored_json(state)
+    values[_STATE] = state_from(stored_json(state)) if state else None
     return Instance(*values)
 
 

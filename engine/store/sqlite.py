@@ -17,6 +17,7 @@ from engine.core.changes import Changes, Order
 from engine.core.model import Instance, Message, UserState, new_profile
 from engine.store.base import (
     AttributedCounts,
+    JobRow,
     MessageCounts,
     OrderCounts,
     RfmRow,
@@ -186,17 +187,18 @@ class SqliteStore:
                     "DELETE FROM interests WHERE user_id = ? AND kind = 'cart'",
                     [(uid,) for uid in changes.cart_reset],
                 )
-            if changes.interest_remove:
+            upserts, deletes = changes.interest_rows()
+            if deletes:
                 await db.executemany(
                     "DELETE FROM interests WHERE product_id = ? AND kind = ? AND user_id = ?",
-                    changes.interest_remove,
+                    deletes,
                 )
-            if changes.interest_add:
+            if upserts:
                 await db.executemany(
                     "INSERT INTO interests (product_id, kind, user_id, updated_at) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET updated_at = "
                     "excluded.updated_at",
-                    changes.interest_add,
+                    upserts,
                 )
             if changes.instances:
                 await db.executemany(
@@ -217,6 +219,13 @@ class SqliteStore:
             if changes.inbox_cursor is not None:
                 seq, cursor = changes.inbox_cursor
                 await db.execute("UPDATE inbox SET cursor = ? WHERE seq = ?", (cursor, seq))
+            if changes.job is not None:
+                job = changes.job
+                await db.execute(
+                    "UPDATE jobs SET cursor = ?, run_at = CASE WHEN ? THEN NULL ELSE run_at END "
+                    "WHERE name = ? AND run_at = ?",
+                    (None if job.done else job.cursor, job.done, job.name, job.run_at),
+                )
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -278,6 +287,60 @@ class SqliteStore:
                 (until, limit),
             )
         ]
+
+    # -- scheduled jobs --------------------------------------------------------------------
+
+    @_serialized
+    async def plan_jobs(self, plans: dict[str, tuple[str, float | None]]) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            current = {name: spec for name, spec in await self._rows("SELECT name, spec FROM jobs")}
+            for name in set(current) - set(plans):
+                await db.execute("DELETE FROM jobs WHERE name = ?", (name,))
+            for name, (spec, due_at) in plans.items():
+                if current.get(name) == spec:
+                    continue
+                await db.execute(
+                    "INSERT INTO jobs (name, spec, due_at, run_at, cursor) "
+                    "VALUES (?, ?, ?, NULL, NULL) ON CONFLICT (name) DO UPDATE SET "
+                    "spec = excluded.spec, due_at = excluded.due_at, run_at = NULL, "
+                    "cursor = NULL",
+                    (name, spec, due_at),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    @_serialized
+    async def due_jobs(self, now: float) -> list[JobRow]:
+        # One process per SQLite file: a run found unfinished was cut short; resume it.
+        return [
+            JobRow(*row)
+            for row in await self._rows(
+                "SELECT name, spec, due_at, run_at, cursor FROM jobs "
+                "WHERE run_at IS NOT NULL OR due_at <= ? ORDER BY coalesce(run_at, due_at), name",
+                (now,),
+            )
+        ]
+
+    @_serialized
+    async def start_job(self, name: str, due_at: float, next_due: float | None) -> bool:
+        cur = await self.db.execute(
+            "UPDATE jobs SET run_at = due_at, due_at = ?, cursor = '' "
+            "WHERE name = ? AND due_at = ? AND run_at IS NULL",
+            (next_due, name, due_at),
+        )
+        return cur.rowcount == 1
+
+    async def resume_job(self, name: str, run_at: float) -> bool:
+        return True
+
+    @_serialized
+    async def next_job_due(self) -> float | None:
+        rows = await self._rows("SELECT min(coalesce(run_at, due_at)) FROM jobs")
+        return rows[0][0] if rows else None
 
     @_serialized
     async def interested_users(

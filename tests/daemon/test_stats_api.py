@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from engine.cli import main as cli_main
+from engine.clock import parse_time
 
 from .conftest import Client
 
@@ -226,11 +227,19 @@ async def test_rfm_recompute_feeds_audiences(client: Client, rules_dir: Path) ->
     await post(client, *(event("vip.offer", u) for u in ("c1", "c2", "c5")))
     status, body = await client.admin("GET", "/v1/messages?rule=vip")
     assert [(m["user_id"], m["status"]) for m in body["messages"]] == [("c1", "sent")]
-    # The nightly job is the same recompute: scheduled, and idempotent when run.
-    job = client.daemon.scheduler.get_job("rfm")
-    assert str(job.trigger) == "cron[hour='3', minute='30', second='0']"
-    again = await job.func()
-    assert (again.customers, again.changed) == (5, 0)
+    # The nightly job is the same recompute, fired by the engine loop at 03:30 (UTC here)
+    # on the daemon's clock.
+    for k in range(3):
+        await post(client, event("order.created", "c5", {"order_id": f"c5-more-{k}", "total": 90}))
+    status, profile = await client.admin("GET", "/v1/profiles/c5")
+    assert profile["rfm"] != "champions"
+    clock = client.daemon.clock
+    await client.advance(parse_time("2026-11-24T03:29:59Z") - clock.now())
+    status, profile = await client.admin("GET", "/v1/profiles/c5")
+    assert profile["rfm_scores"] != {"r": 5, "f": 5, "m": 5}
+    await client.advance(1)
+    status, profile = await client.admin("GET", "/v1/profiles/c5")
+    assert profile["rfm_scores"]["m"] == 5
 
 
 async def test_kaskad_stats_prints_what_the_api_answers(
