@@ -74,8 +74,12 @@ class Engine:
         self.config = config
         self.outbox = outbox
         self.ids = ids or IdGen()
+        # Without tracking.secret, a key of this process only: nobody can forge its links,
+        # and the engines that serve none (simulate) need no more. The daemon passes its own.
+        import secrets
+
         self.tracker = tracker or Tracker(
-            config.tracking.base_url, config.tracking.secret or "kaskad-dev-secret"
+            config.tracking.base_url, config.tracking.secret or secrets.token_hex(32)
         )
         policies = config.policies
         self.max_lateness_s = parse_duration(policies.max_lateness)
