@@ -19,6 +19,7 @@ COPY config.yaml ./config.yaml
 ENV PATH="/opt/kaskad/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     KASKAD_CONFIG=/etc/kaskad/config.yaml \
+    KASKAD_HOST=0.0.0.0 \
     KASKAD_STORAGE_URL=sqlite:////var/lib/kaskad/kaskad.db
 USER 10001
 VOLUME ["/var/lib/kaskad"]

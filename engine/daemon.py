@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import structlog
@@ -23,7 +25,7 @@ from engine.core.changes import Changes
 from engine.core.runner import Engine
 from engine.core.tracking import Tracker
 from engine.core.workspace import IdGen, Workspace
-from engine.lang.config import Config
+from engine.lang.config import AuthConfig, Config
 from engine.lang.durations import parse_duration
 from engine.lang.localtime import parse_time_of_day
 from engine.lang.ruleset import RuleSet
@@ -63,6 +65,62 @@ def build_channels(config: Config, session: aiohttp.ClientSession) -> dict[str, 
     return out
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1
+    except ValueError:
+        return False  # a host name (or "" = every interface) may be reachable from anywhere
+
+
+def _ingest_open(auth: AuthConfig) -> bool:
+    return not auth.ingest_tokens and not auth.ingest_hmac_secret
+
+
+def exposure_refused(config: Config) -> str | None:
+    """Why the daemon must not start: the API open on a non-loopback interface."""
+    auth, host = config.auth, config.server.host
+    if _loopback(host) or auth.allow_open:
+        return None
+    missing = ["auth.admin_token"] if not auth.admin_token else []
+    if _ingest_open(auth):
+        missing.append("auth.ingest_tokens (or auth.ingest_hmac_secret)")
+    if not missing:
+        return None
+    return (
+        f"config: server.host {host!r} is not loopback: set {' and '.join(missing)}, "
+        "or auth.allow_open: true to serve the API without them"
+    )
+
+
+def warn_open_surfaces(config: Config) -> None:
+    """One warning per endpoint anyone who reaches the port can use, at every start."""
+    auth = config.auth
+    if auth.allow_open and not _loopback(config.server.host):
+        log.warning("auth.allow_open", host=config.server.host, hint="open endpoints are served")
+    if _ingest_open(auth):
+        log.warning(
+            "ingest.open",
+            hint="set auth.ingest_tokens or auth.ingest_hmac_secret: anyone can post events",
+        )
+    if not auth.admin_token:
+        log.warning(
+            "admin.open",
+            hint="set auth.admin_token: anyone can read and erase profiles, messages, stats",
+        )
+        log.warning("dashboard.open", hint="set auth.admin_token: anyone can open the dashboard")
+    if not auth.metrics_token and not auth.admin_token:
+        log.warning(
+            "metrics.open", hint="set auth.metrics_token or auth.admin_token: /metrics is open"
+        )
+    if config.mqtt.url and urlparse(config.mqtt.url).username is None:
+        log.warning(
+            "mqtt.no_credentials",
+            hint="mqtt.url has no user:password: anyone the broker accepts can publish events",
+        )
+
+
 class Daemon:
     def __init__(
         self, config: Config, clock: Clock | None = None, *, background: bool = True
@@ -77,28 +135,20 @@ class Daemon:
 
     async def start(self) -> None:
         config, clock = self.config, self.clock
+        refused = exposure_refused(config)
+        if refused:
+            raise SystemExit(refused)
+        warn_open_surfaces(config)
         self.metrics = Metrics()
         self.store = await open_store(config.storage.url)
         self.rules = RuleManager(Path(config.rules.path), self.store, clock.now)
         ruleset = await self.rules.load()
-        secret = config.tracking.secret
-        if not secret:
-            log.warning(
-                "tracking.no_secret",
-                hint="set tracking.secret "
-                "(KASKAD_TRACKING_SECRET): links are signed with a development key",
-            )
-        if not config.auth.ingest_tokens and not config.auth.ingest_hmac_secret:
-            log.warning(
-                "ingest.open",
-                hint="set auth.ingest_tokens or auth.ingest_hmac_secret: anyone can post events",
-            )
         self.engine = Engine(
             ruleset,
             config,
             lambda message: None,
             ids=IdGen(clock.now),
-            tracker=Tracker(config.tracking.base_url, secret or "kaskad-dev-secret"),
+            tracker=Tracker(config.tracking.base_url, await self._tracking_secret()),
         )
         for rule in await self.rules.old_versions():
             self.engine.versions[(rule.id, rule.version)] = rule
@@ -164,6 +214,15 @@ class Daemon:
             rules=len(ruleset.rules),
             store=config.storage.url.split("://")[0],
         )
+
+    async def _tracking_secret(self) -> str:
+        """tracking.secret, else the one generated on first start and kept in the store
+        (shared by replicas on one database), so links stay valid across restarts."""
+        if self.config.tracking.secret:
+            log.info("tracking.secret", source="config")
+            return self.config.tracking.secret
+        log.info("tracking.secret", source="store")
+        return await self.store.secret("tracking")
 
     async def pump(self) -> None:
         """Run the engine loop and the dispatcher until neither has anything due now."""

@@ -390,6 +390,26 @@ async def test_set_rfm_changes_only_the_segment(store: Store) -> None:
     assert states["nobody"].profile_dirty
 
 
+async def test_a_secret_is_made_once_and_shared(url: str) -> None:
+    """Generated on first use and kept: two stores on one database (replicas) asking at the
+    same time get the same value, and so does a store opened after both closed (a restart);
+    each name has its own."""
+    a = await open_store(url)
+    b = await open_store(url)
+    try:
+        first, concurrent = await asyncio.gather(a.secret("tracking"), b.secret("tracking"))
+        assert first == concurrent and len(bytes.fromhex(first)) == 32
+        assert await a.secret("tracking") == first
+        assert await b.secret("another") != first
+    finally:
+        await asyncio.gather(a.close(), b.close())
+    restarted = await open_store(url)
+    try:
+        assert await restarted.secret("tracking") == first
+    finally:
+        await restarted.close()
+
+
 # -- PostgreSQL: replicas sharing one database ----------------------------------------------
 
 

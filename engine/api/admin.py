@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api.auth import admin_denied
+from engine.api.auth import admin_denied, metrics_denied
 from engine.api.errors import Handler, error
 from engine.api.state import STATE
 from engine.clock import iso
@@ -294,6 +294,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if metrics_denied(request, state.config.auth):
+        return error(
+            401,
+            "unauthorized",
+            "/metrics needs Authorization: Bearer <auth.metrics_token or auth.admin_token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     m = state.metrics
     try:
         counts = await state.store.counts()

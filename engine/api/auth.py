@@ -51,3 +51,13 @@ def admin_denied(request: web.Request, auth: AuthConfig) -> bool:
         return False
     token = _bearer(request)
     return token is None or not hmac.compare_digest(token, auth.admin_token)
+
+
+def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
+    """GET /metrics takes auth.metrics_token or the admin token; open only with neither."""
+    accepted = [t.encode() for t in (auth.metrics_token, auth.admin_token) if t]
+    if not accepted:
+        return False
+    token = _bearer(request)
+    given = token.encode() if token is not None else None
+    return given is None or not any(hmac.compare_digest(given, t) for t in accepted)

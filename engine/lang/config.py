@@ -36,6 +36,10 @@ class AuthConfig(_Section):
     ingest_tokens: list[str] = Field(default_factory=list)
     ingest_hmac_secret: str | None = None
     admin_token: str | None = None
+    # Bearer token for GET /metrics (what Prometheus sends); unset: the admin token.
+    metrics_token: str | None = None
+    # Serve open endpoints on a non-loopback server.host anyway (warned at every start).
+    allow_open: bool = False
 
     @field_validator("ingest_tokens")
     @classmethod

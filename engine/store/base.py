@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -166,6 +167,11 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def secret(self, name: str) -> str:
+        """The secret of this name, generated (32 random bytes) and kept on first use; every
+        caller, replicas on one database too, gets the same value."""
+        ...
+
     # -- stats, orders, RFM ----------------------------------------------------------------
 
     async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:
@@ -196,6 +202,11 @@ class Store(Protocol):
     async def rfm_scores(self) -> list[RfmRow]:
         """Recency, frequency and monetary quintile scores (1-5) of every profile with orders."""
         ...
+
+
+def new_secret() -> str:
+    """32 random bytes, hex: a value for Store.secret to keep."""
+    return secrets.token_hex(32)
 
 
 class ConcurrentUpdate(RuntimeError):

@@ -321,3 +321,22 @@ POSTGRES_MIGRATIONS.append(
     );
     """
 )
+
+# Secrets the daemon generates once and keeps with its state (tracking links' HMAC key when
+# tracking.secret is unset): links survive restarts, and replicas on one database share them.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE secrets (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """
+)

@@ -29,7 +29,7 @@ import structlog
 
 from engine.core.changes import Changes
 from engine.core.model import Instance, Message, UserState, new_profile
-from engine.store.base import ConcurrentUpdate, JobRow
+from engine.store.base import ConcurrentUpdate, JobRow, new_secret
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
 from engine.store.rows import (
@@ -761,6 +761,16 @@ class PostgresStore(PostgresStats):
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+    async def secret(self, name: str) -> str:
+        # Insert-if-absent then read: replicas starting together all read the one winner.
+        await self.pool.execute(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            name,
+            new_secret(),
+        )
+        value = await self.pool.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return str(value)
 
 
 async def _remember(conn: Conn, ids: list[str], now: float) -> set[str]:

@@ -23,6 +23,7 @@ from engine.store.base import (
     RfmRow,
     StatsQuery,
     VariantCounts,
+    new_secret,
 )
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.rows import (
@@ -558,6 +559,16 @@ class SqliteStore:
     @_serialized
     async def ping(self) -> None:
         await self._rows("SELECT 1")
+
+    @_serialized
+    async def secret(self, name: str) -> str:
+        # Insert-if-absent then read: whoever inserted first, every reader gets that value.
+        await self.db.execute(
+            "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (name, new_secret()),
+        )
+        rows = await self._rows("SELECT value FROM secrets WHERE name = ?", (name,))
+        return str(rows[0][0])
 
     # -- stats, orders, RFM (reads are GROUP BY queries: nothing is loaded row by row) -----
 

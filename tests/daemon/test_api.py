@@ -205,7 +205,10 @@ async def test_health_readiness_metrics(client: Client) -> None:
     assert status == 200 and body["ready"] is True
     await client.post_events(cart("u1"))
     await client.advance(0)
-    status, text = await client.request("GET", "/metrics")
+    # /metrics takes the admin token when no auth.metrics_token is set.
+    status, body = await client.request("GET", "/metrics")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, text = await client.admin("GET", "/metrics")
     assert status == 200
     assert "kaskad_events_accepted_total 1.0" in text
     assert "kaskad_events_processed_total 1.0" in text

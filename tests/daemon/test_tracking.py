@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from multidict import CIMultiDictProxy
 from structlog.testing import capture_logs
 
 from engine.api.tracking import PIXEL
+from engine.clock import VirtualClock
 from engine.core.model import Message
+from engine.core.tracking import Tracker
+from engine.daemon import Daemon
 
-from .conftest import Client
+from .conftest import START, Client, make_config
 
 PUBLIC = "https://kaskad.example"
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
@@ -283,3 +288,44 @@ async def test_unsubscribe_page_escapes_what_it_shows(tracked: Client) -> None:
     token = tracker.token("unsubscribe", {"m": message.id, "c": "<script>x</script>"})
     _, _, body = await get(tracked, f"{PUBLIC}/t/u/{token}")
     assert b"<script>" not in body and b"&lt;script&gt;" in body
+
+
+async def test_without_a_tracking_secret_links_outlive_a_restart_and_cannot_be_forged(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    """No tracking.secret: the key is generated once and kept in the store, so a daemon
+    started again on it signs alike and accepts its links; the development key that used to
+    sign them opens no redirect and unsubscribes nobody."""
+    config = make_config(tmp_path, rules_dir)  # no tracking section
+    first = Daemon(config, VirtualClock(START), background=False)
+    await first.start()
+    link = first.engine.tracker.click_url("m1", "https://shop.example/cart")
+    unsubscribe = first.engine.tracker.unsubscribe_url("m1", "email")
+    await first.stop()
+
+    second = Daemon(config, VirtualClock(START), background=False)
+    await second.start()
+    try:
+        assert second.engine.tracker.click_url("m1", "https://shop.example/cart") == link
+        assert second.engine.tracker.unsubscribe_url("m1", "email") == unsubscribe
+        dev = Tracker(config.tracking.base_url, "kaskad-dev-secret")
+        async with aiohttp.ClientSession() as session:
+            c = Client(second, session)
+
+            async def status(url: str) -> int:
+                path = urlsplit(url).path
+                async with session.get(c.base + path, allow_redirects=False) as resp:
+                    return resp.status
+
+            assert await status(link) == 302
+            assert await status(dev.click_url("m1", "https://evil.example/")) == 404
+            assert await status(dev.unsubscribe_url("m1", "email")) == 404
+    finally:
+        await second.stop()
+
+
+async def test_a_configured_tracking_secret_signs_the_links(tracked: Client) -> None:
+    configured = Tracker("https://kaskad.example", "track-secret")
+    assert tracked.daemon.engine.tracker.click_url("m1", "https://a.example/") == (
+        configured.click_url("m1", "https://a.example/")
+    )
