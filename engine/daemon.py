@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -359,10 +361,19 @@ async def serve(config: Config) -> None:
 def main(config: Config) -> int:
     """Run until SIGTERM (exit 0); a start that fails prints why and exits 2 at once."""
     configure(config.logging.level, config.logging.format)
+    before = set(threading.enumerate())
     try:
         asyncio.run(serve(config))
     except StartError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
+        left = set(threading.enumerate()) - before
+        if any(t.is_alive() and not t.daemon for t in left):
+            # A store that failed half-way through opening can leave its connection thread
+            # behind (SQLite on a file that is not a database), and the interpreter would
+            # wait for it forever: leave now, as a failed start must.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     return 0

@@ -210,6 +210,21 @@ def test_run_exits_when_the_port_is_taken(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_run_exits_when_the_store_is_not_a_database(tmp_path: Path) -> None:
+    # Opening fails half-way, after the SQLite connection's thread has started.
+    store = tmp_path / "k.db"
+    store.write_text("not a database, only text long enough to be read as a header\n" * 4)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f'storage: {{url: "sqlite:///{store}"}}\nserver: {{host: 127.0.0.1, port: {free_port()}}}\n'
+        f'rules: {{path: "{RULES}", watch: false}}\n',
+        encoding="utf-8",
+    )
+    done = kaskad("run", "--config", str(config))
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == f"storage.url sqlite:///{store}: file is not a database"
+
+
 # -- output -----------------------------------------------------------------------------------
 
 

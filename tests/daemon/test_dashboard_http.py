@@ -14,6 +14,7 @@ import pytest
 
 from engine.api.dashboard import COOKIE
 from engine.clock import VirtualClock
+from engine.core.preview import sample_trigger
 from engine.daemon import Daemon
 
 from .conftest import ADMIN, ROOT, START, Client, make_config
@@ -346,4 +347,5 @@ async def test_every_shipped_template_previews_on_every_channel(dash: Client, na
     assert "template_error" not in html
     shown = re.findall(r'<section class="card preview" id="channel-(\w+)">', html)
     assert sorted(shown) == sorted(template.blocks)
-    assert "rendered with sample data" in text_of(html)
+    origin = sample_trigger(dash.daemon.rules.current, name).origin  # e.g. points.accrued
+    assert f"the trigger is {origin};" in text_of(html)
