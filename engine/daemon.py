@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import signal
+import sqlite3
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -15,9 +19,11 @@ from urllib.parse import urlparse
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from channels.base import Channel, Limits, Outcome
-from channels.registry import factory
+from channels.kinds import CHANNELS
+from channels.registry import factory, providers
 from engine.api.app import make_app
 from engine.api.state import AppState
 from engine.clock import Clock, RealClock
@@ -25,7 +31,8 @@ from engine.core.changes import Changes
 from engine.core.runner import Engine
 from engine.core.tracking import Tracker
 from engine.core.workspace import IdGen, Workspace
-from engine.lang.config import AuthConfig, Config
+from engine.errors import KaskadError, did_you_mean
+from engine.lang.config import AuthConfig, ChannelConfig, Config
 from engine.lang.durations import parse_duration
 from engine.lang.localtime import parse_time_of_day
 from engine.lang.ruleset import RuleSet
@@ -40,29 +47,91 @@ from engine.runtime.reload import RuleManager
 from engine.runtime.tasks import TaskGroup
 from engine.store import open_store
 from engine.store.base import JobRow
+from engine.store.urls import redact
 
 log = structlog.get_logger("kaskad.daemon")
 
 
-def build_channels(config: Config, session: aiohttp.ClientSession) -> dict[str, Channel]:
-    """Every configured channel through the provider registry; config errors name the key."""
+class StartError(KaskadError):
+    """The daemon cannot start (a channel's config, the store, the port); one line each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+# An adapter's error names its key first: "channels.email.password: required when ...".
+_KEYED = re.compile(r"(channels\.[A-Za-z0-9_.]+): (.*)", re.DOTALL)
+
+
+def _build_channel(name: str, cfg: ChannelConfig, session: aiohttp.ClientSession) -> Channel:
+    """One channel through the provider registry; ValueError names the bad key."""
     import channels.providers  # noqa: F401  (registers the real providers)
 
-    out: dict[str, Channel] = {}
-    for name, cfg in config.channels.items():
-        keys: dict[str, Any] = dict(cfg.model_extra or {})
-        limits = Limits(
-            timeout_s=cfg.timeout_s,
-            rate_per_s=cfg.rate_per_s,
-            concurrency=cfg.concurrency,
-            max_retries=cfg.max_retries,
+    if cfg.provider not in providers():
+        raise ValueError(
+            f"channels.{name}.provider: unknown provider '{cfg.provider}'"
+            f"{did_you_mean(cfg.provider, providers())}; known: {', '.join(providers())}"
         )
+    limits = Limits(
+        timeout_s=cfg.timeout_s,
+        rate_per_s=cfg.rate_per_s,
+        concurrency=cfg.concurrency,
+        max_retries=cfg.max_retries,
+    )
+    return factory(cfg.provider)(name, dict(cfg.model_extra or {}), limits, session)
+
+
+def _keyed(name: str, exc: ValueError) -> tuple[str, str]:
+    """(dotted key, message) of a channel's config error."""
+    found = _KEYED.fullmatch(str(exc))
+    return (found[1], found[2]) if found else (f"channels.{name}", str(exc))
+
+
+def build_channels(config: Config, session: aiohttp.ClientSession) -> dict[str, Channel]:
+    """Every configured channel through the provider registry; StartError names every bad
+    key of every channel at once."""
+    out: dict[str, Channel] = {}
+    errors: list[str] = []
+    for name, cfg in config.channels.items():
         try:
-            out[name] = factory(cfg.provider)(name, keys, limits, session)
+            out[name] = _build_channel(name, cfg, session)
         except ValueError as exc:
-            # Adapters name the key themselves: "channels.email.from: required".
-            raise SystemExit(f"config: {exc}") from None
+            key, message = _keyed(name, exc)
+            errors.append(f"config: {key}: {message}")
+    if errors:
+        raise StartError(errors)
     return out
+
+
+def check_channels(doc: Any) -> list[tuple[str, str]]:
+    """The `channels` section of a raw config (a parse_config check): each channel built by
+    its provider's factory, as the daemon would, so every adapter checks its own keys.
+    Nothing is sent and nothing connects; runs its own event loop (for the HTTP session the
+    factories want), so call it where no loop runs: the command line."""
+    section = doc.get("channels") if isinstance(doc, Mapping) else None
+    if not isinstance(section, Mapping):
+        return []  # absent, or not a mapping: the config model reports it
+
+    async def check() -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        async with aiohttp.ClientSession() as session:
+            for name, raw in section.items():
+                if name not in CHANNELS:
+                    continue  # the config model names it
+                try:
+                    cfg = ChannelConfig.model_validate(raw if raw is not None else {})
+                except ValidationError:
+                    continue  # so do the common keys' errors
+                try:
+                    channel = _build_channel(name, cfg, session)
+                except ValueError as exc:
+                    found.append(_keyed(name, exc))
+                else:
+                    await channel.close()
+        return found
+
+    return asyncio.run(check())
 
 
 def _loopback(host: str) -> bool:
@@ -140,7 +209,20 @@ class Daemon:
             raise SystemExit(refused)
         warn_open_surfaces(config)
         self.metrics = Metrics()
-        self.store = await open_store(config.storage.url)
+        # Channels first: a bad channel config fails the start before anything is opened.
+        self.session = aiohttp.ClientSession()
+        channels = build_channels(config, self.session)
+        try:
+            self.store = await open_store(config.storage.url)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            # postgres names the (masked) url itself; say it for the others
+            text = str(exc)
+            prefix = (
+                ""
+                if text.startswith("storage.url")
+                else f"storage.url {redact(config.storage.url)}: "
+            )
+            raise StartError([prefix + text]) from None
         self.rules = RuleManager(Path(config.rules.path), self.store, clock.now)
         ruleset = await self.rules.load()
         self.engine = Engine(
@@ -167,10 +249,9 @@ class Daemon:
         await self.processor.start()
         for message_id, user_id, answer in await self.store.answered():
             self.processor.deliver(message_id, user_id, Outcome.from_json(answer))
-        self.session = aiohttp.ClientSession()
         self.dispatcher = Dispatcher(
             self.store,
-            build_channels(config, self.session),
+            channels,
             clock,
             self.processor.deliver,
             self.tasks,
@@ -192,7 +273,11 @@ class Daemon:
         self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, config.server.host, config.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{config.server.host}:{config.server.port}"
+            raise StartError([f"server {where}: cannot listen: {exc.strerror or exc}"]) from None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if self.background:
             self.tasks.spawn(self.processor.run(), name="processor")
@@ -282,10 +367,28 @@ class Daemon:
         await self.store.close()
         log.info("daemon.stopped")
 
+    async def abort(self) -> None:
+        """Close what a failed start() opened, so the process can exit (the store's thread
+        and the HTTP session would otherwise keep it alive)."""
+        if getattr(self, "runner", None) is not None:
+            await self.runner.cleanup()
+        if getattr(self, "processor", None) is not None:
+            await self.processor.stop()
+        await self.tasks.cancel()
+        if getattr(self, "session", None) is not None:
+            await self.session.close()
+        if getattr(self, "store", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+
 
 async def serve(config: Config) -> None:
     daemon = Daemon(config)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.abort()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
@@ -294,6 +397,12 @@ async def serve(config: Config) -> None:
 
 
 def main(config: Config) -> int:
+    """Run until SIGTERM (exit 0); a start that fails prints why and exits 2 at once."""
     configure(config.logging.level, config.logging.format)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StartError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
     return 0

@@ -209,15 +209,17 @@ async def test_funnel_counts_sends_reactions_and_instance_endings(run: Any) -> N
     r = await run(events, until=parse_time("2026-11-24T23:30:00Z"))
     stats = await r.stats()
     cart = rule(stats, "cart")
-    assert cart["name"] == "Cart reminder" and cart["state"] == "loaded"
+    assert cart["name"] == "Cart reminder" and cart["state"] == "active"
     assert cart["instances"] == {
         "started": 5,
-        "running": 1,
-        "goal": 1,
-        "exit": 1,
+        "active": 1,
+        "converted": 1,
+        "exited": 1,
         "completed": 1,
         "expired": 0,
-        "other": 1,  # u3's first cart, restarted
+        "restarted": 1,  # u3's first cart
+        "stopped": 0,
+        "error": 0,
     }
     assert cart["skips"] == {"no_address": 1}
     assert [(s["step"], s["sends"], s["skipped"], s["skips"]) for s in cart["steps"]] == [
@@ -500,8 +502,9 @@ async def test_the_text_table_reads_as_a_report(run: Any) -> None:
         "attribution: the last click within 7d before the order",
         "orders: 1 (online 1, offline 0), revenue 120.50; attributed 1, revenue 120.50",
         "",
-        "cart: Cart reminder  [loaded]",
-        "  instances: started 1, running 0, goal 1, exit 0, completed 0, expired 0, other 0",
+        "cart: Cart reminder  [active]",
+        "  instances: started 1, active 0, converted 1, exited 0, completed 0, expired 0, "
+        "restarted 0, stopped 0, error 0",
         "  STEP  CHANNEL  VARIANT  SENDS  SKIPPED  DELIVERED  OPENED  CLICKED  CONVERTED"
         "  REVENUE  SKIPS",
         "  all                         1        0          1       1        1          1"

@@ -260,14 +260,20 @@ async def get_messages(request: web.Request) -> web.Response:
     )
 
 
+def _rules_json(described: dict[str, Any]) -> dict[str, Any]:
+    """The rule manager's description with its time as ISO 8601 UTC, as every API time."""
+    loaded_at = described.get("loaded_at")
+    return {**described, "loaded_at": _t(loaded_at) if loaded_at else None}
+
+
 async def get_rules(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].rules.describe())
+    return web.json_response(_rules_json(request.app[STATE].rules.describe()))
 
 
 async def reload_rules(request: web.Request) -> web.Response:
     state = request.app[STATE]
     await state.rules.load()
-    return web.json_response(state.rules.describe())
+    return web.json_response(_rules_json(state.rules.describe()))
 
 
 async def healthz(request: web.Request) -> web.Response:

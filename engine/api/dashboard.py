@@ -26,7 +26,7 @@ from engine.api.auth import admin_denied
 from engine.api.state import STATE, AppState
 from engine.clock import iso, parse_time
 from engine.core.model import MESSAGE_STATUSES
-from engine.core.preview import render_channels
+from engine.core.preview import SAMPLE_FACTS, SAMPLE_USER, render_channels, sample_trigger
 from engine.lang.durations import parse_duration
 from engine.measure import svg
 from engine.measure.stats import compute_stats
@@ -306,7 +306,7 @@ def merge_rules(described: dict[str, Any], stats: dict[str, Any] | None) -> list
             {
                 "id": s["rule"],
                 "name": s.get("name") or s["rule"],
-                "state": "deleted" if s.get("state") == "deleted" else s.get("state", "?"),
+                "state": s.get("state", "deleted"),
                 "errors": [],
                 "path": None,
                 "stats": None,
@@ -432,15 +432,18 @@ async def template_page(request: web.Request) -> web.Response:
         return _html(
             request, "error.html", 404, title="No such template", message=f"No template '{name}'."
         )
+    sample = sample_trigger(state.rules.current, name)
     channels = []
-    for item in render_channels(template, {}, {}, state.config):
+    for item in render_channels(template, SAMPLE_USER, sample.trigger, state.config, SAMPLE_FACTS):
         fields = []
         for key, value in (item.fields or {}).items():
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             html = item.channel == "email" and key == "html"
             fields.append({"key": key, "text": text, "html": html})
         channels.append({"channel": item.channel, "fields": fields, "error": item.error})
-    return _html(request, "template.html", template=template, channels=channels)
+    return _html(
+        request, "template.html", template=template, channels=channels, origin=sample.origin
+    )
 
 
 def query_url(path: str, **params: str | None) -> str:

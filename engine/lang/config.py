@@ -6,6 +6,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -252,17 +253,29 @@ def _locate(doc: Any, loc: tuple[int | str, ...]) -> tuple[int, int]:
     return pos
 
 
-def parse_config(text: str, path: str = "config.yaml", env: dict[str, str] | None = None) -> Config:
+# A further check of the raw config (after ${VAR} substitution), such as the channel
+# adapters' own keys: (dotted key, message) pairs, located in the file like the model's errors.
+ConfigCheck = Callable[[Any], list[tuple[str, str]]]
+
+
+def parse_config(
+    text: str,
+    path: str = "config.yaml",
+    env: dict[str, str] | None = None,
+    check: ConfigCheck | None = None,
+) -> Config:
+    """The config in `text`; LoadError with every problem (the model's and `check`'s) at once."""
     doc = load_yaml(text, path) if text.strip() else None
     if doc is None:
         doc = YDict()
     if not isinstance(doc, YDict):
         raise LoadError([Problem(path, 1, 1, "config must be a mapping of sections")])
     doc = substitute_env(doc, env)
+    problems: list[Problem] = []
+    config: Config | None = None
     try:
         config = Config.model_validate(doc)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
             line, col = _locate(doc, loc)
@@ -273,7 +286,11 @@ def parse_config(text: str, path: str = "config.yaml", env: dict[str, str] | Non
                 fields = _fields_at(loc[:-1])
                 message = f"unknown key in {parent}{did_you_mean(str(loc[-1]), fields)}"
             problems.append(Problem(path, line, col, f"{dotted}: {message}"))
-        raise LoadError(sorted(problems)) from None
+    for dotted, message in check(doc) if check is not None else ():
+        line, col = _locate(doc, tuple(dotted.split(".")))
+        problems.append(Problem(path, line, col, f"{dotted}: {message}"))
+    if problems or config is None:
+        raise LoadError(sorted(problems))
     return config
 
 
@@ -307,8 +324,9 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """The config at `path`, else $KASKAD_CONFIG, else ./config.yaml if present, else defaults."""
+def load_config(path: str | Path | None = None, check: ConfigCheck | None = None) -> Config:
+    """The config at `path`, else $KASKAD_CONFIG, else ./config.yaml if present, else defaults
+    (`check` runs on a file's contents, see parse_config)."""
     chosen = path or os.environ.get("KASKAD_CONFIG")
     if chosen is None and Path("config.yaml").is_file():
         chosen = "config.yaml"
@@ -319,6 +337,6 @@ def load_config(path: str | Path | None = None) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise LoadError([Problem(str(chosen), 1, 1, f"cannot read config: {exc}")]) from None
-    config = parse_config(text, str(chosen))
+    config = parse_config(text, str(chosen), check=check)
     object.__setattr__(config, "_base_dir", str(file.parent))
     return config

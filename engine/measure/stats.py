@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.clock import iso, parse_time
+from engine.core.model import ACTIVE, ENDED
 from engine.lang.config import PoliciesConfig
 from engine.lang.durations import parse_duration
 from engine.lang.program import SendOp
@@ -196,13 +197,16 @@ class _Rule:
         return out
 
 
-_INSTANCE_BUCKETS = {
-    "active": "running",
-    "converted": "goal",
-    "exited": "exit",
-    "completed": "completed",
-    "expired": "expired",
-}
+# Instances by status, in the names the store and the timeline use (engine.core.model):
+# running (active) first, then how they ended: goal (converted), exit_on (exited), the last
+# step (completed), max_lateness (expired), a new trigger (restarted), the rule or the user
+# gone (stopped). A status added later is counted under its own name after these.
+_ENDS = ("converted", "exited", "completed", "expired", "restarted", "stopped")
+INSTANCE_KEYS: tuple[str, ...] = ("started", ACTIVE, *_ENDS, *sorted(ENDED - set(_ENDS)))
+# A rule's state (also in GET /v1/rules and on the dashboard): its current file runs
+# (active); its file is broken and the previous version runs (stale, daemon only); its file
+# is broken and nothing runs (invalid); its file is gone but its numbers are not (deleted).
+RULE_STATES = ("active", "stale", "invalid", "deleted")
 
 
 def _step_key(path: str) -> tuple[tuple[int, int | str], ...]:
@@ -253,8 +257,7 @@ async def compute_stats(
             row.revenue += revenue
     for rid, status, count in await store.stats_instances(q):
         tally = of(rid).instances
-        bucket = _INSTANCE_BUCKETS.get(status, "other")
-        tally[bucket] = tally.get(bucket, 0) + count
+        tally[status] = tally.get(status, 0) + count
         tally["started"] = tally.get("started", 0) + count
     for rid, variant, users, clickers, converters in await store.stats_variants(q):
         of(rid).cohorts[variant] = (users, clickers, converters)
@@ -298,18 +301,32 @@ def _orders_json(rows: list[tuple[str, int, float, int, float]]) -> dict[str, An
     }
 
 
+def rule_state(rid: str, rules: RuleSet | None) -> str:
+    """One of RULE_STATES for a rule id in the rule set (None: none loaded)."""
+    loaded = rules.rules.get(rid) if rules else None
+    if rules is not None and loaded is not None:
+        broken = any(p.path == loaded.path for p in rules.problems)
+        return "stale" if broken else "active"
+    if rules is not None and rid in rules.failed:
+        return "invalid"
+    return "deleted"
+
+
+async def known_rules(store: Store, rules: RuleSet | None) -> set[str]:
+    """Every rule id stats can speak of: loaded or broken rules, and any with data."""
+    q = StatsQuery(since=MIN_TIME, until=MAX_TIME, rule=None, touch="click", window_s=0.0)
+    ids = {row[0] for row in await store.stats_instances(q)}
+    ids |= {row[0] for row in await store.stats_messages(q)}
+    if rules is not None:
+        ids |= set(rules.rules) | set(rules.failed)
+    return ids
+
+
 def _rule_json(rid: str, data: _Rule, rules: RuleSet | None, min_sample: int) -> dict[str, Any]:
     loaded = rules.rules.get(rid) if rules else None
-    if loaded is not None:
-        state = "loaded"
-    elif rules is not None and rid in rules.failed:
-        state = "invalid"
-    else:
-        state = "deleted"
-    instances = {
-        k: data.instances.get(k, 0)
-        for k in ("started", "running", "goal", "exit", "completed", "expired", "other")
-    }
+    state = rule_state(rid, rules)
+    extra = sorted(set(data.instances) - set(INSTANCE_KEYS))
+    instances = {k: data.instances.get(k, 0) for k in (*INSTANCE_KEYS, *extra)}
     funnel = data.funnel.json()
     skips = funnel.pop("skips")
     names = _defined_variants(rules, rid)

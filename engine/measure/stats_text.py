@@ -6,7 +6,7 @@ from typing import Any
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(h), *(len(r[n]) for r in rows)) for n, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[n]) for r in rows)]) for n, h in enumerate(header)]
     # Names left, numbers right.
     left = {n for n, h in enumerate(header) if h in ("STEP", "CHANNEL", "VARIANT", "SKIPS")}
 
@@ -98,7 +98,7 @@ def format_text(stats: dict[str, Any]) -> str:
     for r in stats["rules"]:
         inst, funnel = r["instances"], r["funnel"]
         if not inst["started"] and not r["steps"] and not funnel["converted"]:
-            quiet.append(r["rule"] if r["state"] == "loaded" else f"{r['rule']} ({r['state']})")
+            quiet.append(r["rule"] if r["state"] == "active" else f"{r['rule']} ({r['state']})")
             continue
         title = r["rule"] if r["name"] == r["rule"] else f"{r['rule']}: {r['name']}"
         out += ["", f"{title}  [{r['state']}]"]

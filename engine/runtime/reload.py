@@ -125,6 +125,7 @@ class RuleManager:
                     "channels": sorted(rule.channels),
                     "templates": sorted(rule.templates),
                     # "stale": a newer file version is broken, this one keeps running
+                    # (the states: engine.measure.stats.RULE_STATES)
                     "state": "stale" if errors else "active",
                     "errors": errors,
                 }
@@ -135,7 +136,7 @@ class RuleManager:
                     {
                         "id": rid,
                         "path": problems[0].path,
-                        "state": "error",
+                        "state": "invalid",
                         "errors": [str(p) for p in problems],
                     }
                 )

@@ -87,12 +87,18 @@ class SqliteStore:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        # FULL: an acknowledged event survives power loss, not only a process crash.
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db)
-        await store._migrate()
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # FULL: an acknowledged event survives power loss, not only a process crash.
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db)
+            await store._migrate()
+        except BaseException:
+            # Not a database, or no room: close the connection's thread, or it keeps the
+            # process alive after the failed start.
+            await db.close()
+            raise
         return store
 
     async def _migrate(self) -> None:

@@ -14,9 +14,10 @@ import pytest
 
 from engine.api.dashboard import COOKIE
 from engine.clock import VirtualClock
+from engine.core.preview import sample_trigger
 from engine.daemon import Daemon
 
-from .conftest import ADMIN, START, Client, make_config
+from .conftest import ADMIN, ROOT, START, Client, make_config
 
 HOSTILE_RULE = "<script>alert('rule')</script>"
 HOSTILE_USER = "<script>alert('user')</script>"
@@ -331,3 +332,20 @@ async def test_deleted_renamed_and_changed_rules_keep_sensible_pages(
     text = text_of(html)
     assert status == 200 and "Not enough data yet" in text
     assert re.search(r"<td rowspan=\"2\">C</td>", html)  # the new variant has its A/B rows
+
+
+SHIPPED_TEMPLATES = sorted(p.stem for p in (ROOT / "rules" / "templates").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_TEMPLATES)
+async def test_every_shipped_template_previews_on_every_channel(dash: Client, name: str) -> None:
+    # The sample trigger fits the rule that sends the template (points, a price drop, a
+    # licence, a broadcast...), not always a cart.
+    template = dash.daemon.rules.current.templates[name]
+    status, html, _ = await page(dash, f"/ui/templates/{name}")
+    assert status == 200
+    assert "template_error" not in html
+    shown = re.findall(r'<section class="card preview" id="channel-(\w+)">', html)
+    assert sorted(shown) == sorted(template.blocks)
+    origin = sample_trigger(dash.daemon.rules.current, name).origin  # e.g. points.accrued
+    assert f"the trigger is {origin};" in text_of(html)

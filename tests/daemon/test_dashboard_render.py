@@ -46,19 +46,21 @@ def metric(rate: float, base: float, p: float | None, ci: list[float]) -> dict[s
     }
 
 
-def rule_row(rule: str, name: str, state: str = "loaded", **extra: Any) -> dict[str, Any]:
+def rule_row(rule: str, name: str, state: str = "active", **extra: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "rule": rule,
         "name": name,
         "state": state,
         "instances": {
             "started": 0,
-            "running": 0,
-            "goal": 0,
-            "exit": 0,
+            "active": 0,
+            "converted": 0,
+            "exited": 0,
             "completed": 0,
             "expired": 0,
-            "other": 0,
+            "restarted": 0,
+            "stopped": 0,
+            "error": 0,
         },
         "funnel": {k: v for k, v in counts().items() if k != "skips"},
         "skips": {},
@@ -78,12 +80,14 @@ def contract_stats() -> dict[str, Any]:
         "Cart reminder, then a promo",
         instances={
             "started": 40,
-            "running": 5,
-            "goal": 12,
-            "exit": 3,
+            "active": 5,
+            "converted": 12,
+            "exited": 3,
             "completed": 18,
             "expired": 2,
-            "other": 0,
+            "restarted": 0,
+            "stopped": 0,
+            "error": 0,
         },
         funnel={
             "sends": 70,
@@ -127,7 +131,7 @@ def contract_stats() -> dict[str, Any]:
         "old_promo",
         "old_promo",
         state="deleted",
-        instances={**rule_row("x", "x")["instances"], "started": 3, "other": 3},
+        instances={**rule_row("x", "x")["instances"], "started": 3, "stopped": 3},
         funnel={**rule_row("x", "x")["funnel"], "sends": 3},
     )
     return {
@@ -161,7 +165,7 @@ DESCRIBED: dict[str, Any] = {
         {
             "id": "broken_rule",
             "path": "rules/broken_rule.yaml",
-            "state": "error",
+            "state": "invalid",
             "errors": ["rules/broken_rule.yaml:3:7: 'delya' is an invalid option"],
         },
     ],
@@ -231,7 +235,7 @@ def test_overview_lists_loaded_broken_and_deleted_rules_with_their_numbers() -> 
         "B beats A on conversion: +3.5 points (+69%), p = 0.003."
     )
     assert row_of(html, "broken_rule").startswith(
-        "broken_rule error rules/broken_rule.yaml:3:7: 'delya' is an invalid option"
+        "broken_rule invalid rules/broken_rule.yaml:3:7: 'delya' is an invalid option"
     )
     assert row_of(html, "old_promo") == "old_promo deleted 3 3 0 0 0 0 0 0.00"
     # One funnel chart per rule with data, none for the broken rule without any.
@@ -301,7 +305,7 @@ def test_rule_page_shows_ab_table_verdict_steps_and_skip_reasons() -> None:
     assert "no_address 4 quiet_hours 2" in text  # skip reasons, most frequent first
     assert "3 whatsapp B 5 4 0 0 0 0 0.00 no_address: 4" in text
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="chart lift"' in html
-    assert "goal 12" in text and "expired 2" in text
+    assert "converted 12" in text and "expired 2" in text
 
 
 def test_rule_page_of_a_deleted_rule_without_ab() -> None:
