@@ -49,6 +49,7 @@ def build_channels(config: Config, session: aiohttp.ClientSession) -> dict[str, 
             rate_per_s=cfg.rate_per_s,
             concurrency=cfg.concurrency,
             max_retries=cfg.max_retries,
+            retry_for_s=cfg.retry_for_s,
         )
         try:
             out[name] = factory(cfg.provider)(name, keys, limits, session)
@@ -228,10 +229,9 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.runner.cleanup()  # stop taking requests first
-        # Let in-flight sends finish so their outcomes are recorded, then stop the loops.
-        sends = [t for t in asyncio.all_tasks() if t.get_name().startswith("send-")]
-        if sends:
-            await asyncio.wait(sends, timeout=10)
+        # Start no send; let calls out answer (bounded) so their answers are recorded and
+        # nothing they sent goes out again after the restart; then stop the loops.
+        await self.dispatcher.drain(self.config.server.drain_timeout_s)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.processor.drain(), timeout=10)
         await self.tasks.cancel()
