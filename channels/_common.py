@@ -16,7 +16,9 @@ from yarl import URL
 from .base import Limits, OutboundMessage, Outcome
 
 # Keys every channel takes; the engine reads them, the adapter only tolerates them.
-COMMON_KEYS = frozenset({"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries"})
+COMMON_KEYS = frozenset(
+    {"provider", "timeout_s", "rate_per_s", "concurrency", "max_retries", "retry_for"}
+)
 # How an unknown key's suggestion is written; {} is the suggested key.
 DID_YOU_MEAN = " (did you mean '{}'?)"
 # The older form, kept where tests and users already rely on it.

@@ -74,6 +74,7 @@ class Limits:
     rate_per_s: float | None = None
     concurrency: int = 10
     max_retries: int = 5
+    retry_for_s: float = 24 * 3600.0  # the dispatcher's; the adapter does not read it
 
 
 @dataclass(slots=True)

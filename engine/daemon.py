@@ -78,6 +78,7 @@ def _build_channel(name: str, cfg: ChannelConfig, session: aiohttp.ClientSession
         rate_per_s=cfg.rate_per_s,
         concurrency=cfg.concurrency,
         max_retries=cfg.max_retries,
+        retry_for_s=cfg.retry_for_s,
     )
     return factory(cfg.provider)(name, dict(cfg.model_extra or {}), limits, session)
 
@@ -354,10 +355,10 @@ class Daemon:
     async def stop(self) -> None:
         log.info("daemon.stopping")
         await self.runner.cleanup()  # stop taking requests first
-        # Let in-flight sends finish so their outcomes are recorded, then stop the loops.
-        sends = [t for t in asyncio.all_tasks() if t.get_name().startswith("send-")]
-        if sends:
-            await asyncio.wait(sends, timeout=10)
+        # Start no send; let calls out answer (bounded) so their answers are recorded and
+        # nothing they sent goes out again after the restart; then stop the loops (answers
+        # not applied yet are applied at the next start).
+        await self.dispatcher.drain(self.config.server.drain_timeout_s)
         await self.processor.stop()
         await self.tasks.cancel()
         await self.session.close()

@@ -53,6 +53,16 @@ def test_a_section_holds_only_what_it_changes() -> None:
     assert config.channels["sms"].provider == "twilio"
     assert config.channels["email"].provider == "sandbox"  # the other channels stay
     assert config.channels["sms"].max_retries == 5  # common keys keep their defaults
+    assert config.channels["sms"].retry_for_s == 24 * 3600
+    assert config.server.drain_timeout_s == 10.0
+
+
+def test_retry_for_and_the_drain_timeout() -> None:
+    config = parse_config(
+        "server: {drain_timeout_s: 2.5}\nchannels: {email: {retry_for: 1d12h}}\n", env={}
+    )
+    assert config.server.drain_timeout_s == 2.5
+    assert config.channels["email"].retry_for_s == 36 * 3600
 
 
 def test_env_substitution() -> None:
@@ -210,6 +220,17 @@ def test_consent_default() -> None:
             [
                 "config.yaml:1:8: mqtt.qos: Input should be 0, 1 or 2",
                 "config.yaml:2:11: logging.format: Input should be 'auto', 'json' or 'console'",
+            ],
+        ),
+        (
+            "channels:\n  sms: {retry_for: forever}\n  email: {retry_for: 0s}\n"
+            "server: {drain_timeout_s: -1}\n",
+            [
+                "config.yaml:2:9: channels.sms.retry_for: invalid duration 'forever': "
+                "expected a number with a unit (s m h d w), e.g. 15m, 1h, 1d12h",
+                "config.yaml:3:11: channels.email.retry_for: must be a positive duration",
+                "config.yaml:4:10: server.drain_timeout_s: "
+                "Input should be greater than or equal to 0",
             ],
         ),
         ("- server\n", ["config.yaml:1:1: config must be a mapping of sections"]),

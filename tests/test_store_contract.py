@@ -208,6 +208,32 @@ async def test_claims_outcomes_retries_and_answers(store: Store) -> None:
     assert [m.id for m in await store.claim_queued(T0 + 100, 1)] == ["m2"]
 
 
+async def test_claims_narrowed_by_channel_and_age_and_released(store: Store) -> None:
+    """The dispatcher's claims while a channel is paused: the others' messages, one probe
+    of the paused channel, its expired messages; a stop puts unsent claims back."""
+    await save(
+        store,
+        messages={
+            "e1": msg("e1", "u1", iid="i1", created_at=T0),
+            "e2": msg("e2", "u2", iid="i2", created_at=T0 + 5, next_attempt_at=T0 + 8),
+            "s1": msg("s1", "u1", iid="i1", channel="sms", created_at=T0 + 1),
+            "w1": msg("w1", "u3", iid="i3", channel="webhook", created_at=T0 + 2),
+        },
+    )
+    others = await store.claim_queued(T0 + 10, 10, skip=["email", "webhook"])
+    assert [m.id for m in others] == ["s1"]
+    assert [m.id for m in await store.claim_queued(T0 + 10, 1, only="email")] == ["e1"]
+    expired = await store.claim_queued(T0 + 10, 10, only="email", queued_before=T0 + 4)
+    assert expired == []  # e1 is claimed already, e2 is younger
+    await store.release(["e1", "s1", "w1"])  # w1 was never claimed: left as it is
+    again = await store.claim_queued(T0 + 10, 10, only="email", queued_before=T0 + 5)
+    assert [(m.id, m.status, m.attempts) for m in again] == [
+        ("e1", "sending", 0),
+        ("e2", "sending", 0),
+    ]
+    assert [m.id for m in await store.claim_queued(T0 + 10, 10)] == ["s1", "w1"]
+
+
 # -- inbox and event ids --------------------------------------------------------------------
 
 
@@ -562,6 +588,24 @@ async def test_a_dead_stores_claims_are_free_at_once(pg_url: str) -> None:
         assert await b.answered() == [("m2", "u1", '{"kind": "accepted"}')]
         assert await b.requeue_in_flight() == 1  # m1 was in flight at a
         assert [m.id for m in await b.claim_queued(T0, 10)] == ["m1"]
+    finally:
+        await b.close()
+
+
+async def test_a_dead_stores_sends_follow_the_channel_filters(pg_url: str) -> None:
+    """An orphan (in flight at a replica that died) of a paused channel waits like the
+    channel's queued messages; an expiry claim never takes one (its call may have gone)."""
+    a, b = await two_stores(pg_url)
+    try:
+        await a.save(Changes(messages={"m1": msg("m1", "u1")}))
+        assert len(await a.claim_queued(T0, 10)) == 1
+    finally:
+        await a.close()
+    try:
+        await session_gone(b, a.owner)
+        assert await b.claim_queued(T0, 10, skip=["email"]) == []
+        assert await b.claim_queued(T0, 10, only="email", queued_before=T0) == []
+        assert [m.id for m in await b.claim_queued(T0, 10, only="email")] == ["m1"]
     finally:
         await b.close()
 

@@ -68,6 +68,12 @@ class Cascade:
             inst.variant = variant
         marketing = rule.marketing
         last: tuple[str | None, str | None, str | None] = (None, op.template, None)
+        # Going on after a channel's final failure: its reason (retries_exhausted...) is the
+        # last one tried, not a missing address, if no other channel is left.
+        before = cascade[start - 1].channel if 0 < start <= len(cascade) else None
+        for m in st.messages:
+            if (m.instance_id, m.step, m.channel, m.status) == (inst.id, op.path, before, "failed"):
+                last = (m.channel, m.template, m.reason)
         for idx in range(start, len(cascade)):
             entry = cascade[idx]
             channel = entry.channel

@@ -31,6 +31,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = 8 * 1024 * 1024
     max_batch_events: int = 10_000
     max_event_bytes: int = 64 * 1024
+    # On SIGTERM, how long provider calls in flight may take to answer before the process
+    # exits anyway (an unanswered call may then be repeated after the restart).
+    drain_timeout_s: float = Field(default=10.0, ge=0)
 
 
 class AuthConfig(_Section):
@@ -187,6 +190,20 @@ class ChannelConfig(BaseModel):
     rate_per_s: float | None = None
     concurrency: int = 10
     max_retries: int = 5
+    # How long a message waits on a provider that fails (an outage pauses the channel and
+    # keeps the queue) before it gives up as retries_exhausted and the cascade moves on.
+    retry_for: str = "24h"
+
+    @field_validator("retry_for")
+    @classmethod
+    def _retry_for(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+    @property
+    def retry_for_s(self) -> float:
+        return parse_duration(self.retry_for)
 
 
 def _default_channels() -> dict[str, ChannelConfig]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,8 +128,23 @@ class Store(Protocol):
 
     async def inbox_size(self) -> int: ...
 
-    async def claim_queued(self, now: float, limit: int) -> list[Message]:
-        """Queued messages due for an attempt, marked as in flight."""
+    async def claim_queued(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip: Collection[str] = (),
+        only: str | None = None,
+        queued_before: float | None = None,
+    ) -> list[Message]:
+        """Queued messages due for an attempt, marked as in flight. Those of the channels in
+        `skip` stay queued (their provider is down); `only` claims one channel's messages
+        (a probe); `queued_before` only those created at or before it (expired ones)."""
+        ...
+
+    async def release(self, message_ids: list[str]) -> None:
+        """Messages claimed but never handed to their provider go back to the queue as they
+        were (a stop)."""
         ...
 
     async def requeue_in_flight(self) -> int:

@@ -21,6 +21,7 @@ import json
 import math
 import random
 import weakref
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -643,27 +644,46 @@ class PostgresStore(PostgresStats):
 
     # -- sends -----------------------------------------------------------------------------
 
-    async def claim_queued(self, now: float, limit: int) -> list[Message]:
+    async def claim_queued(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip: Collection[str] = (),
+        only: str | None = None,
+        queued_before: float | None = None,
+    ) -> list[Message]:
         """Queued messages due now, and those in flight at a store that is gone, marked as
-        in flight here."""
+        in flight here (the same channel filters apply to both; an expiry claim takes no
+        orphans: their call may have gone out)."""
         me = await self._me()
+        # $1-$3 in both queries: the channels to skip, the one channel, the latest creation.
+        channels = (
+            "AND channel <> ALL($1::text[]) AND ($2::text IS NULL OR channel = $2) "
+            "AND ($3::float8 IS NULL OR created_at <= $3) "
+        )
+        narrowing = (list(skip), only, queued_before)
         async with self.pool.acquire() as conn, conn.transaction():
-            orphans = await conn.fetch(
-                "WITH q AS (SELECT id FROM messages WHERE status = 'sending' "
-                f"AND claimed_by <> $1 AND claimed_by NOT IN ({_LIVE}) "
-                "ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                "UPDATE messages m SET claimed_by = $1 FROM q WHERE m.id = q.id "
-                f"RETURNING {', '.join(f'm.{c}' for c in MESSAGE_COLUMNS)}",
-                me,
-                limit,
-            )
+            orphans: list[asyncpg.Record] = []
+            if queued_before is None:
+                orphans = await conn.fetch(
+                    "WITH q AS (SELECT id FROM messages WHERE status = 'sending' "
+                    f"AND claimed_by <> $4 AND claimed_by NOT IN ({_LIVE}) "
+                    f"{channels}ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) "
+                    "UPDATE messages m SET claimed_by = $4 FROM q WHERE m.id = q.id "
+                    f"RETURNING {', '.join(f'm.{c}' for c in MESSAGE_COLUMNS)}",
+                    *narrowing,
+                    me,
+                    limit,
+                )
             rows = await conn.fetch(
                 "WITH q AS (SELECT id FROM messages WHERE status = 'queued' "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= $1) "
-                "ORDER BY next_attempt_at NULLS FIRST, created_at LIMIT $2 "
+                f"AND (next_attempt_at IS NULL OR next_attempt_at <= $4) {channels}"
+                "ORDER BY next_attempt_at NULLS FIRST, created_at LIMIT $5 "
                 "FOR UPDATE SKIP LOCKED) "
-                "UPDATE messages m SET status = 'sending', claimed_by = $3 FROM q "
+                "UPDATE messages m SET status = 'sending', claimed_by = $6 FROM q "
                 f"WHERE m.id = q.id RETURNING {', '.join(f'm.{c}' for c in MESSAGE_COLUMNS)}",
+                *narrowing,
                 now,
                 limit - len(orphans),
                 me,
@@ -673,6 +693,13 @@ class PostgresStore(PostgresStats):
             key=lambda m: (m.next_attempt_at is not None, m.next_attempt_at or 0.0, m.created_at)
         )
         return claimed
+
+    async def release(self, message_ids: list[str]) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET status = 'queued', claimed_by = NULL "
+            "WHERE id = ANY($1::text[]) AND status = 'sending'",
+            message_ids,
+        )
 
     async def requeue_in_flight(self) -> int:
         """Messages in flight here or at a store that is gone go back to the queue (those

@@ -7,7 +7,7 @@ import functools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -464,15 +464,24 @@ class SqliteStore:
         return int((await self._rows("SELECT count(*) FROM inbox"))[0][0])
 
     @_serialized
-    async def claim_queued(self, now: float, limit: int) -> list[Message]:
+    async def claim_queued(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip: Collection[str] = (),
+        only: str | None = None,
+        queued_before: float | None = None,
+    ) -> list[Message]:
         db = self.db
+        where, params = _queue_filter(skip, only, queued_before)
         await db.execute("BEGIN IMMEDIATE")
         try:
             rows = await self._rows(
                 f"{_MESSAGE_SQL} WHERE status = 'queued' AND "
-                "(next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                f"(next_attempt_at IS NULL OR next_attempt_at <= ?){where} "
                 "ORDER BY next_attempt_at, created_at LIMIT ?",
-                (now, limit),
+                (now, *params, limit),
             )
             await db.executemany(
                 "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
@@ -485,6 +494,13 @@ class SqliteStore:
         for message in claimed:
             message.status = "sending"
         return claimed
+
+    @_serialized
+    async def release(self, message_ids: list[str]) -> None:
+        await self.db.executemany(
+            "UPDATE messages SET status = 'queued' WHERE id = ? AND status = 'sending'",
+            [(mid,) for mid in message_ids],
+        )
 
     @_serialized
     async def requeue_in_flight(self) -> int:
@@ -730,6 +746,23 @@ class SqliteStore:
 
 def _rule_filter(q: StatsQuery, column: str) -> tuple[str, list[Any]]:
     return (f" AND {column} = ?", [q.rule]) if q.rule is not None else ("", [])
+
+
+def _queue_filter(
+    skip: Collection[str], only: str | None, queued_before: float | None
+) -> tuple[str, list[Any]]:
+    """The dispatcher's narrowing of a claim, as " AND ..." SQL and its parameters."""
+    where, params = "", list[Any]()
+    if skip:
+        where += f" AND channel NOT IN ({', '.join('?' * len(skip))})"
+        params.extend(skip)
+    if only is not None:
+        where += " AND channel = ?"
+        params.append(only)
+    if queued_before is not None:
+        where += " AND created_at <= ?"
+        params.append(queued_before)
+    return where, params
 
 
 def _filters(**values: Any) -> tuple[list[str], list[Any]]:

@@ -18,6 +18,7 @@ class FakeServer:
 
     _server: TestServer | None = None
     _closing: asyncio.Event | None = None
+    _port: int | None = None
 
     def add_routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -36,6 +37,20 @@ class FakeServer:
         if self._server is not None:
             await self._server.close()
 
+    async def down(self) -> None:
+        """Stop listening: connections to the port are refused until `up()`."""
+        assert self._server is not None, "the fake serves inside `async with` only"
+        self._port = self._server.port
+        await self.__aexit__()
+
+    async def up(self) -> None:
+        """Listen again on the same port (a provider back from an outage)."""
+        app = web.Application()
+        self.add_routes(app)
+        self._closing = asyncio.Event()
+        self._server = TestServer(app, host="127.0.0.1", port=self._port)
+        await self._server.start_server()
+
     def url_for(self, path: str = "") -> str:
         assert self._server is not None, "the fake serves inside `async with` only"
         return str(self._server.make_url(path))
@@ -43,6 +58,18 @@ class FakeServer:
     @property
     def base_url(self) -> str:
         return self.url_for().rstrip("/")
+
+    async def hold_until(self, gate: asyncio.Event) -> None:
+        """Wait until the test opens `gate`, or until the server closes."""
+        if self._closing is None:
+            return
+        closing = asyncio.ensure_future(self._closing.wait())
+        opened = asyncio.ensure_future(gate.wait())
+        try:
+            await asyncio.wait({closing, opened}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            opened.cancel()
 
     async def hold(self, delay_s: float) -> None:
         """Wait this long before answering, or until the server closes: a client timeout."""
