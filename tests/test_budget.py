@@ -1,5 +1,8 @@
 """Render limits (engine/lang/budget.py): whatever a template says, it loads and renders in
-well under a second, or fails with an ExpressionError that names the limit."""
+well under a second, or fails with an ExpressionError that names the limit.
+
+Times are CPU times (time.process_time): what the limits bound, whatever else the machine
+runs meanwhile."""
 
 from __future__ import annotations
 
@@ -97,14 +100,14 @@ def test_a_template_over_a_limit_fails_fast_naming_the_limit(
     if message != TIME:  # the limit the case is about, not time (on a loaded machine) trips
         monkeypatch.setattr(budget, "MAX_RENDER_S", 30.0)
     context = {"user": {"big": list(range(50_000))}}
-    start = time.perf_counter()
+    start = time.process_time()
     template = TextTemplate(source)  # nothing huge is folded at load
-    loaded = time.perf_counter() - start
+    loaded = time.process_time() - start
     with pytest.raises(ExpressionError) as info:
         template.render(context)
     assert str(info.value) == message
     assert loaded < 0.1
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 @pytest.mark.parametrize(
@@ -212,11 +215,11 @@ def test_a_template_over_budget_is_a_template_error_in_the_chain(tmp_path: Path)
     ruleset = load_ruleset([rules])
     assert ruleset.problems == []
     t0 = "2026-11-23T09:00:00Z"
-    start = time.perf_counter()
+    start = time.process_time()
     records = run_simulation(
         ruleset, [profile("u1", t0, phone="+15550001111"), ev("order.created", "u1", t0)]
     )
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
     assert [(r[3], r[5], r[6]) for r in brief(records)] == [
         ("0", "skipped", "template_error"),
         ("1", "sent", None),

@@ -191,9 +191,9 @@ def test_validate_answers_a_yaml_bomb_at_once(
     rules.mkdir()
     (rules / "bomb.yaml").write_text(BOMB, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    start = time.perf_counter()
+    start = time.process_time()
     code, out, err = cli("validate", "rules")
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert (code, out, err) == (1, BOMB_PROBLEM + "\n", "0 rules, 0 templates, 1 problems\n")
 
 

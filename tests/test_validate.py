@@ -802,9 +802,9 @@ BOMB_PROBLEM = (
 
 
 def test_a_yaml_bomb_is_refused_before_it_expands(load: Loader) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     ruleset = load({"bomb.yaml": BOMB, "r.yaml": GOOD})
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert [str(p) for p in ruleset.problems] == [BOMB_PROBLEM]
     assert set(ruleset.rules) == {"r"}
 

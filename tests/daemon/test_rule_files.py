@@ -84,9 +84,9 @@ async def test_a_bomb_written_over_a_rule_is_refused_and_the_previous_version_ru
 ) -> None:
     path = tmp_path / "rules" / "r.yaml"
     path.write_text(RULE.replace("TEMPLATE", "old") + BOMB)
-    start = time.perf_counter()
+    start = time.process_time()
     _, body = await small.admin("POST", "/v1/rules/reload")
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     rule = {r["id"]: r for r in body["rules"]}["r"]
     assert rule["state"] == "stale"
     assert rule["errors"] == [f"{path}:8:5: {ANCHOR_ERROR}"]
