@@ -6,12 +6,14 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import QUIET_CONFIG, ROOT, RULES, ev, profile
+from test_validate import BOMB, BOMB_PROBLEM
 
 from engine.cli import main
 from engine.lang.rules import RULE_KEYS
@@ -181,6 +183,19 @@ def test_validate_a_broken_directory(
     ]
     assert all(PROBLEM_LINE.match(line) for line in lines)
     assert err == "1 rules, 1 templates, 5 problems\n"
+
+
+def test_validate_answers_a_yaml_bomb_at_once(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bomb.yaml").write_text(BOMB, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    start = time.process_time()
+    code, out, err = cli("validate", "rules")
+    assert time.process_time() - start < 1.0
+    assert (code, out, err) == (1, BOMB_PROBLEM + "\n", "0 rules, 0 templates, 1 problems\n")
 
 
 # -- simulate ------------------------------------------------------------------------------

@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ev, profile, run_simulation
 from jinja2 import UndefinedError
 
 from engine.errors import ExpressionError
 from engine.lang.expressions import Expression, TextTemplate, fuse_tests
+from engine.lang.ruleset import load_ruleset
 
 Outcome = tuple[str, Any]
 
@@ -203,6 +206,20 @@ EXPRESSIONS = [
     "now.year > 2000",
     "now is none",
     "now.replace",
+    # render limits (engine/lang/budget.py): the same refusal on both paths
+    "event.data.query * 100000",
+    "event.data.tags * 100000",
+    "(event.data.query * 20000) ~ (event.data.query * 20000)",
+    "[event.data.query * 20000, event.data.query * 20000]",
+    "{'a': event.data.query * 20000, 'b': event.data.query * 20000}",
+    "'%*d' % (event.data.items_count * 1000000, 1)",
+    "'%s-%s' % (event.data.query, event.data.items_count)",
+    "event.data.query | center(1000000)",
+    "'%*d' | format(event.data.items_count * 1000000, 1)",
+    "event.data.items_count ** 100000",
+    "event.data.query.ljust(1000000)",
+    "'{:>1000000}'.format(event.data.total)",
+    "'{:>8}'.format(event.data.total)",
 ]
 
 # Outside the compiled subset on purpose: these stay on the Jinja path.
@@ -210,6 +227,11 @@ FALLBACK = {
     "event.data.tags | first",  # pass_environment
     "event.data.tags | last",  # pass_environment
     "event.data.tags | join(',')",  # pass_eval_context
+    "event.data.expires_at | days_until(now)",  # pass_context: it reads the context's `now`
+    "event.data.items_count ** 100000",  # `**`
+    "event.data.query.ljust(1000000)",  # calls
+    "'{:>1000000}'.format(event.data.total)",
+    "'{:>8}'.format(event.data.total)",
 }
 
 
@@ -540,3 +562,60 @@ def test_fused_undefined_value_has_the_tests_message() -> None:
     got = fused_outcomes(exprs, CONTEXTS["full"])
     assert got == [("error", "undefined value in 'event.data.nested.deep.nothing'")]
     assert got == one_by_one(exprs, CONTEXTS["full"])
+
+
+# -- the clock: `now` of the context, never the wall clock -----------------------------------
+
+
+def test_days_until_counts_from_the_contexts_now() -> None:
+    for fast in (True, False):
+        expr = Expression("event.data.expires_at | days_until", fast=fast)
+        for now, days in (
+            (datetime(2026, 11, 23, 10, tzinfo=UTC), 37),
+            (datetime(2027, 1, 2, tzinfo=UTC), -2),
+        ):
+            ctx = {"event": {"data": {"expires_at": "2026-12-31T00:00:00Z"}}, "now": now}
+            assert expr.evaluate(ctx) == days
+        with pytest.raises(ExpressionError, match="days_until needs 'now'"):
+            expr.evaluate({"event": {"data": {"expires_at": "2026-12-31T00:00:00Z"}}})
+    # an explicit start still wins
+    ctx = {
+        "event": {"data": {"expires_at": "2026-12-31T00:00:00Z", "from": "2026-12-01"}},
+        "now": None,
+    }
+    assert Expression("event.data.expires_at | days_until(event.data.from)").evaluate(ctx) == 30
+
+
+class _FarAwayDatetime(datetime):
+    """datetime whose now() is 2031: what the wall clock would say on another day."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime(2031, 6, 1, tzinfo=tz)
+
+
+def test_a_simulation_with_days_until_is_the_same_on_any_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("early", "late"):
+        (rules / f"{name}.yaml").write_text(f"template: {name}\nsms: {{text: {name}}}\n")
+    (rules / "r.yaml").write_text(
+        "rule: r\ncategory: transactional\ntrigger: {event: license.expiring}\nsteps:\n"
+        "  - if: trigger.data.expires_at | days_until > 5\n"
+        "    then: [{send: {template: early, cascade: [sms]}}]\n"
+        "    else: [{send: {template: late, cascade: [sms]}}]\n"
+    )
+    ruleset = load_ruleset([rules])
+    assert ruleset.problems == []
+    t0 = "2026-11-23T09:00:00Z"
+    events = [
+        profile("u1", t0, phone="+15550001111"),
+        ev("license.expiring", "u1", t0, {"expires_at": "2026-12-31T00:00:00Z"}),
+    ]
+    today = run_simulation(ruleset, events)
+    for module in ("engine.lang.expressions", "engine.lang.sandbox"):
+        monkeypatch.setattr(f"{module}.datetime", _FarAwayDatetime, raising=False)
+    assert run_simulation(ruleset, events) == today
+    assert [(r["template"], r["status"]) for r in today] == [("early", "sent")]

@@ -20,7 +20,7 @@ from engine.measure.stats import MAX_TIME, ci95, compute_stats, parse_bound, z_t
 from engine.measure.stats_text import format_text
 from engine.simulate import Simulation
 
-TEMPLATE = "template: t\nemail: {subject: Hi, text: Hello}\n"
+TEMPLATE = "template: t\nemail: {subject: Hi, text: Hello}\nsms: {text: Hello}\n"
 RULES = {
     "cart.yaml": """
 rule: cart

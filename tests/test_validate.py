@@ -7,6 +7,7 @@ the problems line by line.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,11 @@ import pytest
 from _pytest.mark.structures import ParameterSet
 from conftest import RULES
 
+from engine.errors import LoadError
+from engine.lang.config import parse_config
 from engine.lang.expressions import Expression
 from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.lang.yamlfile import MAX_FILE_BYTES
 
 HELLO = """\
 template: hello
@@ -57,10 +61,15 @@ def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loader:
 
 
 def case(
-    case_id: str, files: str | dict[str, str], *expected: str, bug: str | None = None
+    case_id: str,
+    files: str | dict[str, str],
+    *expected: str,
+    bug: str | None = None,
+    files_extra: dict[str, str] | None = None,
 ) -> ParameterSet:
     """A rule text (written as rules/r.yaml) or several files, and the problems expected."""
     named = {"r.yaml": files} if isinstance(files, str) else files
+    named = {**named, **(files_extra or {})}
     marks = [pytest.mark.xfail(strict=True, reason=f"BUG: {bug}")] if bug else []
     return pytest.param(named, list(expected), id=case_id, marks=marks)
 
@@ -101,6 +110,27 @@ CASES = [
         "two-documents",
         GOOD + "---\nrule: q\n",
         "rules/r.yaml:5:1: invalid YAML: but found another document",
+    ),
+    # -- YAML that kaskad files do without (parsing stays linear in the text) ------------
+    case(
+        "yaml-anchor",
+        "rule: r\nx: &a [1]\ny: *a\n",
+        "rules/r.yaml:2:4: YAML anchors (&a) are not allowed: write the value out where it is used",
+    ),
+    case(
+        "yaml-alias",
+        "rule: r\ny: *a\n",
+        "rules/r.yaml:2:4: YAML aliases (*a) are not allowed: write the value out",
+    ),
+    case(
+        "yaml-merge-key",
+        GOOD + "description: {<<: {a: 1}}\n",
+        "rules/r.yaml:5:15: YAML merge keys (<<) are not allowed: write the keys out",
+    ),
+    case(
+        "yaml-too-deep",
+        "rule: r\nx: " + "[" * 70 + "]" * 70 + "\n",
+        "rules/r.yaml:2:67: nested deeper than 64 levels",
     ),
     # -- keys ----------------------------------------------------------------------------
     case(
@@ -284,15 +314,67 @@ CASES = [
     case(
         "template-lacks-every-channel",
         HEAD + "  - send: {template: hello, cascade: [telegram, webpush]}\n",
-        "rules/r.yaml:4:22: step 0: template 'hello' has no block for any channel of the "
-        "cascade (telegram, webpush)",
+        "rules/r.yaml:4:39: step 0: template 'hello' has no 'telegram' block (it has email, sms)",
+        "rules/r.yaml:4:49: step 0: template 'hello' has no 'webpush' block (it has email, sms)",
     ),
     case(
-        "variant-cascade-lacks-every-channel",
+        "template-lacks-one-channel-of-the-cascade",
+        HEAD + "  - wait: 1h\n  - if: user.rfm == 'loyal'\n    then:\n"
+        "      - send: {template: hello, cascade: [email, telegram, sms]}\n",
+        "rules/r.yaml:7:50: step 1.then.0: template 'hello' has no 'telegram' block "
+        "(it has email, sms)",
+    ),
+    case(
+        "entry-template-lacks-its-channel",
+        HEAD + "  - send:\n      template: hello\n      cascade:\n        - email\n"
+        "        - {channel: sms, template: mail}\n",
+        "rules/r.yaml:8:11: step 0: template 'mail' has no 'sms' block (it has email)",
+        files_extra={"templates/mail.yaml": "template: mail\nemail: {subject: Hi, text: Hi}\n"},
+    ),
+    case(
+        "variant-cascade-lacks-a-channel",
         HEAD + "  - send:\n      template: hello\n      cascade: [email]\n      variants:\n"
         "        - {name: A, weight: 1}\n        - {name: B, weight: 1, cascade: [telegram]}\n",
-        "rules/r.yaml:5:17: step 0: template 'hello' has no block for any channel of the "
-        "cascade (telegram)",
+        "rules/r.yaml:9:42: step 0: template 'hello' has no 'telegram' block (it has email, sms)",
+    ),
+    case(
+        # the variant's template replaces the step's on email only; sms keeps the step's,
+        # reported once, not once per variant
+        "variants-keep-the-steps-template-where-theirs-lacks-the-channel",
+        HEAD + "  - send:\n      template: push\n      cascade: [email, sms]\n      variants:\n"
+        "        - {name: A, weight: 1, template: mail}\n        - {name: B, weight: 1}\n",
+        "rules/r.yaml:6:17: step 0: template 'push' has no 'email' block (it has mobile_push)",
+        "rules/r.yaml:6:24: step 0: template 'push' has no 'sms' block (it has mobile_push)",
+        files_extra={
+            "templates/mail.yaml": "template: mail\nemail: {subject: Hi, text: Hi}\n",
+            "templates/push.yaml": "template: push\nmobile_push: {body: Hi}\n",
+        },
+    ),
+    case(
+        "variant-template-alone-lacks-a-channel",
+        HEAD + "  - send:\n      cascade: [email, sms]\n      variants:\n"
+        "        - {name: A, weight: 1, template: mail}\n"
+        "        - {name: B, weight: 1, template: hello}\n",
+        "rules/r.yaml:5:24: step 0: variant 'A': template 'mail' has no 'sms' block, and the "
+        "step names no other template for it",
+        files_extra={"templates/mail.yaml": "template: mail\nemail: {subject: Hi, text: Hi}\n"},
+    ),
+    case(
+        "unknown-templates-beside-other-errors",
+        HEAD + "  - wiat: 1h\n  - send: {template: helo, cascade: [email]}\n"
+        "  - send:\n      cascade: [{channel: emial, template: nope}]\n",
+        "rules/r.yaml:4:5: unknown key 'wiat' in step (did you mean 'wait'?)",
+        "rules/r.yaml:5:22: unknown template 'helo' (did you mean 'hello'?)",
+        f"rules/r.yaml:7:17: channel must be one of {CHANNEL_CHOICES}, "
+        "got 'emial' (did you mean 'email'?)",
+        "rules/r.yaml:7:44: unknown template 'nope'",
+    ),
+    case(
+        "template-that-did-not-load",
+        HEAD + "  - send: {template: bad, cascade: [sms]}\n",
+        "rules/r.yaml:4:22: template 'bad' did not load: rules/templates/bad.yaml has errors",
+        "rules/templates/bad.yaml:2:13: sms.text: invalid template: unexpected '}'",
+        files_extra={"templates/bad.yaml": "template: bad\nsms: {text: '{{ x }'}\n"},
     ),
     case(
         "await-and-within",
@@ -377,6 +459,50 @@ CASES = [
         "rules/r.yaml:2:6: key: invalid template: unexpected end of template, "
         "expected 'end of print statement'.",
         f"rules/r.yaml:3:11: 'audience': unknown name 'usr' (did you mean 'user'?); {NAMES}",
+    ),
+    case(
+        "number-field-ordered-against-a-string",
+        expr_rule("\"event.data.total > '100'\""),
+        "rules/r.yaml:4:7: 'if': event.data.total > '100' orders a number against a string, "
+        "which fails whenever it runs (did you mean 100?)",
+    ),
+    case(
+        "number-field-equal-to-a-string",
+        expr_rule("\"event.data['price'] == '9.99' or trigger.data.amount != 'x'\""),
+        "rules/r.yaml:4:7: 'if': event.data.price == '9.99' compares a number with a string: "
+        "always false (did you mean 9.99?)",
+        "rules/r.yaml:4:7: 'if': trigger.data.amount != 'x' compares a number with a string: "
+        "always true",
+    ),
+    case(
+        "string-field-ordered-against-a-number",
+        GOOD + "audience: user.rfm >= 3 and 0 < user.points_balance\n",
+        "rules/r.yaml:5:11: 'audience': user.rfm >= 3 orders a string against a number, "
+        "which fails whenever it runs",
+    ),
+    case(
+        "literals-and-chains",
+        expr_rule("\"1 < event.data.total <= 'a' or -2 > 'b'\""),
+        "rules/r.yaml:4:7: 'if': -2 > 'b' orders a number against a string, "
+        "which fails whenever it runs",
+        "rules/r.yaml:4:7: 'if': event.data.total <= 'a' orders a number against a string, "
+        "which fails whenever it runs",
+    ),
+    case(
+        "comparisons-that-may-work-are-left-alone",
+        expr_rule(
+            "\"event.data.qty > '3' or user.rfm == 3 or event.data.total == user.email "
+            "or event.type in ['a'] or user.orders_count > 3\""
+        ),
+    ),
+    case(
+        "type-clash-in-a-template",
+        {
+            "templates/bad.yaml": "template: bad\n"
+            "sms: {text: \"{% if user.orders_count > '5' %}vip{% endif %}\"}\n"
+        },
+        "rules/templates/bad.yaml:2:13: sms.text: user.orders_count > '5' orders a number "
+        "against a string, which fails whenever it runs (did you mean 5?)",
     ),
     case(
         "exit-on-if-unknown-name",
@@ -651,3 +777,95 @@ def test_expression_syntax_errors_speak_of_what_was_written(
     with pytest.raises(ValueError) as info:
         Expression(source)
     assert must_not_contain not in str(info.value)
+
+
+# -- limits of the loader ------------------------------------------------------------------
+
+BOMB = """\
+rule: bomb
+trigger: {event: cart.updated}
+steps: [{send: {template: hello, cascade: [email]}}]
+description:
+  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+  - &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+  - &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  - &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  - &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+  - &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+  - &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+  - &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+  - &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+BOMB_PROBLEM = (
+    "rules/bomb.yaml:5:5: YAML anchors (&a) are not allowed: write the value out where it is used"
+)
+
+
+def test_a_yaml_bomb_is_refused_before_it_expands(load: Loader) -> None:
+    start = time.process_time()
+    ruleset = load({"bomb.yaml": BOMB, "r.yaml": GOOD})
+    assert time.process_time() - start < 1.0
+    assert [str(p) for p in ruleset.problems] == [BOMB_PROBLEM]
+    assert set(ruleset.rules) == {"r"}
+
+
+def test_a_file_over_the_size_limit_is_not_read(load: Loader) -> None:
+    big = "# padding\n" * (MAX_FILE_BYTES // 10) + GOOD
+    ruleset = load({"big.yaml": big, "r.yaml": GOOD})
+    size = len(big.encode())
+    assert [str(p) for p in ruleset.problems] == [
+        f"rules/big.yaml:1:1: file is {size} bytes, over the 1024 KiB limit"
+    ]
+
+
+def test_config_yaml_refuses_aliases_too() -> None:
+    with pytest.raises(LoadError) as info:
+        parse_config("server: &s {port: 1}\nmetrics: *s\n", "config.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "config.yaml:1:9: YAML anchors (&s) are not allowed: write the value out where it is used"
+    ]
+
+
+# -- template files stay inside the rules directory ----------------------------------------
+
+
+def html_template(html: str) -> dict[str, str]:
+    return {"templates/t.yaml": f"template: t\nemail:\n  subject: Hi\n  html: {html}\n"}
+
+
+@pytest.mark.parametrize(
+    "html", ["../../secret.html", "../../rules/../secret.html", "SECRET", "link.html"]
+)
+def test_a_template_file_outside_the_rules_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, html: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    secret = tmp_path / "secret.html"
+    secret.write_text("<p>{{ 'the secret' }}</p>\n")
+    html = str(secret) if html == "SECRET" else html
+    rules = write_rules(tmp_path, html_template(html))
+    (rules / "templates" / "link.html").symlink_to(secret)
+    ruleset = load_ruleset([rules])
+    assert [str(p) for p in ruleset.problems] == [
+        f"rules/templates/t.yaml:4:9: email.html: file '{html}' is outside the rules directory"
+    ]
+    assert "t" not in ruleset.templates
+
+
+def test_a_template_file_anywhere_inside_the_rules_directory_is_fine(load: Loader) -> None:
+    ruleset = load({**html_template("../shared/t.html"), "shared/t.html": "<p>Hi</p>\n"})
+    assert ruleset.problems == []
+    assert ruleset.templates["t"].render("email", {})["html"] == "<p>Hi</p>\n"
+
+
+def test_a_single_file_given_confines_its_templates_to_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "secret.html").write_text("<p>secret</p>\n")
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / "t.yaml").write_text(
+        "template: t\nemail:\n  subject: Hi\n  html: ../secret.html\n", encoding="utf-8"
+    )
+    problems = load_ruleset([folder / "t.yaml"]).problems
+    assert [p.message for p in problems] == [
+        "email.html: file '../secret.html' is outside the rules directory"
+    ]

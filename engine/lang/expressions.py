@@ -8,59 +8,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.optimizer import optimize
 from jinja2.runtime import new_context, str_join
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.clock import parse_time
 from engine.errors import ExpressionError, did_you_mean
+from engine.lang import budget
+from engine.lang.budget import RenderLimitError
+from engine.lang.sandbox import ENV, HTML_ENV
 
 EXPRESSION_NAMES = frozenset({"event", "trigger", "user", "now"})
 TEMPLATE_NAMES = EXPRESSION_NAMES | {"message", "track", "unsubscribe_url", "variant", "rule"}
-
-
-def _as_datetime(value: Any) -> datetime:
-    """`"2026-11-30T00:00:00Z" | as_datetime` for date arithmetic in expressions."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    return datetime.fromtimestamp(parse_time(str(value)), UTC)
-
-
-def _days_until(value: Any, now: datetime | None = None) -> int:
-    """Whole days from now until a date (negative when past)."""
-    target = _as_datetime(value)
-    start = now or datetime.now(UTC)
-    return (target - start).days
-
-
-class _Environment(ImmutableSandboxedEnvironment):
-    """Looks keys up before attributes, so `event.data.items` is the field, not dict.items."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, dict):
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-
-def _make_env(autoescape: bool) -> _Environment:
-    env = _Environment(undefined=jinja2.StrictUndefined, autoescape=autoescape)
-    env.filters["as_datetime"] = _as_datetime
-    env.filters["days_until"] = _days_until
-    return env
-
-
-ENV = _make_env(autoescape=False)
-HTML_ENV = _make_env(autoescape=True)
 
 
 def _check_names(ast: nodes.Template, allowed: Iterable[str]) -> None:
@@ -95,7 +56,9 @@ def _error_text(exc: jinja2.TemplateError) -> str:
 #   behaviour under `default`, `is defined`, `is none`, comparisons...);
 # * `a[b]` is ENV.getitem (slices are native, as in Jinja's generated code);
 # * operators, comparisons (chained), and/or/not and inline if are the Python operators
-#   Jinja writes; `~` is jinja2.runtime.str_join;
+#   Jinja writes, except those the sandbox intercepts (`+ * %`), which are budget.binop as
+#   in Jinja's call_binop; `~` is jinja2.runtime.str_join; a built string, list, tuple or
+#   dict goes through budget.checked, as the sandbox's code generator has it;
 # * filters and tests are the functions of ENV.filters / ENV.tests, called with the same
 #   arguments; those that want the environment, the eval context or the context are not
 #   compiled.
@@ -167,6 +130,8 @@ _HELPERS: dict[str, Any] = {
     "_getitem": ENV.getitem,
     "_resolve": _resolve_name,
     "_str_join": str_join,
+    "_binop": budget.binop,
+    "_checked": budget.checked,
     "_Failed": _Failed,
 }
 
@@ -250,8 +215,10 @@ class _Compiler:
                 return f"({obj})[{start}:{stop}:{step}]"
             return f"_getitem({obj}, {self.expr(arg)})"
         if isinstance(node, nodes.BinExpr) and type(node) in _BINOPS:
-            left, right = self.expr(node.left), self.expr(node.right)
-            return f"({left} {_BINOPS[type(node)]} {right})"
+            left, right, op = self.expr(node.left), self.expr(node.right), _BINOPS[type(node)]
+            if op in budget.INTERCEPTED_BINOPS:
+                return f"_binop({self.bind(op)}, {left}, {right})"
+            return f"({left} {op} {right})"
         if isinstance(node, nodes.UnaryExpr) and type(node) in _UNOPS:
             return f"({_UNOPS[type(node)]}{self.expr(node.node)})"
         if isinstance(node, nodes.Compare):
@@ -262,19 +229,21 @@ class _Compiler:
                 out.append(f" {_COMPARE_OPS[operand.op]} {self.expr(operand.expr)}")
             return "(" + "".join(out) + ")"
         if isinstance(node, nodes.Concat):
-            return "_str_join((" + "".join(self.expr(n) + ", " for n in node.nodes) + "))"
+            joined = "_str_join((" + "".join(self.expr(n) + ", " for n in node.nodes) + "))"
+            return f"_checked({joined})"
         if isinstance(node, nodes.CondExpr) and node.expr2 is not None:
             then, test = self.expr(node.expr1), self.expr(node.test)
             return f"({then} if {test} else {self.expr(node.expr2)})"
         if isinstance(node, nodes.Filter | nodes.Test):
             return self.call(node)
+        # (constant ones were folded into Const before: literals, not checked in Jinja either)
         if isinstance(node, nodes.Tuple) and node.ctx == "load":
-            return "(" + "".join(self.expr(n) + ", " for n in node.items) + ")"
+            return "_checked((" + "".join(self.expr(n) + ", " for n in node.items) + "))"
         if isinstance(node, nodes.List):
-            return "[" + ", ".join(self.expr(n) for n in node.items) + "]"
+            return "_checked([" + ", ".join(self.expr(n) for n in node.items) + "])"
         if isinstance(node, nodes.Dict):
             pairs = (f"{self.expr(p.key)}: {self.expr(p.value)}" for p in node.items)
-            return "{" + ", ".join(pairs) + "}"
+            return "_checked({" + ", ".join(pairs) + "})"
         raise _Unsupported(type(node).__name__)
 
     def resolve_names(self) -> list[str]:
@@ -416,8 +385,11 @@ class Expression:
         if compiled is None:
             jinja_fn = self._jinja
 
-            def compiled(context: Mapping[str, Any]) -> Any:
+            def evaluate(context: Mapping[str, Any]) -> Any:
                 return jinja_fn(**context)
+
+            def compiled(context: Mapping[str, Any]) -> Any:
+                return budget.run(evaluate, context)
 
         self._fn: Callable[[Mapping[str, Any]], Any] = compiled
 
@@ -441,6 +413,8 @@ class Expression:
         return bool(value)
 
     def _error(self, exc: Exception) -> ExpressionError:
+        if isinstance(exc, RenderLimitError):
+            return ExpressionError(f"{exc} in '{self.source}'")
         if isinstance(exc, jinja2.UndefinedError):
             return ExpressionError(f"{_error_text(exc)} in '{self.source}'")
         # a bad comparison or a sandbox refusal: the rule's fault
@@ -569,8 +543,8 @@ def fuse_tests(exprs: list[Expression | None]) -> FusedTests:
         """The error Expression.test raises for what the block of `index` raised."""
         expr = exprs[index]
         assert expr is not None
-        if isinstance(exc, ExpressionError):
-            return exc
+        if isinstance(exc, ExpressionError) and not isinstance(exc, RenderLimitError):
+            return exc  # from a slow one's Expression.test (a fast one raises no other)
         if isinstance(exc, _UndefinedValue):
             return ExpressionError(f"undefined value in '{expr.source}'")
         return expr._error(exc)
@@ -648,9 +622,12 @@ class TextTemplate:
         if self.constant is not None:
             return self.constant
         try:
-            return self._render(context)
+            rendered: str = budget.run(self._render, context)
+            return rendered
         except jinja2.UndefinedError as exc:
             raise ExpressionError(_error_text(exc)) from None
+        except RenderLimitError:
+            raise
         except Exception as exc:
             raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
 

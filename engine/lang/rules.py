@@ -22,6 +22,7 @@ from engine.lang.program import (
     WaitForOp,
     WaitOp,
 )
+from engine.lang.typecheck import expression_clashes
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, YList
 
@@ -92,6 +93,9 @@ class Rule:
     exits: tuple[EventMatch, ...] = ()
     templates: frozenset[str] = field(default_factory=frozenset)
     channels: frozenset[str] = field(default_factory=frozenset)
+    # where each cascade entry stands in the file, for the checks against the templates:
+    # "PATH:cascade:I" and "PATH:variant:NAME:cascade:I" (see _Compiler)
+    where: dict[str, Pos] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def marketing(self) -> bool:
@@ -163,6 +167,7 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
         exits=exits,
         templates=frozenset(compiler.templates),
         channels=frozenset(compiler.channels),
+        where=compiler.where,
     )
 
 
@@ -175,7 +180,11 @@ def _expression(node: YDict, key: str, check: Checker) -> Expression | None:
     if not isinstance(value, str | int | float) or str(value).strip() == "":
         check.error(node.where(key), f"'{key}' must be an expression, e.g. event.data.total > 0")
         return None
-    return check.compile(node.where(key), f"'{key}'", lambda: Expression(str(value)))
+    expr = check.compile(node.where(key), f"'{key}'", lambda: Expression(str(value)))
+    if expr is not None:
+        for message in expression_clashes(expr.source):
+            check.error(node.where(key), f"'{key}': {message}")
+    return expr
 
 
 def _event_type(node: YDict, check: Checker, what: str) -> str | None:
@@ -285,6 +294,7 @@ class _Compiler:
         self.program: list[Op] = []
         self.templates: set[str] = set()
         self.channels: set[str] = set()
+        self.where: dict[str, Pos] = {}
 
     def block(self, steps: YList, prefix: str) -> None:
         for i, step in enumerate(steps):
@@ -420,15 +430,16 @@ class _Compiler:
             spec.where("cascade"),
             template,
             need_template=not _variants_give_template(spec),
+            key=f"{path}:cascade",
         )
         variants: list[Variant] = []
         if "variants" in spec:
-            variants = self._variants(spec["variants"], spec.where("variants"), template)
+            variants = self._variants(spec["variants"], spec.where("variants"), template, path)
         if cascade is not None:
             self.program.append(SendOp(path, template, cascade, tuple(variants)))
 
     def _cascade(
-        self, value: Any, pos: Pos, template: str | None, *, need_template: bool
+        self, value: Any, pos: Pos, template: str | None, *, need_template: bool, key: str
     ) -> tuple[CascadeEntry, ...] | None:
         seq = self.check.sequence(value, pos, "cascade")
         if seq is None:
@@ -436,7 +447,7 @@ class _Compiler:
         if not seq:
             self.check.error(pos, "cascade needs at least one channel")
             return None
-        entries = []
+        entries: list[CascadeEntry] = []
         for i, item in enumerate(seq):
             where = seq.where(i)
             if isinstance(item, str):
@@ -462,6 +473,7 @@ class _Compiler:
             self.channels.add(entry.channel)
             if entry.template:
                 self.templates.add(entry.template)
+            self.where[f"{key}:{len(entries)}"] = where
             entries.append(entry)
         if template:
             self.templates.add(template)
@@ -489,7 +501,7 @@ class _Compiler:
             return None
         return CascadeEntry(channel, template, await_, within)
 
-    def _variants(self, value: Any, pos: Pos, template: str | None) -> list[Variant]:
+    def _variants(self, value: Any, pos: Pos, template: str | None, path: str) -> list[Variant]:
         seq = self.check.sequence(value, pos, "variants")
         if seq is None:
             return []
@@ -518,7 +530,11 @@ class _Compiler:
             vc = None
             if "cascade" in node:
                 vc = self._cascade(
-                    node["cascade"], node.where("cascade"), vt or template, need_template=True
+                    node["cascade"],
+                    node.where("cascade"),
+                    vt or template,
+                    need_template=True,
+                    key=f"{path}:variant:{name}:cascade",
                 )
             if name is not None:
                 out.append(Variant(name, float(weight), vt, vc))

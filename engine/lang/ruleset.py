@@ -6,7 +6,7 @@ Tolerant by design: a bad rule or template is reported and left out, the rest lo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,11 @@ from typing import Any
 from engine.errors import LoadError, Problem, did_you_mean
 from engine.lang.events import LIGHT_FIELDS
 from engine.lang.expressions import FailHook, fuse_tests
-from engine.lang.program import WaitForOp
+from engine.lang.program import CascadeEntry, SendOp, WaitForOp
 from engine.lang.rules import Rule, parse_rule
 from engine.lang.templates import Template, parse_template
 from engine.lang.validation import Checker
-from engine.lang.yamlfile import YDict, load_yaml
+from engine.lang.yamlfile import Pos, YDict, load_yaml, read_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -42,6 +42,9 @@ class RuleSet:
     problems: list[Problem] = field(default_factory=list)
     # rule id -> the files whose problems disabled it, for /v1/rules
     failed: dict[str, list[Problem]] = field(default_factory=dict)
+    # rule id -> problems of a rule that runs all the same (a deleted template that one of
+    # its versions still uses: see engine/runtime/reload.py)
+    notes: dict[str, list[Problem]] = field(default_factory=dict)
     by_event: dict[str, list[Rule]] = field(default_factory=dict)
     matchers: dict[str, Matcher] = field(default_factory=dict)
     fan_out: dict[str, list[Rule]] = field(default_factory=dict)
@@ -92,6 +95,15 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _sources(paths: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """(file, the rules directory it belongs to) for every rule or template file."""
+    return [
+        (file, path if path.is_dir() else path.parent)
+        for path in paths
+        for file in rule_files([path])
+    ]
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
@@ -100,20 +112,22 @@ def _display(path: Path) -> str:
 
 
 def load_ruleset(paths: Iterable[Path]) -> RuleSet:
-    """Every rule and template under the paths; problems are collected, never raised."""
+    """Every rule and template under the paths; problems are collected, never raised.
+
+    A template's files (email.html) must lie inside its rules directory (the path given, or
+    the folder of a file given).
+    """
     result = RuleSet()
     rule_docs: list[tuple[YDict, Checker, str]] = []
     template_origin: dict[str, Problem] = {}
-    for file in rule_files(paths):
+    broken: dict[str, str] = {}  # template name -> the file that has it, with errors
+    for file, root in _sources(paths):
         name = _display(file)
         try:
-            text = file.read_text(encoding="utf-8")
+            text = read_text(file, name)
             doc = load_yaml(text, name)
         except LoadError as exc:
             result.problems.extend(exc.problems)
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            result.problems.append(Problem(name, 1, 1, f"cannot read file: {exc}"))
             continue
         if doc is None:
             continue  # an empty file is not an error: a rule being written
@@ -127,9 +141,12 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
         if "rule" in doc:
             rule_docs.append((doc, check, text))
             continue
-        tpl = parse_template(doc, check, file.parent)
+        tpl = parse_template(doc, check, file.parent, root)
         result.problems.extend(check.problems)
-        if tpl is None or check.problems:
+        if tpl is None:
+            continue
+        if check.problems:
+            broken.setdefault(tpl.name, name)
             continue
         if tpl.name in result.templates:
             first = template_origin[tpl.name]
@@ -146,8 +163,7 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
         template_origin[tpl.name] = Problem(name, tpl.line, 1, "")
     for doc, check, text in rule_docs:
         rule = parse_rule(doc, check, text)
-        if rule is not None:
-            _check_references(rule, doc, result.templates, check)
+        _check_references(rule, doc, result.templates, broken, check)
         if check.problems:
             result.problems.extend(check.problems)
             rid = doc.get("rule")
@@ -174,40 +190,60 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
 
 
 def _check_references(
-    rule: Rule, doc: YDict, templates: dict[str, Template], check: Checker
+    rule: Rule | None,
+    doc: YDict,
+    templates: dict[str, Template],
+    broken: dict[str, str],
+    check: Checker,
 ) -> None:
-    """Every template a rule names exists, and each cascade can use at least one channel."""
-    steps_pos = doc.where("steps")
-    steps = doc.get("steps")
-    for name in sorted(rule.templates):
-        if name not in templates:
-            check.error(
-                _find_value(steps, name) or steps_pos,
-                f"unknown template '{name}'{did_you_mean(name, templates)}",
+    """Every template the rule names exists (reported even when the rest of the rule is
+    bad), and has a block for each channel it is used on."""
+    for name, pos in _template_refs(doc.get("steps")):
+        if name in templates:
+            continue
+        if name in broken:
+            check.error(pos, f"template '{name}' did not load: {broken[name]} has errors")
+        else:
+            check.error(pos, f"unknown template '{name}'{did_you_mean(name, templates)}")
+    if rule is not None:
+        for op in rule.sends():
+            _check_channels(rule, op, templates, check)
+
+
+def _check_channels(rule: Rule, op: SendOp, templates: dict[str, Template], check: Checker) -> None:
+    """Each cascade entry, under each variant, has a template with a block for its channel:
+    at run time one without would always be skipped (`not_in_template`)."""
+    options: list[tuple[str | None, str | None, tuple[CascadeEntry, ...], bool]] = [
+        (v.name, v.template, v.cascade or op.cascade, v.cascade is not None) for v in op.variants
+    ] or [(None, None, op.cascade, False)]
+    reported: set[Problem] = set()
+    for variant, variant_template, cascade, own in options:
+        key = f"{op.path}:variant:{variant}:cascade" if own else f"{op.path}:cascade"
+        for i, entry in enumerate(cascade):
+            pos = rule.where.get(f"{key}:{i}", (rule.line, 1))
+            name = _entry_template(
+                op.template, entry.template, entry.channel, variant_template, templates
             )
-    if check.problems:
-        return
-    for op in rule.sends():
-        options = [(None, op.cascade)] + [
-            (v.template, v.cascade or op.cascade) for v in op.variants
-        ]
-        for variant_template, cascade in options:
-            usable, names = [], []
-            for e in cascade:
-                name = _entry_template(
-                    op.template, e.template, e.channel, variant_template, templates
+            template = templates.get(name)
+            if template is not None:
+                if entry.channel in template.channels:
+                    continue
+                has = ", ".join(sorted(template.channels))
+                message = (
+                    f"step {op.path}: template '{name}' has no '{entry.channel}' block "
+                    f"(it has {has})"
                 )
-                names.append(name)
-                if name in templates and e.channel in templates[name].channels:
-                    usable.append(e)
-            if not usable:
-                channels = ", ".join(e.channel for e in cascade)
-                shown = ", ".join(sorted({f"'{n}'" for n in names}))
-                check.error(
-                    _find_value(steps, names[0]) or steps_pos,
-                    f"step {op.path}: template {shown} has no block for any "
-                    f"channel of the cascade ({channels})",
+            elif not name and variant_template in templates:
+                message = (
+                    f"step {op.path}: variant '{variant}': template '{variant_template}' has no "
+                    f"'{entry.channel}' block, and the step names no other template for it"
                 )
+            else:
+                continue  # an unknown template: reported as such
+            problem = Problem(check.path, pos[0], pos[1], message)
+            if problem not in reported:
+                reported.add(problem)
+                check.error(pos, message)
 
 
 def _entry_template(
@@ -223,18 +259,14 @@ def _entry_template(
     return entry or step or ""
 
 
-def _find_value(node: object, value: str) -> tuple[int, int] | None:
-    """The position of the first mapping value equal to `value`, searched depth-first."""
+def _template_refs(node: object) -> Iterator[tuple[str, Pos]]:
+    """(name, position) of every `template:` under the steps, valid or not around it."""
     if isinstance(node, YDict):
-        for key, child in node.items():
-            if child == value:
-                return node.where(key)
-            found = _find_value(child, value)
-            if found:
-                return found
+        value = node.get("template")
+        if isinstance(value, str) and value.strip():
+            yield value, node.where("template")
+        for child in node.values():
+            yield from _template_refs(child)
     elif isinstance(node, list):
         for child in node:
-            found = _find_value(child, value)
-            if found:
-                return found
-    return None
+            yield from _template_refs(child)

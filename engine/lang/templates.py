@@ -10,10 +10,12 @@ from typing import Any
 
 from channels.kinds import CHANNELS
 from channels.segments import segments
-from engine.errors import ExpressionError
+from engine.errors import ExpressionError, LoadError, Problem
+from engine.lang import budget
 from engine.lang.expressions import TextTemplate, compile_structure
+from engine.lang.typecheck import template_clashes
 from engine.lang.validation import Checker
-from engine.lang.yamlfile import YDict, YList
+from engine.lang.yamlfile import YDict, YList, read_text
 
 # Per channel: allowed keys, required keys. Limits cite the provider docs (PROVIDERS.md).
 CHANNEL_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -46,14 +48,23 @@ class Template:
         return frozenset(self.blocks)
 
     def render(self, channel: str, context: Mapping[str, Any]) -> dict[str, Any]:
-        """Every field of the channel's block, or ExpressionError: never half a message."""
+        """Every field of the channel's block, or ExpressionError: never half a message.
+
+        One render budget (engine/lang/budget.py) for the whole message: its time and loop
+        iterations are shared by the fields; the output limit holds for each field.
+        """
         block = self.blocks[channel]
-        out: dict[str, Any] = {}
-        for key, fn in block.items():
-            try:
-                out[key] = fn(context)
-            except ExpressionError as exc:
-                raise ExpressionError(f"{self.path}: {channel}.{key}: {exc}") from None
+
+        def fields(ctx: Mapping[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, fn in block.items():
+                try:
+                    out[key] = fn(ctx)
+                except ExpressionError as exc:
+                    raise ExpressionError(f"{self.path}: {channel}.{key}: {exc}") from None
+            return out
+
+        out: dict[str, Any] = budget.run(fields, context)
         _check_limits(channel, out, self.path)
         return out
 
@@ -80,7 +91,12 @@ def _check_limits(channel: str, payload: dict[str, Any], path: str) -> None:
             raise ExpressionError(f"{path}: {channel} payload is {size} bytes, over 4096")
 
 
-def parse_template(doc: YDict, check: Checker, base_dir: Path | None) -> Template | None:
+def parse_template(
+    doc: YDict, check: Checker, base_dir: Path | None, root: Path | None = None
+) -> Template | None:
+    """Validate and compile one template document; files it names are read from `base_dir`
+    and must lie inside `root` (the rules directory; default `base_dir`)."""
+    files = None if base_dir is None else _Files(base_dir, root or base_dir)
     allowed = {"template", "description", *CHANNEL_KEYS}
     check.keys(doc, allowed, what="template")
     name = check.string(doc.get("template"), doc.where("template"), "template")
@@ -99,7 +115,7 @@ def parse_template(doc: YDict, check: Checker, base_dir: Path | None) -> Templat
         for key, value in block.items():
             if key not in keys:
                 continue
-            fn = _compile_field(channel, key, value, block, check, base_dir)
+            fn = _compile_field(channel, key, value, block, check, files)
             if fn is not None:
                 compiled[key] = fn
         if channel == "email" and not ({"html", "text"} & block.keys()):
@@ -110,8 +126,14 @@ def parse_template(doc: YDict, check: Checker, base_dir: Path | None) -> Templat
     return tpl
 
 
+@dataclass(frozen=True)
+class _Files:
+    base_dir: Path  # where a template's file names are relative to
+    root: Path  # the rules directory, which no file may leave
+
+
 def _compile_field(
-    channel: str, key: str, value: Any, block: YDict, check: Checker, base_dir: Path | None
+    channel: str, key: str, value: Any, block: YDict, check: Checker, files: _Files | None
 ) -> Renderer | None:
     pos = block.where(key)
     what = f"{channel}.{key}"
@@ -142,8 +164,10 @@ def _compile_field(
         return None
     text = str(value)
     if channel == "email" and key == "html":
-        return _compile_html(text, pos, what, check, base_dir)
+        return _compile_html(text, pos, what, check, files)
     tpl = check.compile(pos, what, lambda: TextTemplate(text))
+    if tpl is not None:
+        _check_types(text, pos, what, check)
     if tpl is not None and tpl.constant is not None and channel == "sms":
         count, encoding = segments(tpl.constant)
         if count > SMS_MAX_SEGMENTS:
@@ -152,31 +176,43 @@ def _compile_field(
 
 
 def _compile_html(
-    text: str, pos: tuple[int, int], what: str, check: Checker, base_dir: Path | None
+    text: str, pos: tuple[int, int], what: str, check: Checker, files: _Files | None
 ) -> Renderer | None:
     looks_like_file = "\n" not in text and "{" not in text and text.endswith((".html", ".htm"))
-    if looks_like_file and base_dir is not None:
-        file = base_dir / text
+    if looks_like_file and files is not None:
+        file = files.base_dir / text
+        # Symlinks resolved: a template renders files of the rules directory, nothing else.
+        if not file.resolve().is_relative_to(files.root.resolve()):
+            check.error(pos, f"{what}: file '{text}' is outside the rules directory")
+            return None
         if not file.is_file():
             check.error(pos, f"{what}: file '{text}' not found beside the template")
             return None
         # The HTML file is named the way its template's YAML file is.
         shown = str(Path(check.path).parent / text)
         try:
-            source = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            check.problems.append(_problem(shown, 1, f"cannot read file: {exc}"))
+            source = read_text(file, shown)
+        except LoadError as exc:
+            check.problems.extend(exc.problems)
             return None
         try:
             tpl = TextTemplate(source, html=True)
         except ValueError as exc:
             # Point at the HTML file itself, at the line Jinja reports.
             line = _template_line(str(exc))
-            check.problems.append(_problem(shown, line, f"{exc}"))
+            check.problems.append(Problem(shown, line, 1, f"{exc}"))
             return None
         return tpl.render
     html = check.compile(pos, what, lambda: TextTemplate(text, html=True))
-    return None if html is None else html.render
+    if html is None:
+        return None
+    _check_types(text, pos, what, check)
+    return html.render
+
+
+def _check_types(text: str, pos: tuple[int, int], what: str, check: Checker) -> None:
+    for message in template_clashes(text):
+        check.error(pos, f"{what}: {message}")
 
 
 def _template_line(message: str) -> int:
@@ -186,12 +222,6 @@ def _template_line(message: str) -> int:
         if digits.isdigit():
             return int(digits)
     return 1
-
-
-def _problem(path: str, line: int, message: str) -> Any:
-    from engine.errors import Problem
-
-    return Problem(path, line, 1, message)
 
 
 def template_names(items: YList | None) -> list[str]:

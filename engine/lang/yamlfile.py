@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from engine.errors import LoadError, Problem
 
 Pos = tuple[int, int]
+
+# Rule, template and config files are small and flat. The limits keep a hostile or broken
+# file from holding the loader (and a hot reload) for ever.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
 
 
 class YDict(dict[str, Any]):
@@ -53,8 +60,48 @@ def _pos(node: Node) -> Pos:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+class _Refused(ComposerError):
+    """A construct kaskad files do not allow; reported as it is, not as invalid YAML."""
+
+
+def _refused(message: str, where: Any) -> _Refused:
+    return _Refused(None, None, message, where.start_mark)
+
+
 class _Loader(yaml.SafeLoader):
     source_path = "<string>"
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        # Refused here, as the parser's events arrive, before any node exists: a few hundred
+        # bytes of nested aliases (the "billion laughs") stand for billions of values, and
+        # whatever walks them (a description printed, a webhook body compiled) never ends.
+        # Rule files need none of it.
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, AliasEvent):
+            raise _refused(
+                f"YAML aliases (*{event.anchor}) are not allowed: write the value out", event
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise _refused(
+                f"YAML anchors (&{event.anchor}) are not allowed: write the value out where it "
+                "is used",
+                event,
+            )
+        if self.depth >= MAX_DEPTH:
+            raise _refused(f"nested deeper than {MAX_DEPTH} levels", event)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, MappingNode):
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _refused(
+                        "YAML merge keys (<<) are not allowed: write the keys out", key_node
+                    )
+        return node
 
     def construct_yaml_map(self, node: MappingNode) -> Any:
         data = YDict()
@@ -110,12 +157,27 @@ _Loader.yaml_implicit_resolvers = {
 _resolver_without_sexagesimal()
 
 
+def _too_big(path: str, size: int) -> LoadError:
+    limit = f"{MAX_FILE_BYTES // 1024} KiB"
+    return LoadError([Problem(path, 1, 1, f"file is {size} bytes, over the {limit} limit")])
+
+
 def load_yaml(text: str, path: str = "<string>") -> Any:
-    """Parse YAML text into YDict/YList; raises LoadError with the position of a syntax error."""
+    """Parse YAML text into YDict/YList; raises LoadError with the position of a syntax error.
+
+    Anchors, aliases and merge keys are refused, and so is nesting deeper than MAX_DEPTH and
+    text over MAX_FILE_BYTES: parsing ends in time proportional to the text.
+    """
+    if len(text) > MAX_FILE_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise _too_big(path, len(text.encode("utf-8", "surrogatepass")))
     loader = _Loader(text)
     loader.source_path = path
     try:
         return loader.get_single_data()
+    except _Refused as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise LoadError([Problem(path, line, col, str(exc.problem))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -127,10 +189,24 @@ def load_yaml(text: str, path: str = "<string>") -> Any:
         loader.dispose()
 
 
-def load_yaml_file(path: Path, display: str | None = None) -> Any:
+def read_text(path: Path, display: str | None = None) -> str:
+    """A UTF-8 file of at most MAX_FILE_BYTES; LoadError (at 1:1) when unreadable or bigger.
+
+    Reads no more than the limit, so a huge file costs no memory.
+    """
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                handle.seek(0, 2)
+                raise _too_big(name, handle.tell())
+        # as Path.read_text does (universal newlines): rule versions hash this text
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise LoadError([Problem(name, 1, 1, f"cannot read file: {exc}")]) from None
-    return load_yaml(text, name)
+
+
+def load_yaml_file(path: Path, display: str | None = None) -> Any:
+    name = display or str(path)
+    return load_yaml(read_text(path, name), name)

@@ -3,6 +3,13 @@
 A rule or template whose new file is invalid keeps its previous version running; the error
 is reported (log, /v1/rules, metric). Running instances keep the version they started on,
 also across restarts: every version's source is kept in the store.
+
+A template whose file is deleted while a rule version still names it (a running instance
+of an older version, or a rule kept at its previous version) stays loaded at its last
+version, so those instances still render; each such use is reported (log `rules.
+template_deleted_in_use`, the rule's errors in /v1/rules). Templates are not kept in the
+store: after a restart a deleted template is gone, and its sends are skipped as
+`not_in_template`.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class RuleManager:
     async def load(self) -> RuleSet:
         new = await asyncio.to_thread(load_ruleset, [self.path])
         merged = self._merge(new)
+        await self._keep_deleted_templates(merged)
         for problem in merged.problems:
             log.error("rules.invalid", problem=str(problem))
         for rule in merged.rules.values():
@@ -70,12 +78,50 @@ class RuleManager:
         )
         return merged
 
+    async def _keep_deleted_templates(self, merged: RuleSet) -> None:
+        """Templates gone from the files stay for the rule versions that still name them."""
+        gone = {n: t for n, t in self.current.templates.items() if n not in merged.templates}
+        if not gone:
+            return
+        active = set(await self.store.active_versions())
+        users: dict[str, list[Rule]] = {}
+        for rule in [*merged.rules.values(), *await self._versions(merged, active)]:
+            for name in sorted(rule.templates & gone.keys()):
+                users.setdefault(name, []).append(rule)
+        for name, rules in users.items():
+            template = gone[name]
+            merged.templates[name] = template
+            running = [r for r in rules if (r.id, r.version) in active]
+            log.warning(
+                "rules.template_deleted_in_use",
+                template=name,
+                path=template.path,
+                used_by=[f"{r.id}@{r.version}" for r in rules],
+                running=[f"{r.id}@{r.version}" for r in running],
+            )
+            for rule in running:
+                problem = Problem(
+                    template.path,
+                    template.line,
+                    1,
+                    f"template '{name}' was deleted, but running instances of rule "
+                    f"'{rule.id}' (version {rule.version}) still use it: its last loaded "
+                    "version is kept for them until the daemon restarts",
+                )
+                merged.notes.setdefault(rule.id, []).append(problem)
+                merged.problems.append(problem)
+        merged.problems.sort()
+
     async def old_versions(self) -> list[Rule]:
         """Rules at the versions active instances started on, when no longer current."""
-        current = {(r.id, r.version) for r in self.current.rules.values()}
+        return await self._versions(self.current, set(await self.store.active_versions()))
+
+    async def _versions(self, current: RuleSet, active: set[tuple[str, str]]) -> list[Rule]:
+        """The rules at `active` versions that are not in `current`, read from the store."""
+        loaded = {(r.id, r.version) for r in current.rules.values()}
         out = []
-        for rule_id, version in await self.store.active_versions():
-            if (rule_id, version) in current:
+        for rule_id, version in sorted(active):
+            if (rule_id, version) in loaded:
                 continue
             found = await self.store.rule_source(version)
             if found is None:
@@ -109,6 +155,7 @@ class RuleManager:
         for rule in sorted(rs.rules.values(), key=lambda r: r.id):
             trigger = rule.trigger
             errors = [str(p) for p in by_file.get(rule.path, [])]
+            notes = [str(p) for p in rs.notes.get(rule.id, [])]
             rules.append(
                 {
                     "id": rule.id,
@@ -127,7 +174,7 @@ class RuleManager:
                     # "stale": a newer file version is broken, this one keeps running
                     # (the states: engine.measure.stats.RULE_STATES)
                     "state": "stale" if errors else "active",
-                    "errors": errors,
+                    "errors": errors + notes,
                 }
             )
         for rid, problems in sorted(rs.failed.items()):
