@@ -90,3 +90,10 @@ def test_a_boolean_is_not_a_duration() -> None:
 def test_a_non_text_value_is_a_value_error(value: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         parse_duration(value)  # type: ignore[arg-type]
+
+
+def test_a_duration_past_any_float_names_itself() -> None:
+    with pytest.raises(
+        OverflowError, match=r"^duration '9{20}\.\.\.' is too long to count in seconds$"
+    ):
+        parse_duration("9" * 400 + "d")

@@ -339,3 +339,72 @@ def test_batch_applies_the_64_kib_limit_by_default() -> None:
 
 def test_an_empty_batch() -> None:
     assert parse_batch([], received_at=RECEIVED) == ([], [])
+
+
+# -- text a store can keep, and nesting (issue 9) -------------------------------------------
+
+
+def deep_error(obj: Any) -> tuple[str, str]:
+    with pytest.raises(EventError) as info:
+        parse_event(obj, received_at=RECEIVED, deep=True)
+    return info.value.field, info.value.message
+
+
+def nested(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+SURROGATE = "holds a lone surrogate (\\ud800), which is not text"
+NUL = "holds a NUL character (\\u0000)"
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "message"),
+    [
+        (
+            user_event(items=[{"product_id": "p1", "name": "a\ud800"}]),
+            "data.items[0].name",
+            SURROGATE,
+        ),
+        (user_event(items=[{"product_id": "p1", "name": "a\x00b"}]), "data.items[0].name", NUL),
+        (
+            user_event(tags=["ok", "\udfff"]),
+            "data.tags[1]",
+            "holds a lone surrogate (\\udfff), which is not text",
+        ),
+        (user_event(attrs={"k\ud800": 1}), "data.attrs", f"has a key that {SURROGATE}"),
+        (user_event(attrs={"k\x00": 1}), "data.attrs", f"has a key that {NUL}"),
+        ({**user_event(), "x\ud800": 1}, "(event)", f"has a key that {SURROGATE}"),
+        ({**user_event(), "time": "2026\ud800"}, "time", SURROGATE),
+        ({**user_event(), "type": "a\x00"}, "type", NUL),
+        (user_event(deep=nested(63)), "data.deep" + "[0]" * 62, "nests deeper than 64 levels"),
+    ],
+)
+def test_the_deep_check_names_the_string_a_store_cannot_keep(
+    obj: dict[str, Any], field: str, message: str
+) -> None:
+    assert deep_error(obj) == (field, message)
+
+
+def test_64_levels_are_allowed() -> None:
+    # the event (1), data (2), then 62 lists: 64 levels
+    assert parse_event(user_event(deep=nested(62)), received_at=RECEIVED, deep=True)
+
+
+def test_ids_are_checked_without_the_deep_check() -> None:
+    assert error_of({**user_event(), "user_id": "u\x00"}) == ("user_id", NUL)
+    assert error_of({**user_event(), "user_id": "u\ud800"}) == ("user_id", SURROGATE)
+    assert error_of({**user_event(), "id": "e\x00"}) == ("id", NUL)
+    too_long = "must be a non-empty string of at most 200 characters"
+    assert error_of({**user_event(), "user_id": "u" * 201}) == ("user_id", too_long)
+    assert error_of({**user_event(), "user_id": 10**201}) == ("user_id", too_long)
+    assert parse_event({**user_event(), "user_id": "u" * 200}, received_at=RECEIVED)
+
+
+def test_a_batch_checks_deep_by_default() -> None:
+    bad = user_event(items=[{"product_id": "p1", "name": "\ud800"}])
+    _, problems = parse_batch([user_event(), bad], received_at=RECEIVED)
+    assert problems == [BatchProblem(1, "data.items[0].name", SURROGATE)]

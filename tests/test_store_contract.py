@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from engine.core.changes import Changes, Order, Touch
@@ -254,6 +255,25 @@ async def test_enqueue_dedups_then_batches_in_order(store: Store) -> None:
     assert await store.inbox_size() == 2
     assert await store.forget_events_before(T0 + 1) == 2
     assert await store.remember_event_ids(["e1", "e9"], T0 + 20) == {"e9"}
+
+
+async def test_enqueue_remembers_a_batch_key_with_its_events(store: Store) -> None:
+    body = [json.dumps({"type": "cart.updated", "user_id": f"u{i}"}) for i in range(3)]
+    rows = [(None, body[0]), ("e1", body[1])]
+    assert await store.enqueue(rows, T0, batch_key="sig:aa") == (2, 0)
+    # The same batch again (a replayed signature): all duplicates, ids or not; none stored.
+    assert await store.enqueue(rows, T0 + 1, batch_key="sig:aa") == (0, 2)
+    assert await store.inbox_size() == 2
+    # Another key: the events' ids are deduplicated as ever.
+    assert await store.enqueue(rows, T0 + 2, batch_key="sig:bb") == (1, 1)
+    # A batch that could not be stored leaves its key unknown: resending it is no replay.
+    with pytest.raises((UnicodeEncodeError, asyncpg.DataError)):  # sqlite3's, asyncpg's
+        await store.enqueue([(None, body[2]), (None, '"\ud800"')], T0, batch_key="sig:cc")
+    assert await store.enqueue([(None, body[2])], T0, batch_key="sig:cc") == (1, 0)
+    assert await store.inbox_size() == 4
+    # The retention job forgets keys with the ids: sig:aa, e1 and sig:cc are gone.
+    assert await store.forget_events_before(T0 + 1) == 3
+    assert await store.enqueue(rows, T0 + 3, batch_key="sig:aa") == (2, 0)
 
 
 # -- rules, erase, counts -------------------------------------------------------------------
@@ -530,6 +550,19 @@ async def test_an_event_sent_to_two_replicas_at_once_is_accepted_once(pg_url: st
         assert sum(accepted for accepted, _ in answers) == 300
         assert sum(duplicates for _, duplicates in answers) == 5 * 300
         assert await a.inbox_size() == 300
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_batch_key_sent_to_two_replicas_at_once_is_accepted_once(pg_url: str) -> None:
+    a, b = await two_stores(pg_url)
+    try:
+        events = [(None, json.dumps({"type": "x", "user_id": f"u{n}"})) for n in range(50)]
+        answers = await asyncio.gather(
+            *(store.enqueue(events, T0, batch_key="sig:ab") for _ in range(3) for store in (a, b))
+        )
+        assert sorted(answers) == [(0, 50)] * 5 + [(50, 0)]
+        assert await a.inbox_size() == 50
     finally:
         await asyncio.gather(a.close(), b.close())
 

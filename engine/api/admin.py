@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api.auth import admin_denied, metrics_denied
-from engine.api.errors import Handler, error
+from engine.api.errors import Handler, InvalidParameter, error
+from engine.api.params import path_id, query_id, query_int, read_json
 from engine.api.state import STATE
 from engine.clock import iso
 from engine.core.changes import Order
 from engine.core.model import Instance, Message, profile_context
 from engine.errors import EventError
 from engine.lang.config import Attribution
-from engine.lang.events import parse_event
+from engine.lang.events import parse_event, text_problem
 from engine.store.base import Store
 
 ADMIN_PREFIXES = (
@@ -55,7 +57,7 @@ def _profile_json(profile: dict[str, Any]) -> dict[str, Any]:
 
 async def get_profile(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    uid = request.match_info["user_id"]
+    uid = path_id(request)
     users = await state.store.load_users([uid], messages_since=0, starts_since=0)
     st = users[uid]
     if st.profile_dirty:  # no row: never seen
@@ -65,14 +67,16 @@ async def get_profile(request: web.Request) -> web.Response:
 
 async def put_profile(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    uid = request.match_info["user_id"]
+    uid = path_id(request)
     try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        return error(400, "malformed", f"invalid JSON: {exc}")
+        data = read_json(await request.read())
+    except ValueError as exc:
+        return error(400, "malformed", str(exc))
     try:
         event = parse_event(
-            {"type": "profile.updated", "user_id": uid, "data": data}, received_at=state.clock.now()
+            {"type": "profile.updated", "user_id": uid, "data": data},
+            received_at=state.clock.now(),
+            deep=True,
         )
     except EventError as exc:
         return error(
@@ -84,8 +88,9 @@ async def put_profile(request: web.Request) -> web.Response:
 
 async def delete_profile(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await state.processor.erase(request.match_info["user_id"])
-    return web.json_response({"erased": request.match_info["user_id"]})
+    uid = path_id(request)
+    await state.processor.erase(uid)
+    return web.json_response({"erased": uid})
 
 
 def _message_json(m: Message) -> dict[str, Any]:
@@ -132,9 +137,7 @@ async def get_timeline(request: web.Request) -> web.Response:
     """Everything kaskad did for one user, newest first: "why wasn't it sent?"."""
     state = request.app[STATE]
     return web.json_response(
-        await timeline(
-            state.store, request.match_info["user_id"], state.config.policies.attribution
-        )
+        await timeline(state.store, path_id(request), state.config.policies.attribution)
     )
 
 
@@ -218,35 +221,39 @@ def _cursor_encode(m: Message) -> str:
 
 
 def _cursor_decode(text: str) -> tuple[float, str]:
+    """(created_at, message id) of a cursor _cursor_encode made; ValueError otherwise."""
+    if not text.isascii() or len(text) > 400:
+        raise ValueError("not a cursor")
     raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    created, mid = json.loads(raw)
-    return float(created), str(mid)
+    value = json.loads(raw)  # short: it cannot nest deep enough to recurse far
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError("not a cursor")
+    created, mid = value
+    if (
+        isinstance(created, bool)
+        or not isinstance(created, int | float)
+        or not math.isfinite(created)
+        or not isinstance(mid, str)
+        or text_problem(mid) is not None
+    ):
+        raise ValueError("not a cursor")
+    return float(created), mid
 
 
 async def get_messages(request: web.Request) -> web.Response:
     state = request.app[STATE]
     q = request.query
-    try:
-        limit = min(max(int(q.get("limit", "100")), 1), 1000)
-    except ValueError:
-        return error(
-            400, "invalid_parameter", "limit must be an integer 1-1000", [{"field": "limit"}]
-        )
+    limit = query_int(q, "limit", 100, 1, 1000)
     before = None
     if q.get("cursor"):
         try:
             before = _cursor_decode(q["cursor"])
-        except (ValueError, TypeError):
-            return error(
-                400,
-                "invalid_parameter",
-                "cursor is not one this API gave out",
-                [{"field": "cursor"}],
-            )
+        except ValueError:
+            raise InvalidParameter("cursor", "is not one this API gave out") from None
     messages = await state.store.messages(
-        user_id=q.get("user_id") or None,
-        rule=q.get("rule") or None,
-        status=q.get("status") or None,
+        user_id=query_id(q, "user_id"),
+        rule=query_id(q, "rule"),
+        status=query_id(q, "status"),
         limit=limit + 1,
         before=before,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.api import admin, callbacks, dashboard, ingest, stats, tracking
+from engine.api import admin, callbacks, dashboard, ingest, openapi, stats, tracking
 from engine.api.errors import json_errors
 from engine.api.state import STATE, AppState
 
@@ -36,5 +36,6 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/healthz", admin.healthz)
     r.add_get("/readyz", admin.readyz)
     r.add_get("/metrics", admin.metrics)
+    r.add_get("/openapi.json", openapi.get_openapi)  # this API's OpenAPI 3.1 document
     dashboard.add_routes(r)  # the marketers' dashboard: `/` and /ui/...
     return app

@@ -6,7 +6,6 @@ signature is the auth. Receipts become message.* events matched by the provider'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +16,12 @@ from aiohttp import web
 from channels.sms import verify_twilio_signature
 from channels.whatsapp import parse_statuses, verify_signature, verify_subscription
 from engine.api.errors import error
+from engine.api.params import read_json
 from engine.api.reactions import erased, reaction, record
 from engine.api.state import STATE, AppState
 from engine.core.model import Message
+from engine.errors import EventError
+from engine.lang.events import check_id
 
 log = structlog.get_logger("kaskad.callbacks")
 
@@ -74,6 +76,9 @@ async def _record(state: AppState, receipts: list[_Receipt]) -> web.Response | N
     messages: dict[str, Message | None] = {}
     gone: dict[str, bool] = {}
     events: list[dict[str, Any]] = []
+    # A provider id no store could hold (NUL, over the id limit) names no message of ours:
+    # dropped here, before a lookup that PostgreSQL would refuse.
+    receipts = [r for r in receipts if _id_ok(r.provider_id)]
     try:
         for r in receipts:
             if r.provider_id not in messages:
@@ -106,6 +111,15 @@ async def _record(state: AppState, receipts: list[_Receipt]) -> web.Response | N
     return None
 
 
+def _id_ok(provider_id: str) -> bool:
+    try:
+        check_id(provider_id, "provider_id")
+    except EventError:
+        log.info("callback.invalid_id", provider_id=provider_id[:80])
+        return False
+    return True
+
+
 async def _whatsapp_verify(request: web.Request) -> web.StreamResponse:
     token = _secret(request.app[STATE], "whatsapp", "cloud_api", "verify_token")
     if token is None:
@@ -122,14 +136,16 @@ async def _whatsapp_statuses(request: web.Request) -> web.StreamResponse:
     if app_secret is None:
         return _not_configured("whatsapp", "cloud_api", "app_secret")
     body = await request.read()
-    if not verify_signature(app_secret, body, request.headers.get("X-Hub-Signature-256")):
+    signature = request.headers.get("X-Hub-Signature-256", "")
+    # A hex digest is ASCII; other header bytes arrive as surrogate escapes, unencodable.
+    if not signature.isascii() or not verify_signature(app_secret, body, signature):
         return error(
             401, "unauthorized", "X-Hub-Signature-256 is missing or does not match the body"
         )
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        return error(400, "malformed", f"invalid JSON: {exc}")
+        value = read_json(body)
+    except ValueError as exc:
+        return error(400, "malformed", str(exc))
     receipts = [
         _Receipt(
             "whatsapp",
@@ -154,6 +170,8 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     signature = request.headers.get("X-Twilio-Signature", "")
     form = await request.post()
     params = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not signature.isascii():  # base64 is ASCII; other bytes would not even encode
+        return error(403, "forbidden", "X-Twilio-Signature is missing or does not match")
     # Twilio signs the URL it called: the public one, since the daemon may sit behind a proxy.
     urls = [state.config.tracking.base_url.rstrip("/") + request.raw_path]
     callback = _secret(state, "sms", "twilio", "status_callback")
@@ -170,7 +188,7 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
         failed = await _record(state, [_Receipt("sms", sid, status, etype, data=data)])
         if failed is not None:
             return failed
-    return web.Response(status=200)
+    return web.Response(text="")  # Twilio reads only the status; text/plain as documented
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

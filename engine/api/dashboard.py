@@ -23,6 +23,8 @@ from markupsafe import Markup
 
 from engine.api.admin import timeline
 from engine.api.auth import admin_denied
+from engine.api.errors import InvalidParameter
+from engine.api.params import ident, path_id, query_id
 from engine.api.state import STATE, AppState
 from engine.clock import iso, parse_time
 from engine.core.model import MESSAGE_STATUSES
@@ -150,8 +152,10 @@ def session_value(token: str, expires: int) -> str:
 
 
 def session_ok(token: str, value: str, now: float) -> bool:
+    # ASCII digits of a plausible length only: str.isdigit() takes '²', which int() refuses,
+    # int() refuses 5000 digits, and compare_digest() refuses non-ASCII text.
     expires, _, _ = value.partition(".")
-    if not expires.isdigit() or int(expires) < now:
+    if not value.isascii() or not expires.isdigit() or len(expires) > 12 or int(expires) < now:
         return False
     return hmac.compare_digest(value, session_value(token, int(expires)))
 
@@ -198,7 +202,10 @@ def page(handler: Page) -> Page:
             elif COOKIE in request.cookies:
                 message = "Your session has ended; log in again."
             return _login_form(request, message)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except InvalidParameter as exc:
+            return _html(request, "error.html", 400, title="Bad request", message=str(exc))
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
@@ -355,7 +362,7 @@ async def overview(request: web.Request) -> web.Response:
 @page
 async def rule_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    rule_id = request.match_info["rule"]
+    rule_id = path_id(request, "rule")
     since, context = _since_context(request)
     stats, stats_error = await load_stats(state, rule=rule_id, since=since)
     rows = [r for r in merge_rules(state.rules.describe(), stats) if r["id"] == rule_id]
@@ -380,8 +387,8 @@ async def rule_page(request: web.Request) -> web.Response:
 @page
 async def messages_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    rule = request.query.get("rule") or None
-    status = request.query.get("status") or None
+    rule = query_id(request.query, "rule")
+    status = query_id(request.query, "status")
     messages = await state.store.messages(rule=rule, status=status, limit=MESSAGES_LIMIT)
     return _html(
         request,
@@ -402,6 +409,7 @@ async def users_page(request: web.Request) -> web.Response:
     found: dict[str, Any] | None = None
     similar: list[str] = []
     if query:
+        ident(query, "q")
         found = await timeline(state.store, query, state.config.policies.attribution)
         if not found["timeline"]:
             found = None

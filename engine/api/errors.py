@@ -13,19 +13,41 @@ log = structlog.get_logger("kaskad.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class InvalidParameter(Exception):
+    """A path or query parameter that cannot be used: answered 400 invalid_parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _dumps(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a message quoting a lone surrogate: escape it, as JSON can
+        return json.dumps(value)
+    return text
+
+
 def error(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return web.json_response(
-        body, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False)
-    )
+    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except InvalidParameter as exc:
+        return error(
+            400, "invalid_parameter", str(exc), [{"field": exc.field, "message": exc.message}]
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from engine.api.auth import ingest_denied
+from engine.api.auth import ingest_auth
 from engine.api.errors import error
 from engine.api.state import STATE
 from engine.runtime.intake import NDJSON_TYPES, TooMany, decode
@@ -21,10 +21,10 @@ async def post_events(request: web.Request) -> web.Response:
         metrics.rejected.labels("too_large").inc()
         return error(413, "too_large", f"body over {config.max_body_bytes} bytes")
     body = await request.read()
-    denied = ingest_denied(request, body, state.config.auth, state.clock.now())
-    if denied:
+    auth = ingest_auth(request, body, state.config.auth, state.clock.now())
+    if auth.denied:
         metrics.rejected.labels("unauthorized").inc()
-        return error(401, "unauthorized", denied)
+        return error(401, "unauthorized", auth.denied)
     ctype = request.content_type
     if ctype not in NDJSON_TYPES and ctype not in (
         "application/json",
@@ -64,7 +64,7 @@ async def post_events(request: web.Request) -> web.Response:
             429, "overloaded", "too many events waiting; retry later", headers={"Retry-After": "5"}
         )
     try:
-        accepted, duplicates = await intake.accept(rows, now)
+        accepted, duplicates = await intake.accept(rows, now, batch_key=auth.batch_key)
     except Exception as exc:
         log.error("ingest.store_failed", error=repr(exc))
         metrics.rejected.labels("store_unavailable").inc(len(rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.api.errors import error
+from engine.api.params import query_id
 from engine.api.state import STATE, AppState
 from engine.measure.rfm import RfmJob, through
 from engine.measure.stats import compute_stats, parse_bound
@@ -22,6 +23,8 @@ async def get_stats(request: web.Request) -> web.Response:
             bounds[name] = parse_bound(text, now, name) if text else None
         except ValueError as exc:
             problems.append({"field": name, "message": str(exc)})
+        except OverflowError as exc:  # a duration longer than a float holds
+            problems.append({"field": name, "message": f"{name}: {exc}"})
     since, until = bounds.get("since"), bounds.get("until")
     if not problems and since is not None and until is not None and until <= since:
         problems.append({"field": "until", "message": "until must be after since"})
@@ -31,7 +34,7 @@ async def get_stats(request: web.Request) -> web.Response:
         state.store,
         rules=state.rules.current,
         policies=state.config.policies,
-        rule=q.get("rule") or None,
+        rule=query_id(q, "rule"),
         since=since,
         until=until,
         now=now,

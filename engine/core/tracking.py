@@ -48,7 +48,7 @@ class Tracker:
             return None
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # a token we never made (deep JSON recurses)
             return None
         if not isinstance(payload, dict) or payload.get("k") != _KINDS[kind]:
             return None

@@ -10,7 +10,8 @@ _WHOLE = re.compile(r"^-?(\d+[smhdw])+$")
 
 
 def parse_duration(text: object) -> float:
-    """Seconds in a duration string; a bare number is seconds. Raises ValueError."""
+    """Seconds in a duration string; a bare number is seconds. Raises ValueError, or
+    OverflowError for a duration longer than a float holds."""
     if isinstance(text, bool):
         raise ValueError("expected a duration such as 1h or 1d12h, got a boolean")
     if isinstance(text, int | float):
@@ -25,7 +26,12 @@ def parse_duration(text: object) -> float:
             "e.g. 15m, 1h, 1d12h"
         )
     total = sum(int(n) * _UNIT_S[u] for n, u in _PART.findall(compact))
-    return -float(total) if compact.startswith("-") else float(total)
+    try:
+        seconds = float(total)
+    except OverflowError:
+        shown = compact if len(compact) <= 24 else compact[:20] + "..."
+        raise OverflowError(f"duration '{shown}' is too long to count in seconds") from None
+    return -seconds if compact.startswith("-") else seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -13,6 +13,11 @@ from engine.errors import EventError
 
 TYPE_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_CHARS = 200  # event ids and user ids
+# Levels of objects and arrays in one event, the event itself the first: far more than any
+# shop sends, far below where a recursive parser or encoder gives up.
+MAX_NESTING = 64
+_ID_RULE = f"must be a non-empty string of at most {MAX_ID_CHARS} characters"
 
 # Product events have no user: they fan out to interested users.
 PRODUCT_EVENTS = frozenset({"product.price_dropped", "product.back_in_stock"})
@@ -87,6 +92,55 @@ class Event:
         out["time"] = iso(self.time)
         out["data"] = self.data
         return out
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be kept, else None: the stores keep UTF-8 text, which has no lone
+    surrogates (JSON can spell them: "\\ud800"), and PostgreSQL's text has no NUL."""
+    if "\x00" in text:
+        return "holds a NUL character (\\u0000)"
+    if not text.isascii():
+        found = _SURROGATE.search(text)
+        if found is not None:
+            return f"holds a lone surrogate ({ascii(found.group())[1:-1]}), which is not text"
+    return None
+
+
+def check_id(value: str, field: str) -> None:
+    """An id (event id, user id): 1 to MAX_ID_CHARS characters that can be kept."""
+    if not value or len(value) > MAX_ID_CHARS:
+        raise EventError(field, _ID_RULE)
+    problem = text_problem(value)
+    if problem is not None:
+        raise EventError(field, problem)
+
+
+def check_text(value: Any, path: str = "", depth: int = 1) -> None:
+    """Every string and key in `value` can be kept and it nests at most MAX_NESTING levels;
+    else EventError naming the first place that fails (`data.items[0].name`)."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise EventError(path or "(event)", problem)
+        return
+    if not isinstance(value, dict | list):
+        return
+    if depth > MAX_NESTING:
+        raise EventError(path or "(event)", f"nests deeper than {MAX_NESTING} levels")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str | dict | list):
+                check_text(item, f"{path}[{i}]", depth + 1)
+        return
+    for key, item in value.items():
+        problem = text_problem(key)
+        if problem is not None:
+            raise EventError(path or "(event)", f"has a key that {problem}")
+        if isinstance(item, str | dict | list):
+            check_text(item, f"{path}.{key}" if path else key, depth + 1)
 
 
 def _check_data(etype: str, data: dict[str, Any]) -> None:
@@ -176,10 +230,17 @@ def _check_profile(data: dict[str, Any]) -> None:
             raise EventError("data.timezone", str(exc)) from None
 
 
-def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -> Event:
-    """Validate one envelope; raises EventError naming the field."""
+def parse_event(
+    obj: Any, *, received_at: float, max_bytes: int | None = None, deep: bool = False
+) -> Event:
+    """Validate one envelope; raises EventError naming the field.
+
+    `deep`: also check every string, key and level of nesting (check_text), as for events
+    from the network; the engine reads back events that were checked when they came in."""
     if not isinstance(obj, dict):
         raise EventError("(event)", "must be a JSON object")
+    if deep:
+        check_text(obj)
     if max_bytes is not None:
         size = len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
         if size > max_bytes:
@@ -196,8 +257,10 @@ def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -
     if not isinstance(etype, str) or (etype not in STANDARD_TYPES and not TYPE_RE.match(etype)):
         raise EventError("type", "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated")
     eid = obj.get("id")
-    if eid is not None and (not isinstance(eid, str) or not eid or len(eid) > 200):
-        raise EventError("id", "must be a non-empty string of at most 200 characters")
+    if eid is not None:
+        if not isinstance(eid, str):
+            raise EventError("id", _ID_RULE)
+        check_id(eid, "id")
     user_id = obj.get("user_id")
     if etype in PRODUCT_EVENTS:
         if user_id is not None:
@@ -206,6 +269,8 @@ def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -
         raise EventError("user_id", "is required")
     elif isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
         raise EventError("user_id", "must be a non-empty string")
+    else:
+        check_id(user_id if isinstance(user_id, str) else _int_text(user_id), "user_id")
     raw_time = obj.get("time")
     if raw_time is None:
         when = received_at
@@ -236,6 +301,14 @@ def parse_event(obj: Any, *, received_at: float, max_bytes: int | None = None) -
     )
 
 
+def _int_text(value: int) -> str:
+    """The digits of an integer id; one too long for str() is over any id limit anyway."""
+    try:
+        return str(value)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        return "0" * (MAX_ID_CHARS + 1)
+
+
 @dataclass(frozen=True)
 class BatchProblem:
     index: int
@@ -247,14 +320,18 @@ class BatchProblem:
 
 
 def parse_batch(
-    objs: Iterable[Any], *, received_at: float, max_bytes: int | None = MAX_EVENT_BYTES
+    objs: Iterable[Any],
+    *,
+    received_at: float,
+    max_bytes: int | None = MAX_EVENT_BYTES,
+    deep: bool = True,
 ) -> tuple[list[Event], list[BatchProblem]]:
     """Validate every event; the caller rejects the batch whole if any problem is found."""
     events: list[Event] = []
     problems: list[BatchProblem] = []
     for i, obj in enumerate(objs):
         try:
-            events.append(parse_event(obj, received_at=received_at, max_bytes=max_bytes))
+            events.append(parse_event(obj, received_at=received_at, max_bytes=max_bytes, deep=deep))
         except EventError as exc:
             problems.append(BatchProblem(i, exc.field, exc.message))
     return events, problems

@@ -13,7 +13,14 @@ import structlog
 from engine.clock import Clock, iso
 from engine.errors import EventError
 from engine.lang.config import ServerConfig
-from engine.lang.events import BatchProblem, Event, parse_batch, parse_event
+from engine.lang.events import (
+    MAX_NESTING,
+    BatchProblem,
+    Event,
+    check_text,
+    parse_batch,
+    parse_event,
+)
 from engine.runtime.metrics import Metrics
 from engine.runtime.processor import Processor
 from engine.store.base import Store
@@ -32,6 +39,9 @@ NDJSON_TYPES = frozenset(
 Row = tuple[str | None, str]  # (event id, compact JSON) as the inbox keeps it
 
 
+TOO_DEEP = f"JSON nested too deeply: an event may nest at most {MAX_NESTING} levels"
+
+
 def _decode_text(body: bytes, content_type: str) -> list[Any]:
     """The JSON values in a body through the stdlib; ValueError names the line of a bad one."""
     text = body.decode("utf-8")
@@ -45,6 +55,8 @@ def _decode_text(body: bytes, content_type: str) -> list[Any]:
         raise ValueError(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:  # the stdlib parser recurses per level: ~1000 is its end
+        raise ValueError(TOO_DEEP) from None
     return value if isinstance(value, list) else [value]
 
 
@@ -56,6 +68,8 @@ def _lines(text: str) -> list[Any]:
                 out.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"invalid JSON on line {number}: {exc.msg}") from None
+            except RecursionError:
+                raise ValueError(f"line {number}: {TOO_DEEP}") from None
     return out
 
 
@@ -104,23 +118,40 @@ def decode(body: bytes, content_type: str) -> Decoded:
     return Decoded(_decode_text(body, content_type), False)
 
 
-def inbox_rows(events: list[Event], decoded: Decoded, received_at: float) -> list[Row]:
+def _suspect(text: str) -> bool:
+    """Whether an event's JSON (from orjson) may hold what check_text refuses: orjson reads
+    no lone surrogate, so a NUL, or more brackets than levels allowed (a bracket in a string
+    counts too: then the event is checked for nothing)."""
+    return "\\u0000" in text or text.count("{") + text.count("[") > MAX_NESTING
+
+
+def inbox_rows(
+    events: list[Event], decoded: Decoded, received_at: float
+) -> tuple[list[Row], list[BatchProblem]]:
     """(id, compact JSON) of each valid event for the inbox: the event as sent, its time
     written in when it had none (the receive time), so the engine reads the same event
-    from it."""
+    from it. An event of the fast path is checked whole (check_text) only when its JSON
+    looks suspect; the stdlib path's events were checked when they were parsed."""
     if not decoded.fast:
-        return [(e.id, _JSON(e.to_json())) for e in events]
+        return [(e.id, _JSON(e.to_json())) for e in events], []
     stamp = iso(received_at)
     rows: list[Row] = []
-    for event, value in zip(events, decoded.values, strict=True):
+    problems: list[BatchProblem] = []
+    for index, (event, value) in enumerate(zip(events, decoded.values, strict=True)):
         if value.get("time") is None:
             value = {**value, "time": stamp}
         try:
-            text = orjson.dumps(value).decode()
-        except orjson.JSONEncodeError:  # nested past orjson's 254 levels: the stdlib's turn
-            text = _JSON(event.to_json())
-        rows.append((event.id, text))
-    return rows
+            text: str | None = orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # nested past orjson's 254 levels
+            text = None
+        if text is None or _suspect(text):
+            try:
+                check_text(value)
+            except EventError as exc:
+                problems.append(BatchProblem(index, exc.field, exc.message))
+                continue
+        rows.append((event.id, text if text is not None else _JSON(event.to_json())))
+    return rows, problems
 
 
 def oversized(rows: list[Row], limit: int) -> list[BatchProblem]:
@@ -163,11 +194,16 @@ class Intake:
         values = decoded.values
         if len(values) > self.limits.max_batch_events:
             raise TooMany(f"{len(values)} events, over the limit of {self.limits.max_batch_events}")
-        events, problems = parse_batch(values, received_at=now, max_bytes=None)
+        # orjson's events are checked whole only when their JSON looks suspect (inbox_rows).
+        events, problems = parse_batch(
+            values, received_at=now, max_bytes=None, deep=not decoded.fast
+        )
         if problems:
             return [], problems
         # Each event is serialised once, for the inbox; its size is checked on that text.
-        rows = inbox_rows(events, decoded, now)
+        rows, problems = inbox_rows(events, decoded, now)
+        if problems:
+            return [], problems
         problems = oversized(rows, self.limits.max_event_bytes)
         return ([], problems) if problems else (rows, [])
 
@@ -175,12 +211,15 @@ class Intake:
         """Too many events wait for the engine: senders are told to come back later."""
         return self.processor.inbox_estimate() > self.max_inbox
 
-    async def accept(self, rows: list[Row], now: float) -> tuple[int, int]:
+    async def accept(
+        self, rows: list[Row], now: float, *, batch_key: str | None = None
+    ) -> tuple[int, int]:
         """Store the rows durably, then tell the processor: (accepted, duplicates).
 
+        `batch_key`: a batch whose key was stored before is all duplicates (Store.enqueue).
         Raises whatever the store raises: the caller decides what the sender is told.
         """
-        accepted, duplicates = await self.store.enqueue(rows, now)
+        accepted, duplicates = await self.store.enqueue(rows, now, batch_key=batch_key)
         self.processor.accepted(accepted)
         self.metrics.accepted.inc(accepted)
         self.metrics.duplicates.inc(duplicates)
@@ -193,7 +232,7 @@ class Intake:
         rows: list[Row] = []
         for obj in events:
             try:
-                event = parse_event(obj, received_at=now)
+                event = parse_event(obj, received_at=now, deep=True)
             except EventError as exc:  # e.g. a provider id too long for an event id
                 log.warning(
                     "reaction.invalid", type=obj.get("type"), field=exc.field, error=str(exc)

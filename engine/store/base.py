@@ -118,8 +118,14 @@ class Store(Protocol):
 
     async def instances_of(self, user_id: str, limit: int = 200) -> list[Instance]: ...
 
-    async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
-        """Durably store (id, JSON body) events not seen before; (accepted, duplicates)."""
+    async def enqueue(
+        self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None
+    ) -> tuple[int, int]:
+        """Durably store (id, JSON body) events not seen before; (accepted, duplicates).
+
+        `batch_key` (e.g. "sig:" + a signature) is remembered with the event ids, in the same
+        transaction as the events: a batch whose key was seen stores nothing and answers
+        (0, len(events)), on every replica, until the retention job forgets it."""
         ...
 
     async def inbox_batch(self, limit: int) -> list[tuple[int, str, str | None]]:

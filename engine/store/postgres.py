@@ -396,8 +396,19 @@ class PostgresStore(PostgresStats):
         async with self.pool.acquire() as conn:
             return await _remember(conn, ids, now)
 
-    async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
+    async def enqueue(
+        self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None
+    ) -> tuple[int, int]:
         async with self.pool.acquire() as conn, conn.transaction():
+            # The key first, then the ids in sorted order: concurrent batches take their
+            # locks in one order. A replica enqueueing the same key waits for this commit.
+            if batch_key is not None and not await conn.fetchval(
+                "INSERT INTO events_seen (id, seen_at) VALUES ($1, $2) "
+                "ON CONFLICT (id) DO NOTHING RETURNING true",
+                batch_key,
+                now,
+            ):
+                return 0, len(events)
             ids = [eid for eid, _ in events if eid is not None]
             seen = await _remember(conn, ids, now) if ids else set()
             bodies: list[str] = []

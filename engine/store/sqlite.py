@@ -417,10 +417,19 @@ class SqliteStore:
         return [instance_from(r) for r in rows]
 
     @_serialized
-    async def enqueue(self, events: list[tuple[str | None, str]], now: float) -> tuple[int, int]:
+    async def enqueue(
+        self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None
+    ) -> tuple[int, int]:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
+            if batch_key is not None and not await self._rows(
+                "INSERT INTO events_seen (id, seen_at) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (batch_key, now),
+            ):
+                await db.execute("ROLLBACK")
+                return 0, len(events)
             ids = [eid for eid, _ in events if eid is not None]
             # One statement remembers the ids and names those it had not seen: a repeat in
             # the same batch conflicts with its first occurrence, so it is not new either.

@@ -123,17 +123,21 @@ async def test_the_size_limit_applies_to_the_event_not_its_spacing(client: Clien
     assert [(p["index"], p["field"]) for p in answer["error"]["details"]] == [(1, "(event)")]
 
 
-async def test_what_orjson_would_read_otherwise_is_stored_exactly(client: Client) -> None:
-    # A 20-digit number stays an integer, an event nested deeper than orjson writes is
-    # written by the stdlib: the engine reads both as they were sent.
+def _nested(levels: int) -> dict[str, Any]:
     deep: dict[str, Any] = {}
     node = deep
-    for _ in range(300):
+    for _ in range(levels - 1):
         node["a"] = {}
         node = node["a"]
+    return deep
+
+
+async def test_what_orjson_would_read_otherwise_is_stored_exactly(client: Client) -> None:
+    # A 20-digit number stays an integer; an event nested to the limit (64 levels: the
+    # event, its data, 62 more) is stored as it was sent, on either path.
     sent = [
         {"type": "order.created", "user_id": "u1", "data": {"order_id": 12345678901234567890123}},
-        {"type": "x.y", "user_id": "u2", "time": "2026-11-23T09:00:00Z", "data": deep},
+        {"type": "x.y", "user_id": "u2", "time": "2026-11-23T09:00:00Z", "data": _nested(63)},
     ]
     assert (await client.post_events(sent[:1]))[0] == 202
     assert (await client.post_events(sent[1:]))[0] == 202
@@ -141,3 +145,14 @@ async def test_what_orjson_would_read_otherwise_is_stored_exactly(client: Client
     assert stored[0]["data"]["order_id"] == 12345678901234567890123
     assert stored[0]["time"] == iso(START)
     assert stored[1] == sent[1]
+
+
+async def test_an_event_nested_past_the_limit_is_refused_by_its_path(client: Client) -> None:
+    # 300 levels: orjson reads it, but no event may nest more than 64 (the stdlib writer
+    # would need 300 frames of the stack for it).
+    deep = {"type": "x.y", "user_id": "u2", "data": _nested(300)}
+    status, answer = await client.post_events([deep])
+    assert status == 400
+    assert answer["error"]["details"] == [
+        {"index": 0, "field": "data" + ".a" * 63, "message": "nests deeper than 64 levels"}
+    ]

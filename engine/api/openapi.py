@@ -1,0 +1,482 @@
+"""The OpenAPI 3.1 document of the HTTP API (SPEC 8), served at GET /openapi.json.
+
+Kept as data next to the handlers; tests/daemon/test_openapi.py checks that every route of
+the app is documented and every documented path exists, and fuzzes every operation
+against this document (status codes, content types and JSON bodies must conform).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+from engine.api.schemas import ID, SCHEMAS, Schema, ref
+from engine.lang.events import MAX_ID_CHARS, MAX_NESTING
+
+
+def _json(schema: Schema, description: str, headers: Schema | None = None) -> Schema:
+    out: Schema = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _error(description: str, retry: bool = False) -> Schema:
+    headers = {"Retry-After": {"schema": {"type": "string"}, "required": True}} if retry else None
+    return _json(ref("Error"), description, headers)
+
+
+def _html(description: str) -> Schema:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _redirect(description: str) -> Schema:
+    return {
+        "description": description,
+        "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+    }
+
+
+def _query(name: str, description: str, schema: Schema | None = None) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _path(name: str, description: str, schema: Schema | None = None) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema or {"type": "string", "minLength": 1},
+    }
+
+
+USER_ID = _path(
+    "user_id",
+    f"the shop's user id: 1-{MAX_ID_CHARS} characters, no NUL",
+    ID,
+)
+
+# -- operations ----------------------------------------------------------------------------
+
+INGEST: list[Schema] = [{"ingestBearer": []}, {"ingestSignature": [], "ingestTimestamp": []}]
+ADMIN: list[Schema] = [{"adminBearer": []}]
+METRICS: list[Schema] = [{"metricsBearer": []}, {"adminBearer": []}]
+DASHBOARD: list[Schema] = [{"adminBearer": []}, {"dashboardSession": []}]
+PUBLIC: list[Schema] = []
+
+_UNAUTHORIZED = _error("missing or wrong credentials")
+_INVALID = _error("a parameter is invalid: the message and details name it")
+_HTML_401 = _html("the login form")
+_SINCE = _query("since", "a duration back from now (24h, 7d), an ISO date, or `all` (the default)")
+_STATUS = _query("status", "only messages with this status (queued, sent, skipped, ...)")
+_RULE = _query("rule", "only this rule's data")
+
+
+def _op(
+    summary: str,
+    security: list[Schema],
+    responses: dict[str, Schema],
+    *,
+    parameters: list[Schema] | None = None,
+    body: Schema | None = None,
+    tags: tuple[str, ...] = (),
+) -> Schema:
+    op: Schema = {"summary": summary, "security": security, "responses": responses}
+    if tags:
+        op["tags"] = list(tags)
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+def _admin(
+    summary: str,
+    ok: Schema,
+    parameters: list[Schema] | None = None,
+    *,
+    body: Schema | None = None,
+    extra: dict[str, Schema] | None = None,
+) -> Schema:
+    """An admin operation: 200 `ok`, 400 for a bad parameter, 401 without the token."""
+    responses = {"200": ok, "400": _INVALID, "401": _UNAUTHORIZED, **(extra or {})}
+    return _op(summary, ADMIN, responses, parameters=parameters, body=body, tags=("admin",))
+
+
+_PAGE_ANSWERS = {"400": _html("what was wrong with the request"), "404": _html("not found")}
+
+
+def _page(summary: str, *codes: str, parameters: list[Schema] | None = None) -> Schema:
+    """A dashboard page: HTML, the login form (401) without the token or a session."""
+    responses = {"200": _html("the page"), "401": _HTML_401}
+    responses.update((code, _PAGE_ANSWERS[code]) for code in codes)
+    return _op(summary, DASHBOARD, responses, parameters=parameters, tags=("dashboard",))
+
+
+def _form(properties: dict[str, Schema]) -> Schema:
+    return {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": properties}
+            }
+        },
+    }
+
+
+_EVENTS_BODY: Schema = {
+    "required": True,
+    "description": "one event, a JSON array of events, or NDJSON (one event per line)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    ref("Event"),
+                    {"type": "array", "items": ref("Event"), "minItems": 1},
+                ]
+            }
+        },
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+}
+
+_TOKEN = _path("token", "a signed tracking token (base64url payload.mac)")
+_CHANNEL = _path(
+    "channel",
+    "whatsapp (GET: subscription check; POST: statuses) or sms (POST); others 404",
+    {"enum": ["whatsapp", "sms"]},
+)
+_PIXEL = {"description": "a 1x1 GIF, also for a bad token", "content": {"image/gif": {}}}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/v1/events": {
+        "post": _op(
+            "Ingest events; 202 only after they are durably stored",
+            INGEST,
+            {
+                "202": _json(ref("Accepted"), "stored (duplicates: ids or a signature seen)"),
+                "400": _error("malformed or invalid: each problem by index and field"),
+                "401": _UNAUTHORIZED,
+                "413": _error("body, batch or nesting over the limits"),
+                "415": _error("not JSON or NDJSON"),
+                "429": _error("too many events waiting; retry", retry=True),
+                "503": _error("the store is unavailable; retry", retry=True),
+            },
+            body=_EVENTS_BODY,
+            tags=("ingest",),
+        )
+    },
+    "/v1/profiles/{user_id}": {
+        "parameters": [USER_ID],
+        "get": _admin(
+            "A profile", _json(ref("Profile"), "the profile"), extra={"404": _error("unknown")}
+        ),
+        "put": _admin(
+            "Merge into a profile (as profile.updated)",
+            _json(ref("Profile"), "the merged profile"),
+            body={
+                "required": True,
+                "content": {"application/json": {"schema": ref("ProfileData")}},
+            },
+            extra={"413": _error("body over the limit")},
+        ),
+        "delete": _admin(
+            "Erase a user's personal data",
+            _json(
+                {"type": "object", "required": ["erased"], "properties": {"erased": {}}},
+                "erased",
+            ),
+        ),
+    },
+    "/v1/users/{user_id}/timeline": {
+        "parameters": [USER_ID],
+        "get": _admin("What kaskad did for a user, newest first", _json(ref("Timeline"), "ok")),
+    },
+    "/v1/messages": {
+        "get": _admin(
+            "The delivery log, newest first",
+            _json(ref("Messages"), "a page of messages"),
+            [
+                _query("user_id", "only this user's messages", ID),
+                _RULE,
+                _STATUS,
+                _query(
+                    "limit",
+                    "page size",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                ),
+                _query("cursor", "next_cursor of the previous page"),
+            ],
+        )
+    },
+    "/v1/rules": {
+        "get": _admin("Loaded rules, their state and errors", _json(ref("Rules"), "the rules"))
+    },
+    "/v1/rules/reload": {
+        "post": _admin("Reload the rule files", _json(ref("Rules"), "the rules now"))
+    },
+    "/v1/stats": {
+        "get": _admin(
+            "Funnels, attribution, A/B",
+            _json(ref("Stats"), "ok"),
+            [
+                _RULE,
+                _query("since", "ISO 8601 time or a duration before now (-7d)"),
+                _query("until", "ISO 8601 time or a duration before now (-1d)"),
+            ],
+        )
+    },
+    "/v1/rfm/recompute": {"post": _admin("RFM segments now", _json(ref("Rfm"), "ok"))},
+    "/v1/callbacks/{channel}": {
+        "parameters": [_CHANNEL],
+        "get": _op(
+            "WhatsApp webhook subscription check",
+            PUBLIC,
+            {
+                "200": {
+                    "description": "hub.challenge echoed",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "403": _error("hub.mode or hub.verify_token wrong"),
+                "404": _error("no such callback, or the channel is not set up for it"),
+            },
+            parameters=[
+                _query("hub.mode", "subscribe"),
+                _query("hub.verify_token", "channels.whatsapp.verify_token"),
+                _query("hub.challenge", "echoed back"),
+            ],
+            tags=("callbacks",),
+        ),
+        "post": _op(
+            "Provider receipts; each provider's signature is the auth",
+            PUBLIC,
+            {
+                "200": {
+                    "description": "recorded (receipts of unknown messages are dropped); "
+                    "WhatsApp gets {ok: true}, Twilio an empty text",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/plain": {"schema": {"type": "string", "maxLength": 0}},
+                    },
+                },
+                "400": _error("malformed body"),
+                "401": _error("X-Hub-Signature-256 missing or wrong"),
+                "403": _error("X-Twilio-Signature missing or wrong"),
+                "404": _error("no such callback, or the channel is not set up for it"),
+                "413": _error("body over the limit"),
+                "503": _error("the store is unavailable; retry", retry=True),
+            },
+            parameters=[
+                {
+                    "name": "X-Hub-Signature-256",
+                    "in": "header",
+                    "required": False,
+                    "description": "WhatsApp: sha256=<hex HMAC of the body with the app secret>",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "X-Twilio-Signature",
+                    "in": "header",
+                    "required": False,
+                    "description": "Twilio: base64 HMAC-SHA1 of the URL and sorted form",
+                    "schema": {"type": "string"},
+                },
+            ],
+            body={
+                "required": False,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "MessageSid": {"type": "string"},
+                                "MessageStatus": {"type": "string"},
+                                "ErrorCode": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+            },
+            tags=("callbacks",),
+        ),
+    },
+    "/t/o/{token}": {
+        "parameters": [_TOKEN],
+        "get": _op("Open pixel", PUBLIC, {"200": _PIXEL}, tags=("tracking",)),
+    },
+    "/t/c/{token}": {
+        "parameters": [_TOKEN],
+        "get": _op(
+            "Click: redirect to the signed URL",
+            PUBLIC,
+            {"302": _redirect("to the URL signed into the token"), "404": _error("bad token")},
+            tags=("tracking",),
+        ),
+    },
+    "/t/u/{token}": {
+        "parameters": [_TOKEN],
+        "get": _op(
+            "The unsubscribe page (changes nothing)",
+            PUBLIC,
+            {"200": _html("the page with its form"), "404": _error("bad token")},
+            tags=("tracking",),
+        ),
+        "post": _op(
+            "One-click unsubscribe (RFC 8058)",
+            PUBLIC,
+            {
+                "200": _html("unsubscribed"),
+                "404": _error("bad token, or the message is gone"),
+                "413": _error("body over the limit"),
+                "503": _error("the store is unavailable; retry", retry=True),
+            },
+            body=_form({"List-Unsubscribe": {"const": "One-Click"}}),
+            tags=("tracking",),
+        ),
+    },
+    "/healthz": {
+        "get": _op(
+            "Liveness",
+            PUBLIC,
+            {"200": _json({"type": "object", "required": ["status"]}, "alive")},
+            tags=("operations",),
+        )
+    },
+    "/readyz": {
+        "get": _op(
+            "Readiness: store, rules, broker",
+            PUBLIC,
+            {
+                "200": _json(ref("Ready"), "ready"),
+                "503": _json(ref("Ready"), "not ready: the checks say why"),
+            },
+            tags=("operations",),
+        )
+    },
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics (open only when neither token is configured)",
+            METRICS,
+            {
+                "200": {"description": "text exposition format", "content": {"text/plain": {}}},
+                "401": _UNAUTHORIZED,
+            },
+            tags=("operations",),
+        )
+    },
+    "/openapi.json": {
+        "get": _op(
+            "This document",
+            PUBLIC,
+            {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            tags=("operations",),
+        )
+    },
+    "/": {"get": _page("Dashboard: rules and their funnels", "400", parameters=[_SINCE])},
+    "/ui/login": {
+        "post": _op(
+            "Log in with the admin token: a session cookie",
+            PUBLIC,
+            {"303": _redirect("to `next` (a path on this site)"), "401": _HTML_401},
+            body=_form({"token": {"type": "string"}, "next": {"type": "string"}}),
+            tags=("dashboard",),
+        )
+    },
+    "/ui/logout": {
+        "post": _op(
+            "Log out",
+            PUBLIC,
+            {"303": _redirect("to the dashboard")},
+            tags=("dashboard",),
+        )
+    },
+    "/ui/rules/{rule}": {
+        "parameters": [_path("rule", "a rule id")],
+        "get": _page("A rule: funnel, outcomes, A/B", "400", "404", parameters=[_SINCE]),
+    },
+    "/ui/messages": {"get": _page("The newest messages", "400", parameters=[_RULE, _STATUS])},
+    "/ui/users": {
+        "get": _page(
+            "A user's chains and timeline",
+            "400",
+            parameters=[_query("q", "a user id or its start")],
+        )
+    },
+    "/ui/templates": {"get": _page("Templates and the rules using them")},
+    "/ui/templates/{name}": {
+        "parameters": [_path("name", "a template name")],
+        "get": _page("A template rendered for every channel", "404"),
+    },
+}
+
+DOCUMENT: Schema = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "kaskad",
+        "version": "0.1.0",
+        "description": (
+            "Trigger-chain automation daemon. Errors are "
+            '{"error": {"code", "message", "details"}}. Bad input gets a 4xx naming the '
+            f"problem: ids are 1-{MAX_ID_CHARS} characters; no string may hold NUL or a lone "
+            f"surrogate; JSON nests at most {MAX_NESTING} levels per event."
+        ),
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "ingestBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "one of auth.ingest_tokens",
+            },
+            "ingestSignature": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Kaskad-Signature",
+                "description": (
+                    "sha256=<hex HMAC-SHA256 of `timestamp.body` with auth.ingest_hmac_secret>; "
+                    "a signature is accepted once (a replay answers accepted 0)"
+                ),
+            },
+            "ingestTimestamp": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Kaskad-Timestamp",
+                "description": "unix seconds: at most 5 minutes old, 30 seconds ahead",
+            },
+            "adminBearer": {"type": "http", "scheme": "bearer", "description": "auth.admin_token"},
+            "metricsBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "auth.metrics_token (the admin token works too)",
+            },
+            "dashboardSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "kaskad_session",
+                "description": "set by POST /ui/login",
+            },
+        },
+    },
+}
+
+
+def document() -> Schema:
+    """A copy of the document (callers may change theirs)."""
+    return copy.deepcopy(DOCUMENT)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)

@@ -1,0 +1,218 @@
+"""JSON Schemas of the HTTP API's bodies: the components of the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.lang.events import MAX_ID_CHARS, PRODUCT_EVENTS
+
+Schema = dict[str, Any]
+
+NULLABLE_STR: Schema = {"type": ["string", "null"]}
+TIME: Schema = {"type": ["string", "null"], "description": "ISO 8601, UTC with Z"}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": "#/components/schemas/" + name}
+
+
+NO_NUL = "^[^\\u0000]*$"  # a pattern (ECMA 262 regex) for text without NUL
+ID: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL}
+
+_MESSAGE: Schema = {
+    "type": "object",
+    "required": ["id", "rule", "user_id", "channel", "status", "created_at", "sent_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "rule": {"type": "string"},
+        "user_id": {"type": "string"},
+        "step": {"type": "string"},
+        "channel": NULLABLE_STR,
+        "template": NULLABLE_STR,
+        "variant": NULLABLE_STR,
+        "status": {"type": "string"},
+        "reason": NULLABLE_STR,
+        "detail": NULLABLE_STR,
+        "created_at": TIME,
+        "sent_at": TIME,
+        "delivered_at": TIME,
+        "opened_at": TIME,
+        "clicked_at": TIME,
+        "provider_id": NULLABLE_STR,
+        "attempts": {"type": "integer"},
+    },
+}
+
+_INSTANCE: Schema = {
+    "type": "object",
+    "required": ["id", "rule", "status", "started_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "rule": {"type": "string"},
+        "version": {"type": "string"},
+        "key": NULLABLE_STR,
+        "status": {"type": "string"},
+        "started_at": TIME,
+        "ended_at": TIME,
+        "end_reason": NULLABLE_STR,
+        "waiting": NULLABLE_STR,
+        "next_at": TIME,
+        "variant": NULLABLE_STR,
+        "trigger": {"type": "object"},
+    },
+}
+
+_EVENT: Schema = {
+    "type": "object",
+    "description": "SPEC 2; at most 64 KiB and 64 levels of nesting per event",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {**ID, "description": "repeats of an accepted id are acknowledged and ignored"},
+        "type": {"type": "string", "pattern": "^[a-z0-9_]+(\\.[a-z0-9_]+)*$"},
+        "user_id": {
+            "type": ["string", "integer"],
+            "minLength": 1,
+            "maxLength": MAX_ID_CHARS,
+            "pattern": NO_NUL,
+            "description": "required, except for product events, which have none",
+        },
+        "time": {"type": "string", "format": "date-time"},
+        "data": {"type": ["object", "null"]},
+    },
+    "if": {"required": ["type"], "properties": {"type": {"enum": sorted(PRODUCT_EVENTS)}}},
+    "then": {
+        "not": {"required": ["user_id"]},
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "object",
+                "required": ["product_id"],
+                "properties": {"product_id": {"type": ["string", "integer"], "minLength": 1}},
+            }
+        },
+    },
+    "else": {"required": ["user_id"]},
+}
+
+_PROFILE_DATA: Schema = {
+    "type": "object",
+    "description": "merged into the profile as a profile.updated event's data",
+    "properties": {
+        "email": NULLABLE_STR,
+        "phone": NULLABLE_STR,
+        "whatsapp": NULLABLE_STR,
+        "telegram_chat_id": {"type": ["string", "integer", "null"]},
+        "push_tokens": {"type": "array", "items": {"type": "string"}},
+        "webpush": {"type": "array", "items": {"type": "object"}},
+        "timezone": NULLABLE_STR,
+        "locale": NULLABLE_STR,
+        "consent": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "attributes": {"type": "object"},
+    },
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {"description": "what and where, e.g. [{index, field, message}]"},
+                },
+            }
+        },
+    },
+    "Event": _EVENT,
+    "Accepted": {
+        "type": "object",
+        "required": ["accepted", "duplicates"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0},
+            "duplicates": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ProfileData": _PROFILE_DATA,
+    "Profile": {"type": "object", "description": "every standard field, then the shop's own"},
+    "Message": _MESSAGE,
+    "Messages": {
+        "type": "object",
+        "required": ["messages", "next_cursor"],
+        "properties": {
+            "messages": {"type": "array", "items": ref("Message")},
+            "next_cursor": NULLABLE_STR,
+        },
+    },
+    "Instance": _INSTANCE,
+    "Timeline": {
+        "type": "object",
+        "required": ["user_id", "instances", "orders", "timeline"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "instances": {"type": "array", "items": ref("Instance")},
+            "orders": {"type": "array", "items": {"type": "object"}},
+            "timeline": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["time", "kind"],
+                    "properties": {"time": TIME, "kind": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "Rules": {
+        "type": "object",
+        "required": ["rules", "templates", "problems", "loaded_at"],
+        "properties": {
+            "rules": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "path", "state", "errors"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "path": {"type": "string"},
+                        "state": {"enum": ["active", "stale", "invalid", "deleted"]},
+                        "errors": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "templates": {"type": "array", "items": {"type": "string"}},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "loaded_at": {"anyOf": [TIME, {"type": "null"}]},
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "description": "as `kaskad stats --format json`",
+        "required": ["generated_at", "since", "until", "attribution", "orders", "rules"],
+        "properties": {
+            "generated_at": {"type": "string"},
+            "since": TIME,
+            "until": TIME,
+            "attribution": {"type": "object"},
+            "orders": {"type": "object"},
+            "rules": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Rfm": {
+        "type": "object",
+        "required": ["customers", "changed", "segments"],
+        "properties": {
+            "customers": {"type": "integer"},
+            "changed": {"type": "integer"},
+            "segments": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["ready", "checks"],
+        "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
+    },
+}
