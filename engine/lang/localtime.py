@@ -7,14 +7,23 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
+_MAX_ZONE_CHARS = 64  # the longest IANA name has 32
+
+
 @functools.lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
+    """An IANA timezone; ValueError for anything else (never an OSError from the lookup)."""
+    shown = name if len(name) <= _MAX_ZONE_CHARS else name[:_MAX_ZONE_CHARS] + "..."
+    problem = ValueError(
+        f"unknown timezone '{shown}' (expected an IANA name such as Europe/Moscow)"
+    )
+    if not name or len(name) > _MAX_ZONE_CHARS:
+        raise problem
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown timezone '{name}' (expected an IANA name such as Europe/Moscow)"
-        ) from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name the zone database cannot hold as a file path
+        raise problem from None
 
 
 def parse_time_of_day(text: str) -> time:

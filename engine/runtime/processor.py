@@ -98,6 +98,8 @@ class Processor:
             else None
         )
         self._stopping = False
+        # Failures of the units of one run (a broadcast), logged when it ends.
+        self._tally: dict[tuple[str, str, bool], list[Any]] | None = None
 
     async def start(self) -> None:
         """Before the loop: what waits in the inbox, and the jobs' schedules."""
@@ -218,35 +220,36 @@ class Processor:
         ws.ended.clear()
 
     def _observe(self, ws: Workspace) -> None:
-        """Metrics and logs of a committed unit: starts, ends, errors (one line per rule and
-        kind of error, however many users it hit)."""
+        """Metrics of a committed unit (starts, ends, errors), and its failures tallied for
+        the log: one line per rule and kind of error, however many users it hit."""
         metrics = self.metrics
         if metrics is not None:
             for rule, count in ws.started.items():
                 metrics.instances_started.labels(rule).inc(count)
             for (rule, status), count in ws.ended.items():
                 metrics.instances_ended.labels(rule, status).inc(count)
-        tally: dict[tuple[str, str, bool], list[Any]] = {}
+        tally = self._tally if self._tally is not None else {}
         for failure in ws.errors:
             key = (failure.rule, failure.kind, failure.stopped)
             if key in tally:
                 tally[key][0] += 1
             else:
                 tally[key] = [1, failure]
-        for (rule, kind, stopped), (count, first) in tally.items():
             if metrics is not None:
-                family = metrics.instance_errors if stopped else metrics.expression_errors
-                family.labels(rule, kind).inc(count)
-            log.warning(
-                "instance.error" if stopped else "rule.expression_failed",
-                rule=rule,
-                reason=kind,
-                count=count,
-                where=first.where,
-                error=first.message[:300],
-                user=first.user,
-                event_id=first.event,
-            )
+                family = metrics.instance_errors if failure.stopped else metrics.expression_errors
+                family.labels(failure.rule, failure.kind).inc()
+        if self._tally is None:
+            _log_failures(tally)
+
+    @contextlib.contextmanager
+    def _one_log(self) -> Iterator[None]:
+        """Failures of the units inside (a broadcast run) are logged once, at the end."""
+        outer, self._tally = self._tally, {}
+        try:
+            yield
+        finally:
+            tally, self._tally = self._tally, outer
+            _log_failures(tally)
 
     async def _unit(self, ws: Workspace, fn: Callable[[], T]) -> T:
         """Run the engine's work on a loaded unit; drop its changes if that fails."""
@@ -517,7 +520,8 @@ class Processor:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             else:
-                await job.run(run)
+                with self._one_log():
+                    await job.run(run)
                 await self._finish_job(job.name, run.run_at or now)
             done += 1
         self._jobs_due = await self.store.next_job_due()
@@ -662,3 +666,17 @@ class Processor:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_failures(tally: dict[tuple[str, str, bool], list[Any]]) -> None:
+    for (rule, kind, stopped), (count, first) in tally.items():
+        log.warning(
+            "instance.error" if stopped else "rule.expression_failed",
+            rule=rule,
+            reason=kind,
+            count=count,
+            where=first.where,
+            error=first.message[:300],
+            user=first.user,
+            event_id=first.event,
+        )
