@@ -6,7 +6,6 @@ import functools
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-
 _MAX_ZONE_CHARS = 64  # the longest IANA name has 32
 
 
