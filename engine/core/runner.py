@@ -9,51 +9,34 @@ what an instance waits on is a typed state (engine/core/waits.py).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 from channels.base import Outcome
-from engine.clock import parse_time
 from engine.core.cascade import Cascade, Outbox
 from engine.core.context import context
 from engine.core.facts import apply_facts
-from engine.core.model import PROFILE_DEFAULTS, Instance, Message, Record, UserState
+from engine.core.model import PROFILE_DEFAULTS, Instance, UserState
 from engine.core.policies import Policies
+from engine.core.reactions import record_reaction
+from engine.core.steps import Steps
 from engine.core.tracking import Tracker
 from engine.core.variants import choose
-from engine.core.waits import Awaiting, Deferred, Sending, Waiting, WaitingFor, WaitState
-from engine.core.workspace import Failure, IdGen, Workspace
+from engine.core.waits import Awaiting, Deferred, Sending, Waiting, WaitingFor
+from engine.core.workspace import IdGen, Workspace
 from engine.errors import ExpressionError
 from engine.lang.config import Config
 from engine.lang.events import MESSAGE_EVENTS, Event
-from engine.lang.expressions import Expression, FusedTests, fuse_tests
-from engine.lang.localtime import next_local_time
+from engine.lang.expressions import FusedTests, fuse_tests
 from engine.lang.program import (
     REACTIONS_MEETING,
-    BranchOp,
-    JumpOp,
-    Op,
     SendOp,
-    StopOp,
     WaitForOp,
-    WaitOp,
 )
 from engine.lang.rules import Rule
 from engine.lang.ruleset import RuleSet
 
-_REACTION_FIELD = {
-    "message.delivered": "delivered_at",
-    "message.opened": "opened_at",
-    "message.clicked": "clicked_at",
-}
-_WITH_DISPATCHER = frozenset({"queued", "sending", "answered"})
-_STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "opened": 3, "clicked": 4}
-# An op handler runs one step; True: go on with the next op, False: the instance waits or
-# has ended.
-Handler = Callable[[Workspace, UserState, Instance, Rule, Any, dict[str, Any]], bool]
 
-
-class Engine:
+class Engine(Steps):
     def __init__(
         self,
         rules: RuleSet,
@@ -77,14 +60,7 @@ class Engine:
         self.versions: dict[tuple[str, str], Rule] = {}
         # rule version -> its audience fused, and the profile fields it reads
         self._audiences: dict[str, tuple[FusedTests, tuple[str, ...]]] = {}
-        self._ops: dict[type[Any], Handler] = {
-            WaitOp: self._op_wait,
-            SendOp: self._op_send,
-            WaitForOp: self._op_wait_for,
-            BranchOp: self._op_branch,
-            JumpOp: self._op_jump,
-            StopOp: self._op_stop,
-        }
+        super().__init__()
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -104,45 +80,6 @@ class Engine:
                 fused = fuse_tests([rule.audience])
                 if fused.names == frozenset({"user"}) and "user" in fused.fields:
                     self._audiences[rule.version] = (fused, tuple(fused.fields["user"]))
-
-    def _rule_of(self, inst: Instance) -> Rule | None:
-        return self.versions.get((inst.rule_id, inst.rule_version)) or self.rules.rules.get(
-            inst.rule_id
-        )
-
-    # -- failures --------------------------------------------------------------------------
-
-    def _test(
-        self,
-        ws: Workspace,
-        expr: Expression,
-        ctx: dict[str, Any],
-        rule: Rule,
-        where: str,
-        st: UserState,
-    ) -> bool:
-        """A condition that cannot be evaluated is false; the rule keeps running."""
-        try:
-            return expr.test(ctx)
-        except ExpressionError as exc:
-            self._fail(ws, rule.id, "expression_error", where, str(exc), st, ctx)
-            return False
-
-    @staticmethod
-    def _fail(
-        ws: Workspace,
-        rule: str,
-        kind: str,
-        where: str,
-        message: str,
-        st: UserState,
-        ctx: dict[str, Any] | None = None,
-        *,
-        stopped: bool = False,
-    ) -> None:
-        event = (ctx or {}).get("event")
-        event_id = event.get("id") if isinstance(event, dict) else None
-        ws.errors.append(Failure(rule, kind, where, message, st.user_id, event_id, stopped))
 
     # -- starting --------------------------------------------------------------------------
 
@@ -284,38 +221,9 @@ class Engine:
                 self._run(ws, st, inst, rule, ev.context)
 
     def _on_reaction(self, ws: Workspace, st: UserState, ev: Event) -> None:
-        message = _find_message(st, ev.data)
+        message = record_reaction(ws, st, ev)
         if message is None:
-            channel = ev.data.get("channel")
-            if ev.type == "message.unsubscribed" and isinstance(channel, str):
-                # An old message (not loaded) still unsubscribes: consent is what matters.
-                st.profile.setdefault("consent", {})[channel] = False
-                ws.save_profile(st)
             return
-        field = _REACTION_FIELD.get(ev.type)
-        if field and getattr(message, field) is None:
-            # When it happened, as orders are dated (attribution compares the two): the
-            # event's time, unless it claims the future or a time before the message.
-            at = max(min(ev.time, ws.now), message.created_at)
-            setattr(message, field, at)
-            # A click implies the open and the delivery, an open implies the delivery.
-            order = ("delivered_at", "opened_at", "clicked_at")
-            for implied in order[: order.index(field)]:
-                if getattr(message, implied) is None:
-                    setattr(message, implied, at)
-            new_status = ev.type.split(".", 1)[1]
-            # A message still with the dispatcher keeps its status (the dispatcher and a
-            # restart go by it); the provider's answer, when settled, reads the times.
-            if message.status not in _WITH_DISPATCHER and _STATUS_RANK.get(
-                new_status, 0
-            ) > _STATUS_RANK.get(message.status, -1):
-                message.status = new_status
-        elif ev.type == "message.unsubscribed" and message.channel:
-            st.profile.setdefault("consent", {})[message.channel] = False
-            ws.save_profile(st)
-        elif ev.type == "message.failed" and message.status in ("queued", "sent"):
-            message.status, message.reason = "failed", "provider_rejected"
-        ws.save_message(message)
         for inst in list(st.instances):
             state = inst.state
             if not (inst.active and isinstance(state, Awaiting) and state.msg == message.id):
@@ -419,137 +327,3 @@ class Engine:
             inst.pc += 1
             self._run(ws, st, inst, rule, inst.trigger)
         ws.save_instance(inst)
-
-    # -- running ---------------------------------------------------------------------------
-
-    def _run(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, event: dict[str, Any]
-    ) -> None:
-        """Execute ops from inst.pc until the instance waits or ends."""
-        program, ops = rule.program, self._ops
-        while inst.active:
-            if inst.pc >= len(program):
-                self.end(ws, st, inst, "completed")
-                return
-            op: Op = program[inst.pc]
-            if not ops[type(op)](ws, st, inst, rule, op, event):
-                return
-
-    def _wait(self, ws: Workspace, inst: Instance, state: WaitState, due: float | None) -> bool:
-        inst.state, inst.due_at = state, due
-        ws.save_instance(inst)
-        return False
-
-    def _op_wait(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: WaitOp, event: Any
-    ) -> bool:
-        due = ws.now + op.delay_s
-        if op.until is not None:
-            ctx = context(ws.now, st, event, inst.trigger)
-            try:
-                text = op.until.render(ctx)
-            except ExpressionError as exc:
-                return self._error(ws, st, inst, rule, op.path, "expression_error", str(exc), ctx)
-            try:
-                due = parse_time(text) + op.offset_s + op.delay_s
-            except ValueError:
-                detail = f"wait.until: '{text[:100]}' is not an ISO 8601 time"
-                return self._error(ws, st, inst, rule, op.path, "invalid_time", detail, ctx)
-        if op.at is not None:
-            due = next_local_time(max(due, ws.now), op.at, self.policies.zone(st))
-        if due > ws.now:
-            return self._wait(ws, inst, Waiting(), due)
-        inst.pc += 1
-        return True
-
-    def _op_send(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: SendOp, event: Any
-    ) -> bool:
-        if not self.cascade.send(ws, st, inst, rule, op, 0, event=event):
-            return False
-        inst.pc += 1
-        return True
-
-    def _op_wait_for(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: WaitForOp, event: Any
-    ) -> bool:
-        return self._wait(
-            ws, inst, WaitingFor(), None if op.timeout_s is None else ws.now + op.timeout_s
-        )
-
-    def _op_branch(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: BranchOp, event: Any
-    ) -> bool:
-        ctx = context(ws.now, st, event, inst.trigger)
-        ok = self._test(ws, op.cond, ctx, rule, f"step {op.path} if", st)
-        inst.pc = inst.pc + 1 if ok else op.else_pc
-        return True
-
-    def _op_jump(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: JumpOp, event: Any
-    ) -> bool:
-        inst.pc = op.target
-        return True
-
-    def _op_stop(
-        self, ws: Workspace, st: UserState, inst: Instance, rule: Rule, op: StopOp, event: Any
-    ) -> bool:
-        self.end(ws, st, inst, "completed", reason="stop")
-        return False
-
-    def _error(
-        self,
-        ws: Workspace,
-        st: UserState,
-        inst: Instance,
-        rule: Rule,
-        step: str,
-        kind: str,
-        detail: str,
-        ctx: dict[str, Any],
-    ) -> bool:
-        """Bad data stopped the instance: it ends as `error`, visibly (timeline, records,
-        the processor's log line and metric)."""
-        self._fail(ws, rule.id, kind, f"step {step}", detail, st, ctx, stopped=True)
-        ws.records.append(
-            Record(ws.now, rule.id, st.user_id, step, None, None, inst.variant, "error", kind)
-        )
-        self.end(ws, st, inst, "error", reason=f"step {step}: {detail}")
-        return False
-
-    def end(
-        self, ws: Workspace, st: UserState, inst: Instance, status: str, reason: str | None = None
-    ) -> None:
-        """End an instance: cancel its timer and anything it had not sent yet."""
-        state = inst.state
-        rule = self._rule_of(inst)
-        if isinstance(state, Deferred) and rule is not None:
-            op = rule.program[inst.pc]
-            if isinstance(op, SendOp):
-                channel = choose(op, inst)[2][state.idx].channel
-                self.cascade.skip(ws, st, inst, rule, op, channel, None, "exited")
-        for message in st.messages:
-            if message.instance_id == inst.id and message.status == "queued":
-                message.status, message.reason = "cancelled", "exited"
-                ws.save_message(message)
-        inst.status, inst.ended_at, inst.end_reason = status, ws.now, reason
-        inst.due_at, inst.state = None, None
-        if inst in st.instances:
-            st.instances.remove(inst)
-        ws.ended[(inst.rule_id, status)] += 1
-        ws.save_instance(inst)
-
-
-def _find_message(st: UserState, data: dict[str, Any]) -> Message | None:
-    mid = data.get("message_id")
-    for message in reversed(st.messages):
-        if mid is not None:
-            if message.id == mid or message.provider_id == mid:
-                return message
-        elif (
-            message.rule_id == data.get("rule")
-            and message.channel == data.get("channel")
-            and message.status != "skipped"
-        ):
-            return message
-    return None
