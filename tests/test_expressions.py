@@ -13,7 +13,8 @@ from conftest import ev, profile, run_simulation
 from jinja2 import UndefinedError
 
 from engine.errors import ExpressionError
-from engine.lang.expressions import Expression, TextTemplate, fuse_tests
+from engine.lang.expressions import Expression, TextTemplate
+from engine.lang.fused import fuse_tests
 from engine.lang.ruleset import load_ruleset
 
 Outcome = tuple[str, Any]

@@ -26,7 +26,7 @@ from engine.core.workspace import IdGen, Workspace
 from engine.errors import ExpressionError
 from engine.lang.config import Config
 from engine.lang.events import MESSAGE_EVENTS, Event
-from engine.lang.expressions import FusedTests, fuse_tests
+from engine.lang.fused import FusedTests, fuse_tests
 from engine.lang.program import (
     REACTIONS_MEETING,
     SendOp,

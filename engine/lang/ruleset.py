@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.errors import LoadError, Problem, did_you_mean
 from engine.lang.events import LIGHT_FIELDS
-from engine.lang.expressions import FailHook, fuse_tests
+from engine.lang.fused import FailHook, fuse_tests
 from engine.lang.program import CascadeEntry, SendOp, WaitForOp
 from engine.lang.rules import Rule, parse_rule
 from engine.lang.templates import Template, parse_template
