@@ -70,6 +70,8 @@ class Changes:
     inbox_done: list[int] = field(default_factory=list)
     inbox_cursor: tuple[int, str] | None = None
     job: JobProgress | None = None
+    # user id -> (segment and interest facts, when their next window runs out)
+    facts: dict[str, tuple[dict[str, Any], float | None]] = field(default_factory=dict)
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""
@@ -99,4 +101,5 @@ class Changes:
             or self.erased_users
             or self.orders
             or self.job
+            or self.facts
         )

@@ -97,6 +97,10 @@ class UserState:
     # (rule id, key) -> when an instance last started, for cooldowns.
     last_starts: dict[tuple[str, str], float] = field(default_factory=dict)
     profile_dirty: bool = False
+    # What segments and interests need to go on (engine/core/segments.py), and when its
+    # next window runs out.
+    facts: dict[str, Any] = field(default_factory=dict)
+    facts_due: float | None = None
 
 
 def new_profile(user_id: str, now: float) -> dict[str, Any]:
@@ -120,6 +124,8 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "points_balance": 0,
     "rfm": None,
     "invalid": {},
+    "segments": [],
+    "interests": {"category": [], "brand": []},
 }
 
 

@@ -18,6 +18,7 @@ from engine.core.facts import apply_facts
 from engine.core.model import PROFILE_DEFAULTS, Instance, UserState
 from engine.core.policies import Policies
 from engine.core.reactions import record_reaction
+from engine.core.segments import SegmentEngine
 from engine.core.steps import Steps
 from engine.core.tracking import Tracker
 from engine.core.variants import choose
@@ -34,6 +35,8 @@ from engine.lang.program import (
 )
 from engine.lang.rules import Rule
 from engine.lang.ruleset import RuleSet
+
+_MAX_SEGMENT_DEPTH = 3
 
 
 class Engine(Steps):
@@ -67,6 +70,7 @@ class Engine(Steps):
         """Swap in a new rule set; running instances keep the version they started with."""
         self.rules = rules
         self.cascade.templates = rules.templates
+        self.segments = SegmentEngine(rules.segments)
         for rule in rules.rules.values():
             self.versions[(rule.id, rule.version)] = rule
             # (what try_start checks before the audience must be absent, so that testing
@@ -161,9 +165,23 @@ class Engine(Steps):
 
     # -- events ----------------------------------------------------------------------------
 
-    def handle_event(self, ws: Workspace, st: UserState, ev: Event) -> None:
-        """A user event: facts, reactions, running instances, then new triggers."""
+    def handle_event(self, ws: Workspace, st: UserState, ev: Event, depth: int = 0) -> None:
+        """A user event: facts and segments, reactions, running instances, new triggers;
+        then the segment.entered/left events it caused, as events of their own."""
         apply_facts(ws, st, ev)
+        caused = self.segments.on_event(ws, st, ev)
+        self._handle(ws, st, ev)
+        # A segment may count segment events; a loop of such segments ends here.
+        if depth < _MAX_SEGMENT_DEPTH:
+            for event in caused:
+                self.handle_event(ws, st, event, depth + 1)
+
+    def on_facts_due(self, ws: Workspace, st: UserState) -> None:
+        """A segment window of the user ran out (or the interests aged)."""
+        for event in self.segments.on_due(ws, st):
+            self.handle_event(ws, st, event, 1)
+
+    def _handle(self, ws: Workspace, st: UserState, ev: Event) -> None:
         if ev.type in MESSAGE_EVENTS:
             self._on_reaction(ws, st, ev)
         if st.instances and ev.type in self.rules.watched:

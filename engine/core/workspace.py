@@ -28,6 +28,10 @@ class IdGen:
         return f"{prefix}{int(self._now() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
 
 
+# The timer key of a user's facts (segment windows, interests), beside instance ids.
+FACTS = "~facts"
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A rule's expression or template that failed on a user's data; the loop counts and
@@ -69,6 +73,11 @@ class Workspace:
     def save_profile(self, state: UserState) -> None:
         self.changes.profiles[state.user_id] = state.profile
 
+    def save_facts(self, state: UserState) -> None:
+        self.changes.facts[state.user_id] = (state.facts, state.facts_due)
+        if state.facts_due is not None:
+            heapq.heappush(self.timers, (state.facts_due, FACTS, state.user_id))
+
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
         return changes
@@ -78,9 +87,12 @@ class Workspace:
         while self.timers:
             due, iid, uid = self.timers[0]
             state = self.users.get(uid)
-            inst = next((i for i in state.instances if i.id == iid), None) if state else None
-            if inst is not None and inst.due_at == due:
-                return self.timers[0]
+            if state is not None:
+                if iid == FACTS:
+                    if state.facts_due == due:
+                        return self.timers[0]
+                elif any(i.id == iid and i.due_at == due for i in state.instances):
+                    return self.timers[0]
             heapq.heappop(self.timers)
         return None
 

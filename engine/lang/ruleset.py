@@ -16,6 +16,7 @@ from engine.lang.events import LIGHT_FIELDS
 from engine.lang.fused import FailHook, fuse_tests
 from engine.lang.program import CascadeEntry, SendOp, WaitForOp
 from engine.lang.rules import Rule, parse_rule
+from engine.lang.segments import Segment
 from engine.lang.templates import Template, parse_template
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, load_yaml, read_text
@@ -39,6 +40,7 @@ class Matcher:
 class RuleSet:
     rules: dict[str, Rule] = field(default_factory=dict)
     templates: dict[str, Template] = field(default_factory=dict)
+    segments: dict[str, Segment] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     # rule id -> the files whose problems disabled it, for /v1/rules
     failed: dict[str, list[Problem]] = field(default_factory=dict)

@@ -19,7 +19,7 @@ import structlog
 from channels.base import Outcome
 from engine.clock import Clock
 from engine.core.runner import Engine
-from engine.core.workspace import Workspace
+from engine.core.workspace import FACTS, Workspace
 from engine.errors import EventError
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import RuleSet
@@ -249,6 +249,12 @@ class Processor:
             nonlocal fired
             for due_at, iid, uid in self.units.each(due):
                 st = ws.users.get(uid)
+                if iid == FACTS:
+                    if st is not None and st.facts_due == due_at:
+                        st.facts_due = None
+                        self.engine.on_facts_due(ws, st)
+                        fired += 1
+                    continue
                 inst = next((i for i in st.instances if i.id == iid), None) if st else None
                 if st is None or inst is None or inst.due_at != due_at:
                     continue

@@ -1,0 +1,307 @@
+"""Segment membership and interests (SPEC 12), kept per user as events arrive and as
+windows run out, never by reading history.
+
+What a user's facts hold, and nothing more, so their size does not grow with the history:
+- per segment and event condition, the timestamps of the last `at_least` matching events
+  inside the window (the condition holds while the oldest of them is in the window, and a
+  timer is due the moment it leaves);
+- per interest kind (category, brand), a decayed score and the time of its last event for at
+  most a few dozen values.
+The membership itself (`segments`) and the top interests (`interests`) live on the profile,
+where expressions read them (`'baby_0_3' in user.segments`, `user.interests.category`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from engine.core.context import context
+from engine.core.model import UserState
+from engine.core.workspace import Failure, Workspace
+from engine.errors import ExpressionError
+from engine.lang.events import Event
+from engine.lang.segments import EventCondition, ProfileCondition, Segment
+
+SEGMENT_ENTERED = "segment.entered"
+SEGMENT_LEFT = "segment.left"
+# Interests: what each kind of event says of a user's interest, decayed by age.
+INTEREST_WEIGHTS = {
+    "product.viewed": 1.0,
+    "favorite.added": 3.0,
+    "cart.updated": 5.0,
+    "order.created": 10.0,
+}
+INTEREST_KINDS = ("category", "brand")
+INTEREST_WINDOW_S = 90 * 86400  # SPEC 12: the last 90 days
+INTEREST_HALF_LIFE_S = 30 * 86400
+INTEREST_TOP = 5
+_INTEREST_KEEP = 30  # values kept per kind (the top 5 of 30 is stable enough)
+_INTEREST_VALUE_CHARS = 100
+
+
+class SegmentEngine:
+    """The live segments of a rule set: what each event type and each profile change can
+    change, and the work of changing it."""
+
+    def __init__(self, segments: dict[str, Segment]) -> None:
+        self.segments = dict(sorted(segments.items()))
+        self.by_event: dict[str, list[Segment]] = {}
+        for seg in self.segments.values():
+            for etype in sorted(seg.event_types):
+                self.by_event.setdefault(etype, []).append(seg)
+        self.by_profile = [s for s in self.segments.values() if s.reads_profile]
+
+    def on_event(self, ws: Workspace, st: UserState, ev: Event) -> list[Event]:
+        """Count the event where it matches, update interests, recompute what it and a
+        changed profile can change; the segment.entered/left events it caused."""
+        touched = _interests(ws, st, ev)
+        candidates: dict[str, Segment] = {}
+        matching = self.by_event.get(ev.type, ())
+        if matching:
+            ctx = context(ws.now, st, ev.context, ev.context)
+            when = min(ev.time, ws.now)
+            for seg in matching:
+                for n, cond in enumerate(seg.conditions):
+                    if (
+                        isinstance(cond, EventCondition)
+                        and cond.event == ev.type
+                        and self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
+                    ):
+                        _count(st, seg, n, cond, when)
+                        touched = True
+                candidates[seg.id] = seg
+        if st.user_id in ws.changes.profiles or st.profile_dirty:
+            for seg in self.by_profile:
+                candidates.setdefault(seg.id, seg)
+        if not candidates and not touched:
+            return []
+        return self._settle(ws, st, candidates.values(), touched)
+
+    def on_due(self, ws: Workspace, st: UserState) -> list[Event]:
+        """A window ran out (the facts' timer): interests age, every segment is recomputed."""
+        if refresh_interests(st, ws.now):
+            ws.save_profile(st)
+        return self._settle(ws, st, self.segments.values(), True)
+
+    def _settle(
+        self, ws: Workspace, st: UserState, segments: Iterable[Segment], touched: bool
+    ) -> list[Event]:
+        now = ws.now
+        state = _segment_state(st)
+        current = set(_list(st.profile.get("segments")))
+        members = set(current) & set(self.segments)  # a segment that is gone is left
+        ctx: dict[str, Any] | None = None
+        for seg in segments:
+            held = state.get(seg.id)
+            if held is not None and held.get("v") != seg.version:
+                state.pop(seg.id)  # redefined: its counts no longer mean the same
+                touched = True
+            results = []
+            for n, cond in enumerate(seg.conditions):
+                if isinstance(cond, ProfileCondition):
+                    if ctx is None:
+                        ctx = context(now, st, {}, {})
+                    results.append(
+                        self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
+                    )
+                else:
+                    results.append(_holds(st, seg, n, cond, now))
+            inside = all(results) if seg.require_all else any(results)
+            if inside:
+                members.add(seg.id)
+            else:
+                members.discard(seg.id)
+        due = _next_due(st, self.segments, now)
+        if touched or due != st.facts_due:
+            st.facts_due = due
+            ws.save_facts(st)
+        if members == current:
+            return []
+        st.profile["segments"] = sorted(members)
+        ws.save_profile(st)
+        events = [_segment_event(SEGMENT_ENTERED, st, s, now) for s in sorted(members - current)]
+        events += [_segment_event(SEGMENT_LEFT, st, s, now) for s in sorted(current - members)]
+        return events
+
+    @staticmethod
+    def _test(
+        ws: Workspace,
+        st: UserState,
+        seg: Segment,
+        expr: Any,
+        ctx: dict[str, Any],
+        where: str,
+    ) -> bool:
+        if expr is None:
+            return True
+        try:
+            return bool(expr.test(ctx))
+        except ExpressionError as exc:
+            ws.errors.append(
+                Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
+            )
+            return False
+
+
+def _list(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _segment_state(st: UserState) -> dict[str, Any]:
+    state = st.facts.setdefault("seg", {})
+    assert isinstance(state, dict)
+    return state
+
+
+def _stamps(st: UserState, seg: Segment, n: int) -> list[float]:
+    entry = _segment_state(st).setdefault(seg.id, {"v": seg.version, "c": {}})
+    entry["v"] = seg.version
+    stamps = entry["c"].setdefault(str(n), [])
+    assert isinstance(stamps, list)
+    return stamps
+
+
+def _count(st: UserState, seg: Segment, n: int, cond: EventCondition, when: float) -> None:
+    """Keep the last `at_least` matching times (in order; a late event lands in place)."""
+    stamps = _stamps(st, seg, n)
+    bisect.insort(stamps, when)
+    del stamps[: max(0, len(stamps) - cond.at_least)]
+
+
+def _holds(st: UserState, seg: Segment, n: int, cond: EventCondition, now: float) -> bool:
+    entry = _segment_state(st).get(seg.id)
+    stamps = entry["c"].get(str(n)) if entry else None
+    if not stamps:
+        return False
+    # Times out of the window are of no use again: the window only moves forward.
+    keep = [t for t in stamps if t > now - cond.within_s]
+    if len(keep) != len(stamps):
+        stamps[:] = keep
+    return len(stamps) >= cond.at_least and stamps[-cond.at_least] > now - cond.within_s
+
+
+def _next_due(st: UserState, segments: dict[str, Segment], now: float) -> float | None:
+    """When the next condition that holds stops holding, or the interests age out."""
+    due: float | None = None
+    state = _segment_state(st)
+    for seg_id, entry in list(state.items()):
+        seg = segments.get(seg_id)
+        if seg is None:
+            del state[seg_id]  # the segment is gone, and so are its counts
+            continue
+        for key, stamps in entry["c"].items():
+            cond = seg.conditions[int(key)] if int(key) < len(seg.conditions) else None
+            if not isinstance(cond, EventCondition) or len(stamps) < cond.at_least:
+                continue
+            ends = stamps[-cond.at_least] + cond.within_s
+            if ends > now and (due is None or ends < due):
+                due = ends
+    last = st.facts.get("int_at")
+    if isinstance(last, int | float) and st.profile.get("interests"):
+        ends = last + INTEREST_WINDOW_S
+        if due is None or ends < due:
+            due = max(ends, now)
+    return due
+
+
+def _segment_event(etype: str, st: UserState, segment: str, now: float) -> Event:
+    return Event(type=etype, time=now, user_id=st.user_id, data={"segment": segment})
+
+
+# -- interests -----------------------------------------------------------------------------
+
+
+def _values(ev: Event, kind: str) -> list[str]:
+    """The categories (or brands) an event speaks of: its own, and its items'."""
+    out: list[str] = []
+    sources: list[Any] = [ev.data]
+    items = ev.data.get("items")
+    if isinstance(items, list):
+        sources.extend(items)
+    for src in sources:
+        value = src.get(kind) if isinstance(src, dict) else None
+        if isinstance(value, str) and value.strip() and value not in out:
+            out.append(value.strip()[:_INTEREST_VALUE_CHARS])
+    return out
+
+
+def _interests(ws: Workspace, st: UserState, ev: Event) -> bool:
+    """Add the event's weight to the interests it names; True when anything changed."""
+    weight = INTEREST_WEIGHTS.get(ev.type)
+    now = ws.now
+    if weight is None:
+        return False
+    when = min(ev.time, now)
+    if now - when > INTEREST_WINDOW_S:
+        return False
+    changed = False
+    scores = st.facts.setdefault("int", {})
+    for kind in INTEREST_KINDS:
+        values = _values(ev, kind)
+        if not values:
+            continue
+        table = scores.setdefault(kind, {})
+        for value in values:
+            score, at = table.get(value, (0.0, when))
+            table[value] = [_decayed(score, at, now) + weight * _decay(now - when), now]
+        if len(table) > _INTEREST_KEEP:
+            ranked = sorted(
+                table, key=lambda v: _decayed(table[v][0], table[v][1], now), reverse=True
+            )
+            for value in ranked[_INTEREST_KEEP:]:
+                del table[value]
+        changed = True
+    if changed:
+        st.facts["int_at"] = now
+        if _publish(st, now):
+            ws.save_profile(st)
+    return changed
+
+
+def _age_interests(st: UserState, now: float) -> bool:
+    """Interests whose last event is over 90 days old are dropped (on the facts' timer)."""
+    last = st.facts.get("int_at")
+    if not isinstance(last, int | float) or now - last < INTEREST_WINDOW_S:
+        return False
+    st.facts.pop("int", None)
+    st.facts.pop("int_at", None)
+    if st.profile.get("interests"):
+        st.profile["interests"] = {kind: [] for kind in INTEREST_KINDS}
+    return True
+
+
+def _publish(st: UserState, now: float) -> bool:
+    """The top values of each kind onto the profile; True when they changed."""
+    scores = st.facts.get("int") or {}
+    top: dict[str, list[str]] = {}
+    for kind in INTEREST_KINDS:
+        table = scores.get(kind) or {}
+        live = [
+            (v, _decayed(score, at, now))
+            for v, (score, at) in table.items()
+            if now - at <= INTEREST_WINDOW_S
+        ]
+        live.sort(key=lambda item: (-item[1], item[0]))
+        top[kind] = [v for v, _ in live[:INTEREST_TOP]]
+    if st.profile.get("interests") == top:
+        return False
+    st.profile["interests"] = top
+    return True
+
+
+def _decay(age_s: float) -> float:
+    return math.pow(0.5, max(0.0, age_s) / INTEREST_HALF_LIFE_S)
+
+
+def _decayed(score: float, at: float, now: float) -> float:
+    return float(score) * _decay(now - at)
+
+
+def refresh_interests(st: UserState, now: float) -> bool:
+    """On the facts' timer: drop interests that aged out of the window."""
+    if _age_interests(st, now):
+        return True
+    return bool(st.facts.get("int")) and _publish(st, now)
