@@ -16,6 +16,7 @@ import pytest
 from engine.core.changes import Changes, Order, Touch
 from engine.core.model import Instance, Message
 from engine.core.waits import Waiting
+from engine.core.workspace import FACTS
 from engine.store import Store, open_store
 from engine.store.base import StatsQuery
 from engine.store.migrations import POSTGRES_MIGRATIONS
@@ -114,6 +115,29 @@ async def test_interests_by_kind_window_and_page(store: Store) -> None:
 
 
 # -- instances and timers -------------------------------------------------------------------
+
+
+async def test_facts_load_with_the_user_and_their_window_is_a_timer(store: Store) -> None:
+    facts = {"seg": {"s1": {"v": "x", "c": {"0": [T0 - 5, T0]}}}, "int_at": T0}
+    await save(
+        store,
+        facts={"u1": (facts, T0 + 30), "u2": ({"int_at": T0}, None)},
+        instances={"i1": inst("i1", "u1", due_at=T0 + 20)},
+    )
+    states = await store.load_users(["u1", "u2", "u3"], messages_since=0, starts_since=0)
+    assert (states["u1"].facts, states["u1"].facts_due) == (facts, T0 + 30)
+    assert (states["u2"].facts, states["u2"].facts_due) == ({"int_at": T0}, None)
+    assert (states["u3"].facts, states["u3"].facts_due) == ({}, None)
+    assert await store.next_due() == T0 + 20
+    assert await store.due_instances(T0 + 60, 10) == [
+        (T0 + 20, "i1", "u1"),
+        (T0 + 30, FACTS, "u1"),
+    ]
+    await save(store, facts={"u1": (facts, None)})  # the window was recomputed: no timer
+    assert await store.due_instances(T0 + 60, 10) == [(T0 + 20, "i1", "u1")]
+    await save(store, erased_users={"u1"})
+    states = await store.load_users(["u1"], messages_since=0, starts_since=0)
+    assert states["u1"].facts == {}
 
 
 async def test_timers_due_in_order_and_active_instances(store: Store) -> None:

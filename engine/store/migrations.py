@@ -340,3 +340,27 @@ POSTGRES_MIGRATIONS.append(
     );
     """
 )
+
+# Segment windows and interests (engine/core/segments.py): a user's few timestamps and
+# scores, and when the next window runs out (a timer beside the instances' timers).
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE user_facts (
+        user_id TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        due_at REAL
+    );
+    CREATE INDEX user_facts_due ON user_facts (due_at) WHERE due_at IS NOT NULL;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE user_facts (
+        user_id TEXT COLLATE "C" PRIMARY KEY,
+        data TEXT NOT NULL,
+        due_at DOUBLE PRECISION,
+        claimed_by BIGINT
+    );
+    CREATE INDEX user_facts_due ON user_facts (due_at) WHERE due_at IS NOT NULL;
+    """
+)

@@ -30,6 +30,7 @@ import structlog
 
 from engine.core.changes import Changes
 from engine.core.model import Instance, Message, UserState, new_profile
+from engine.core.workspace import FACTS
 from engine.store.base import ConcurrentUpdate, JobRow, new_secret
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
@@ -239,6 +240,11 @@ class PostgresStore(PostgresStats):
                 state = UserState(uid, profile or new_profile(uid, 0.0))
                 state.profile_dirty = profile is None
                 states[uid] = state
+            for uid, data, due_at in await conn.fetch(
+                "SELECT user_id, data, due_at FROM user_facts WHERE user_id = ANY($1::text[])",
+                ids,
+            ):
+                states[uid].facts, states[uid].facts_due = json.loads(data), due_at
             for row in await conn.fetch(
                 f"{_INSTANCE_SQL} WHERE user_id = ANY($1::text[]) AND status = 'active' "
                 "ORDER BY started_at, id",
@@ -312,6 +318,14 @@ class PostgresStore(PostgresStats):
             if changes.instances:
                 await conn.executemany(
                     _UPSERT_INSTANCE, [instance_row(i) for i in changes.instances.values()]
+                )
+            if changes.facts:
+                # Saved facts are settled: whatever timer claim they had is void.
+                await conn.executemany(
+                    "INSERT INTO user_facts (user_id, data, due_at, claimed_by) "
+                    "VALUES ($1, $2, $3, NULL) ON CONFLICT (user_id) DO UPDATE SET "
+                    "data = EXCLUDED.data, due_at = EXCLUDED.due_at, claimed_by = NULL",
+                    [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
                 )
             if changes.messages:
                 await _save_messages(conn, list(changes.messages.values()))
@@ -465,9 +479,11 @@ class PostgresStore(PostgresStats):
     async def next_due(self) -> float | None:
         me = await self._me()
         row = await self.pool.fetchrow(
-            f"SELECT due_at, NOT {_free('claimed_by', '$1')}, "
-            "extract(epoch FROM clock_timestamp())::float8 FROM instances "
-            "WHERE due_at IS NOT NULL ORDER BY due_at, id LIMIT 1",
+            f"SELECT due_at, held, extract(epoch FROM clock_timestamp())::float8 FROM ("
+            f"(SELECT due_at, NOT {_free('claimed_by', '$1')} AS held FROM instances "
+            "WHERE due_at IS NOT NULL ORDER BY due_at, id LIMIT 1) UNION ALL "
+            f"(SELECT due_at, NOT {_free('claimed_by', '$1')} FROM user_facts "
+            "WHERE due_at IS NOT NULL ORDER BY due_at LIMIT 1)) t ORDER BY due_at LIMIT 1",
             me,
         )
         if row is None:
@@ -489,7 +505,18 @@ class PostgresStore(PostgresStats):
             limit,
             me,
         )
-        return sorted((r[0], r[1], r[2]) for r in rows)
+        facts = await self.pool.fetch(
+            "WITH due AS (SELECT user_id FROM user_facts WHERE due_at IS NOT NULL "
+            f"AND due_at <= $1 AND {_free('claimed_by', '$3')} ORDER BY due_at LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED) "
+            "UPDATE user_facts f SET claimed_by = $3 FROM due WHERE f.user_id = due.user_id "
+            "RETURNING f.due_at, f.user_id",
+            until,
+            limit,
+            me,
+        )
+        timers = [(r[0], r[1], r[2]) for r in rows] + [(r[0], FACTS, r[1]) for r in facts]
+        return sorted(timers)[:limit]
 
     # -- scheduled jobs --------------------------------------------------------------------
 
@@ -852,7 +879,7 @@ async def _save_messages(conn: Conn, messages: list[Message]) -> None:
 
 
 async def _erase(conn: Conn, users: list[str]) -> None:
-    for table in ("profiles", "interests"):
+    for table in ("profiles", "interests", "user_facts"):
         await conn.execute(f"DELETE FROM {table} WHERE user_id = ANY($1::text[])", users)
     # Keep counts for stats, drop the personal content.
     await conn.execute(
@@ -874,6 +901,7 @@ def _users_of(changes: Changes) -> set[str]:
     users.update(m.user_id for m in changes.messages.values())
     users.update(key[2] for key in changes.interests)
     users.update(o.user_id for o in changes.orders)
+    users.update(changes.facts)
     return users
 
 

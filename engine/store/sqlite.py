@@ -15,6 +15,7 @@ import aiosqlite
 
 from engine.core.changes import Changes, Order
 from engine.core.model import Instance, Message, UserState, new_profile
+from engine.core.workspace import FACTS
 from engine.store.base import (
     AttributedCounts,
     JobRow,
@@ -154,6 +155,10 @@ class SqliteStore:
                 chunk,
             ):
                 states[row[3]].instances.append(instance_from(row))
+            for uid, data, due_at in await self._rows(
+                f"SELECT user_id, data, due_at FROM user_facts WHERE user_id IN ({marks})", chunk
+            ):
+                states[uid].facts, states[uid].facts_due = stored_json(data), due_at
             for row in await self._rows(
                 f"{_MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? "
                 "ORDER BY created_at, id",
@@ -211,6 +216,13 @@ class SqliteStore:
                 await db.executemany(
                     _INSTANCE_UPSERT, [instance_row(i) for i in changes.instances.values()]
                 )
+            if changes.facts:
+                await db.executemany(
+                    "INSERT INTO user_facts (user_id, data, due_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
+                    "due_at = excluded.due_at",
+                    [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
+                )
             if changes.messages:
                 await db.executemany(
                     f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
@@ -240,7 +252,7 @@ class SqliteStore:
 
     async def _erase(self, users: set[str]) -> None:
         params = [(u,) for u in users]
-        for table in ("profiles", "interests"):
+        for table in ("profiles", "interests", "user_facts"):
             await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
         # Keep counts for stats, drop the personal content.
         await self.db.executemany(
@@ -281,7 +293,11 @@ class SqliteStore:
 
     @_serialized
     async def next_due(self) -> float | None:
-        rows = await self._rows("SELECT min(due_at) FROM instances WHERE due_at IS NOT NULL")
+        rows = await self._rows(
+            "SELECT min(due) FROM (SELECT min(due_at) AS due FROM instances "
+            "WHERE due_at IS NOT NULL UNION ALL SELECT min(due_at) FROM user_facts "
+            "WHERE due_at IS NOT NULL)"
+        )
         return rows[0][0] if rows else None
 
     @_serialized
@@ -289,9 +305,12 @@ class SqliteStore:
         return [
             (r[0], r[1], r[2])
             for r in await self._rows(
-                "SELECT due_at, id, user_id FROM instances WHERE due_at IS NOT NULL "
-                "AND due_at <= ? ORDER BY due_at LIMIT ?",
-                (until, limit),
+                "SELECT due_at, key, user_id FROM ("
+                "SELECT due_at, id AS key, user_id FROM instances "
+                "WHERE due_at IS NOT NULL AND due_at <= ? "
+                f"UNION ALL SELECT due_at, '{FACTS}', user_id FROM user_facts "
+                "WHERE due_at IS NOT NULL AND due_at <= ?) ORDER BY due_at, key LIMIT ?",
+                (until, until, limit),
             )
         ]
 
