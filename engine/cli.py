@@ -111,15 +111,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"--until: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], dict[str, Any] | None]:
         sim = await Simulation.create(ruleset, config)
         try:
-            return await sim.run(events, until)
+            records = await sim.run(events, until)
+            return records, (await sim.stats() if args.stats else None)
         finally:
             await sim.close()
 
-    records = asyncio.run(run())
-    write_records(records, sys.stdout, args.format)
+    records, stats = asyncio.run(run())
+    if stats is None:
+        write_records(records, sys.stdout, args.format)
+    elif args.format == "json":
+        json.dump(stats, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from engine.measure.stats_text import format_text
+
+        sys.stdout.write(format_text(stats))
     return 0
 
 
@@ -319,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--format", choices=("text", "json"), default="text", help="output (default: text)"
+    )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="print what `kaskad stats` would say of the simulated timeline instead of the "
+        "timeline (what a new or changed rule would have done on these events)",
     )
     p.set_defaults(func=cmd_simulate)
 

@@ -28,6 +28,7 @@ from engine.errors import EventError
 from engine.lang.config import Config
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import RuleSet
+from engine.measure.stats import compute_stats
 from engine.runtime.processor import Processor
 from engine.runtime.states import ResidentStates
 from engine.store.sqlite import SqliteStore
@@ -106,6 +107,17 @@ class Simulation:
                 break
         await self.states.flush()
         return self.records[first:]
+
+    async def stats(self) -> dict[str, Any]:
+        """`kaskad stats` of the simulated timeline, as of the end of the run: funnels, A/B,
+        attribution, from the run's own store (reactions and orders came from the file)."""
+        await self.flush()
+        return await compute_stats(
+            self.store,
+            rules=self.engine.rules,
+            policies=self.engine.config.policies,
+            now=self.clock.now(),
+        )
 
     async def flush(self) -> None:
         """Every change so far in the store (the run writes it behind)."""
