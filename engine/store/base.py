@@ -225,6 +225,13 @@ class Store(Protocol):
         """Recency, frequency and monetary quintile scores (1-5) of every profile with orders."""
         ...
 
+    async def set_rfm(self, segments: dict[str, tuple[str, dict[str, int]]]) -> None:
+        """Set `rfm` and `rfm_scores` (user id -> (segment, scores)) on these profiles in
+        place, the rest of each as it is, in a transaction of its own: so `kaskad rfm` can
+        write beside a daemon running on the same database without overwriting what it
+        saves. Users without a profile are skipped."""
+        ...
+
 
 def new_secret() -> str:
     """32 random bytes, hex: a value for Store.secret to keep."""
