@@ -60,10 +60,6 @@ class Store(Protocol):
         """Write a unit of work atomically."""
         ...
 
-    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
-        """Record event ids; returns those seen before (duplicates)."""
-        ...
-
     async def next_due(self) -> float | None: ...
 
     async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
