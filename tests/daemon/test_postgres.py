@@ -19,7 +19,7 @@ from engine.daemon import Daemon
 from tests.pgdb import pg_schema
 
 from . import test_api
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
 
