@@ -7,11 +7,10 @@ import asyncio
 import json
 import os
 import re
-import secrets
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.clock import parse_time
@@ -19,6 +18,9 @@ from engine.errors import LoadError, did_you_mean
 from engine.lang.config import Config, ConfigCheck, load_config
 from engine.lang.durations import parse_duration
 from engine.runtime.logs import configure
+
+if TYPE_CHECKING:
+    from engine.store import Store
 
 # Options whose value may start with '-' (a duration back from now: `--since -7d`).
 _DASH_VALUES = ("--since", "--until")
@@ -168,7 +170,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _open_existing_store(config: Config) -> Any:
+async def _open_existing_store(config: Config) -> Store:
     """The daemon's store; a missing SQLite file is an error, not a new empty database, and
     a store that cannot be opened is one line naming the url (password masked)."""
     import sqlite3
@@ -249,30 +251,15 @@ async def _known_rules(config: Config, rules: Any) -> set[str]:
 
 
 def cmd_rfm(args: argparse.Namespace) -> int:
-    from engine.clock import RealClock
-    from engine.core.runner import Engine
-    from engine.core.tracking import Tracker
-    from engine.lang.ruleset import RuleSet
-    from engine.measure.rfm import Write, recompute, through
-    from engine.runtime.processor import Processor
-    from engine.store.sqlite import SqliteStore
+    from engine.measure.rfm import recompute
 
     config = _config(args.config)
 
     async def run() -> dict[str, Any]:
         store = await _open_existing_store(config)
         try:
-            write: Write
-            if isinstance(store, SqliteStore):
-                # Beside a running daemon: only the two keys change, in place.
-                write = store.set_rfm
-            else:
-                # No rule runs here, so no link is signed: a key of this process will do.
-                tracker = Tracker(config.tracking.base_url, secrets.token_hex(16))
-                engine = Engine(RuleSet(), config, lambda m: None, tracker=tracker)
-                processor = Processor(engine, store, RealClock())
-                write = through(processor.call)
-            return (await recompute(store, write)).json()
+            # Beside a running daemon: only the two keys change, in place (Store.set_rfm).
+            return (await recompute(store, store.set_rfm)).json()
         finally:
             await store.close()
 

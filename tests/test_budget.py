@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import brief, ev, profile, run_simulation
 
 from engine.errors import ExpressionError
 from engine.lang import budget
 from engine.lang.expressions import Expression, TextTemplate
 from engine.lang.ruleset import load_ruleset
+from tests.helpers import brief, ev, profile, run_simulation
 
 LOOPS = "render limit: over 100000 loop iterations in one render"
 VALUE = "render limit: a value of over 262144 characters or items"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUIET_CONFIG, ROOT, RULES, ev, profile
 from test_validate import BOMB, BOMB_PROBLEM
 
 from engine.cli import main
@@ -21,6 +20,7 @@ from engine.lang.ruleset import load_ruleset
 from engine.lang.templates import CHANNEL_KEYS
 from engine.lang.yamlfile import load_yaml
 from engine.runtime.logs import configure
+from tests.helpers import QUIET_CONFIG, ROOT, RULES, ev, profile
 
 RECORD_KEYS = [
     "time",

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, RULES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -27,6 +26,7 @@ from engine.cli import build_parser, main
 from engine.lang.config import Config
 from engine.runtime.logs import configure
 from engine.store import open_store
+from tests.helpers import ROOT, RULES
 
 Result = tuple[int, str, str]
 Cli = Callable[..., Result]

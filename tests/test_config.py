@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from channels.kinds import CHANNELS
 from engine.errors import LoadError
 from engine.lang.config import Config, load_config, parse_config
+from tests.helpers import ROOT
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ev, profile, run_simulation
 from jinja2 import UndefinedError
 
 from engine.errors import ExpressionError
 from engine.lang.expressions import Expression, TextTemplate
 from engine.lang.fused import fuse_tests
 from engine.lang.ruleset import load_ruleset
+from tests.helpers import ev, profile, run_simulation
 
 Outcome = tuple[str, Any]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import QUIET_CONFIG
-
 from channels.base import OutboundMessage, Outcome
 from engine.clock import iso
 from engine.core.model import UserState, new_profile
@@ -15,6 +13,7 @@ from engine.core.workspace import IdGen, Workspace
 from engine.lang.config import parse_config
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import load_ruleset
+from tests.helpers import QUIET_CONFIG
 
 RULE = """\
 rule: promo

@@ -15,13 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 import test_seeds
-from conftest import QUIET_CONFIG, run_simulation
 
 from engine.clock import VirtualClock, iso, parse_time
 from engine.daemon import Daemon
 from engine.lang.config import Config, RulesConfig, ServerConfig, StorageConfig, parse_config
 from engine.lang.ruleset import RuleSet
 from engine.simulate import MAX_HORIZON_S
+from tests.helpers import QUIET_CONFIG, run_simulation
 
 SEED_TESTS = sorted(name for name in dir(test_seeds) if name.startswith("test_"))
 _SENT = frozenset({"sent", "delivered", "opened", "clicked"})

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, run_simulation, shipped_rules
 
 from bench.abandoned_cart_reference import expected_sends
 from bench.datasets import rees46_events
 from engine.lang.ruleset import load_ruleset
+from tests.helpers import ROOT, run_simulation, shipped_rules
 
 OTTO = ROOT / "tests" / "data" / "otto_events.jsonl"
 REES46 = Path(

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ev, profile
 
 from engine.lang.config import parse_config
 from engine.lang.events import parse_event
 from engine.lang.ruleset import load_ruleset
 from engine.measure.rfm import SEGMENTS, recompute, resident, segment
 from engine.simulate import Simulation
+from tests.helpers import ev, profile
 
 VIP_RULE = """
 rule: vip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import brief, ev, profile, run_simulation, shipped_rules
+from tests.helpers import brief, ev, profile, run_simulation, shipped_rules
 
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 

@@ -9,7 +9,6 @@ from statistics import NormalDist
 from typing import Any
 
 import pytest
-from conftest import ev, profile
 
 from engine.clock import parse_time
 from engine.errors import Problem
@@ -19,6 +18,7 @@ from engine.lang.ruleset import RuleSet, load_ruleset
 from engine.measure.stats import MAX_TIME, ci95, compute_stats, parse_bound, z_test
 from engine.measure.stats_text import format_text
 from engine.simulate import Simulation
+from tests.helpers import ev, profile
 
 TEMPLATE = "template: t\nemail: {subject: Hi, text: Hello}\nsms: {text: Hello}\n"
 RULES = {

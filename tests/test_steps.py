@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUIET_CONFIG, brief, ev, profile, run_simulation
 
 from engine.lang.config import parse_config
 from engine.lang.events import parse_event
 from engine.lang.ruleset import RuleSet, load_ruleset
 from engine.simulate import Simulation, record_json
+from tests.helpers import QUIET_CONFIG, brief, ev, profile, run_simulation
 
 TEMPLATES = {
     "note": """\

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from _pytest.mark.structures import ParameterSet
-from conftest import RULES
 
 from engine.errors import LoadError
 from engine.lang.config import parse_config
 from engine.lang.expressions import Expression
 from engine.lang.ruleset import RuleSet, load_ruleset
 from engine.lang.yamlfile import MAX_FILE_BYTES
+from tests.helpers import RULES
 
 HELLO = """\
 template: hello

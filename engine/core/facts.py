@@ -48,7 +48,7 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
     etype = ev.type
     changed = st.profile_dirty
     if etype == "profile.updated":
-        _merge_profile(profile, data)
+        merge_profile(profile, data)
         changed = True
     elif etype == "order.created":
         order = _order(ws, st, ev)
@@ -151,7 +151,7 @@ def _interest(ws: Workspace, add: bool, product_id: str, kind: str, uid: str) ->
     ws.changes.interest(product_id, kind, uid, ws.now if add else None)
 
 
-def _merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
+def merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
     """Scalars replace, `attributes`/`consent` merge, device lists gain new entries.
 
     A null value removes the field. Invalid marks are per address, so a new address is

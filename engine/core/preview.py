@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.clock import parse_time
-from engine.core.facts import _merge_profile
+from engine.core.facts import merge_profile
 from engine.core.model import new_profile, profile_context
 from engine.core.tracking import Tracker
 from engine.errors import EventError, ExpressionError
@@ -205,7 +205,7 @@ def render_channels(
     """Every channel block of the template, rendered as a send would render it, for the
     profile `user` (profile.updated data plus user_id) makes, with derived `facts` on it."""
     profile = new_profile(str(user.get("user_id", SAMPLE_USER_ID)), parse_time(SAMPLE_TIME))
-    _merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
+    merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
     profile.update(copy.deepcopy(facts or {}))
     event = trigger
     now = parse_time(event["time"]) if isinstance(event.get("time"), str) else 0.0

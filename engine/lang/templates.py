@@ -15,7 +15,7 @@ from engine.lang import budget
 from engine.lang.expressions import TextTemplate, compile_structure
 from engine.lang.typecheck import template_clashes
 from engine.lang.validation import Checker
-from engine.lang.yamlfile import YDict, YList, read_text
+from engine.lang.yamlfile import YDict, read_text
 
 # Per channel: allowed keys, required keys. Limits cite the provider docs (PROVIDERS.md).
 CHANNEL_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -222,7 +222,3 @@ def _template_line(message: str) -> int:
         if digits.isdigit():
             return int(digits)
     return 1
-
-
-def template_names(items: YList | None) -> list[str]:
-    return [str(i) for i in items or []]

@@ -205,8 +205,3 @@ def read_text(path: Path, display: str | None = None) -> str:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise LoadError([Problem(name, 1, 1, f"cannot read file: {exc}")]) from None
-
-
-def load_yaml_file(path: Path, display: str | None = None) -> Any:
-    name = display or str(path)
-    return load_yaml(read_text(path, name), name)

@@ -60,10 +60,6 @@ class Store(Protocol):
         """Write a unit of work atomically."""
         ...
 
-    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
-        """Record event ids; returns those seen before (duplicates)."""
-        ...
-
     async def next_due(self) -> float | None: ...
 
     async def due_instances(self, until: float, limit: int) -> list[tuple[float, str, str]]:
@@ -223,6 +219,13 @@ class Store(Protocol):
 
     async def rfm_scores(self) -> list[RfmRow]:
         """Recency, frequency and monetary quintile scores (1-5) of every profile with orders."""
+        ...
+
+    async def set_rfm(self, segments: dict[str, tuple[str, dict[str, int]]]) -> None:
+        """Set `rfm` and `rfm_scores` (user id -> (segment, scores)) on these profiles in
+        place, the rest of each as it is, in a transaction of its own: so `kaskad rfm` can
+        write beside a daemon running on the same database without overwriting what it
+        saves. Users without a profile are skipped."""
         ...
 
 

@@ -406,10 +406,6 @@ class PostgresStore(PostgresStats):
 
     # -- events ----------------------------------------------------------------------------
 
-    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
-        async with self.pool.acquire() as conn:
-            return await _remember(conn, ids, now)
-
     async def enqueue(
         self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None
     ) -> tuple[int, int]:
@@ -675,10 +671,6 @@ class PostgresStore(PostgresStats):
                     profile["rfm"], profile["rfm_scores"] = segments[uid]
                     updates.append((uid, dumps(profile)))
             await conn.executemany("UPDATE profiles SET data = $2 WHERE user_id = $1", updates)
-
-    async def all_messages(self) -> list[Message]:
-        rows = await self.pool.fetch(f"{_MESSAGE_SQL} ORDER BY created_at, id")
-        return [message_from(tuple(r)) for r in rows]
 
     # -- sends -----------------------------------------------------------------------------
 

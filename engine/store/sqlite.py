@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import math
-from collections import defaultdict
 from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -264,10 +263,6 @@ class SqliteStore:
             "WHERE user_id = ?",
             params,
         )
-
-    @_serialized
-    async def remember_event_ids(self, ids: list[str], now: float) -> set[str]:
-        return await self._remember_event_ids(ids, now)
 
     async def _remember_event_ids(self, ids: list[str], now: float) -> set[str]:
         if not ids:
@@ -765,12 +760,6 @@ class SqliteStore:
             [(name, dumps(scores), uid) for uid, (name, scores) in segments.items()],
         )
 
-    @_serialized
-    async def all_messages(self) -> list[Message]:
-        return [
-            message_from(r) for r in await self._rows(f"{_MESSAGE_SQL} ORDER BY created_at, id")
-        ]
-
 
 def _rule_filter(q: StatsQuery, column: str) -> tuple[str, list[Any]]:
     return (f" AND {column} = ?", [q.rule]) if q.rule is not None else ("", [])
@@ -801,13 +790,6 @@ def _filters(**values: Any) -> tuple[list[str], list[Any]]:
             where.append(f"{column} = ?")
             params.append(value)
     return where, params
-
-
-def group_by_user(rows: list[Any], index: int) -> dict[str, list[Any]]:
-    grouped: dict[str, list[Any]] = defaultdict(list)
-    for row in rows:
-        grouped[row[index]].append(row)
-    return grouped
 
 
 __all__ = ["Instance", "Message", "SqliteStore", "sqlite_path"]

@@ -12,7 +12,7 @@ import aiohttp
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
 
-from .conftest import ADMIN, START, Client, make_config
+from .helpers import ADMIN, START, Client, make_config
 
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 

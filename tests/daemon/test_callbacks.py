@@ -11,7 +11,7 @@ from typing import Any
 from engine.core.model import Message
 from engine.store.sqlite import SqliteStore
 
-from .conftest import START, Client
+from .helpers import START, Client
 
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 WA_SECRET = b"s3cret"

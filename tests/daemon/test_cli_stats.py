@@ -14,7 +14,7 @@ import pytest
 from engine.cli import main as cli_main
 from engine.runtime.logs import configure
 
-from .conftest import Client
+from .helpers import Client
 
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 

@@ -27,7 +27,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from engine.lang.config import parse_config
 
-from .conftest import ROOT, Client
+from .helpers import ROOT, Client
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
 CHROMIUM = "/usr/bin/chromium"

@@ -17,7 +17,7 @@ from engine.clock import VirtualClock
 from engine.core.preview import sample_trigger
 from engine.daemon import Daemon
 
-from .conftest import ADMIN, ROOT, START, Client, make_config
+from .helpers import ADMIN, ROOT, START, Client, make_config
 
 HOSTILE_RULE = "<script>alert('rule')</script>"
 HOSTILE_USER = "<script>alert('user')</script>"

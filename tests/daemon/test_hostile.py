@@ -23,7 +23,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from tests.pgdb import pg_schema
 
-from .conftest import RECEIPT_CHANNELS, START, TRACKING, Client, make_config
+from .helpers import RECEIPT_CHANNELS, START, TRACKING, Client, make_config
 
 INGEST = [(b"Authorization", b"Bearer ingest-token")]
 ADMIN = [(b"Authorization", b"Bearer admin-token")]

@@ -12,7 +12,7 @@ from engine.clock import iso, parse_time
 from engine.lang.events import parse_event
 from engine.runtime.intake import decode
 
-from .conftest import START, Client
+from .helpers import START, Client
 
 
 def _fast(body: bytes) -> list[Any] | None:

@@ -18,7 +18,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 
 from . import fuzz
-from .conftest import RECEIPT_CHANNELS, START, TRACKING, Client, make_config
+from .helpers import RECEIPT_CHANNELS, START, TRACKING, Client, make_config
 
 # Cases per operation, mode and credentials: ~1,200 requests in ~20 s, the same every run
 # (KASKAD_FUZZ_EXAMPLES=200 for a longer search).

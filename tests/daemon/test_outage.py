@@ -26,7 +26,7 @@ from tests.fakes.smtp import FakeSmtp, Script
 from tests.fakes.webhook_receiver import FakeReceiver, Reply
 from tests.pgdb import pg_schema
 
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 
 TEMPLATE = """\
 template: ping

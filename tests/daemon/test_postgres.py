@@ -13,12 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from engine.cli import main as cli_main
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from tests.pgdb import pg_schema
 
 from . import test_api
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
 
@@ -73,6 +74,31 @@ async def test_a_restart_keeps_timers_and_messages(
             assert [i["status"] for i in cart_chain] == ["active"]  # on to its next step
     finally:
         await second.stop()
+
+
+async def test_kaskad_rfm_sets_segments_beside_the_daemon(
+    client: Client, tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kaskad rfm` on PostgreSQL writes the segment in place (Store.set_rfm): the running
+    daemon reads it with the rest of the profile kept, and its next save of the user (its
+    copy now stale) keeps it too."""
+    order = {"type": "order.created", "user_id": "u1", "data": {"order_id": "o1", "total": 9}}
+    assert (await client.post_events([test_api.profile("u1"), order]))[0] == 202
+    await client.daemon.pump()
+    config = tmp_path / "cli.yaml"
+    config.write_text(f'storage: {{url: "{storage_url}"}}\n')
+    assert await asyncio.to_thread(cli_main, ["rfm", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "1 customers scored, 1 profiles updated",
+        "  need_attention         1",
+    ]
+    _, body = await client.admin("GET", "/v1/profiles/u1")
+    assert (body["rfm"], body["rfm_scores"]) == ("need_attention", {"r": 3, "f": 3, "m": 3})
+    assert (body["email"], body["orders_count"]) == ("u1@x.test", 1)
+    assert (await client.post_events([test_api.profile("u1", locale="de")]))[0] == 202
+    await client.daemon.pump()
+    _, body = await client.admin("GET", "/v1/profiles/u1")
+    assert (body["rfm"], body["locale"], body["orders_count"]) == ("need_attention", "de", 1)
 
 
 RULE = """\

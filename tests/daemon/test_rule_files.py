@@ -16,7 +16,7 @@ import pytest
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
 
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 from .proc import Daemons, free_port, http_json, http_session, write_config
 
 # a description that, expanded, is 9**9 strings: a billion laughs in 474 bytes

@@ -16,7 +16,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from tests.pgdb import pg_schema
 
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 
 BODY = json.dumps(
     [

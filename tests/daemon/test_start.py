@@ -11,7 +11,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon, StartError
 from engine.lang.config import parse_config
 
-from .conftest import START
+from .helpers import START
 
 
 async def test_bad_channels_are_all_named_before_the_store_is_opened(tmp_path: Path) -> None:

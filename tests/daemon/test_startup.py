@@ -18,7 +18,7 @@ from engine.daemon import Daemon, exposure_refused
 from engine.lang.config import Config, parse_config
 from engine.runtime.logs import configure
 
-from .conftest import START, Client
+from .helpers import START, Client
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_WARNINGS = ["ingest.open", "admin.open", "dashboard.open", "metrics.open"]

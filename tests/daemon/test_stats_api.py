@@ -13,7 +13,7 @@ import pytest
 from engine.cli import main as cli_main
 from engine.clock import parse_time
 
-from .conftest import Client
+from .helpers import Client
 
 HOUR = 3600.0
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}

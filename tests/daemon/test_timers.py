@@ -11,7 +11,7 @@ import aiohttp
 from engine.clock import VirtualClock, parse_time
 from engine.daemon import Daemon
 
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
 WAIT_RULE = """\

@@ -18,7 +18,7 @@ from engine.core.model import Message
 from engine.core.tracking import Tracker
 from engine.daemon import Daemon
 
-from .conftest import START, Client, make_config
+from .helpers import START, Client, make_config
 
 PUBLIC = "https://kaskad.example"
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.measure.stats import INSTANCE_KEYS, RULE_STATES
 
-from .conftest import Client
+from .helpers import Client
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}

@@ -1,0 +1,45 @@
+"""The marketers' dashboard at `/`: server-rendered pages, inline SVG charts, no script.
+
+Auth is the admin token: `Authorization: Bearer`, or a session cookie set by the login form
+(auth). Every page is Jinja2 with autoescape on and a Content-Security-Policy that allows
+no script at all (render, with the templates' filters and charts); what the pages show
+comes from data, the handlers are in pages.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
+from engine.api.dashboard.data import merge_rules, parse_since, since_context
+from engine.api.dashboard.pages import (
+    messages_page,
+    overview,
+    rule_page,
+    template_page,
+    templates_page,
+    users_page,
+)
+from engine.api.dashboard.render import render
+
+__all__ = [
+    "COOKIE",
+    "add_routes",
+    "merge_rules",
+    "parse_since",
+    "render",
+    "session_ok",
+    "session_value",
+    "since_context",
+]
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/", overview)
+    router.add_post("/ui/login", login)
+    router.add_post("/ui/logout", logout)
+    router.add_get("/ui/rules/{rule}", rule_page)
+    router.add_get("/ui/messages", messages_page)
+    router.add_get("/ui/users", users_page)
+    router.add_get("/ui/templates", templates_page)
+    router.add_get("/ui/templates/{name}", template_page)

@@ -1,0 +1,76 @@
+"""Helpers the tests share: the shipped rules, a simulate run on the virtual clock, and
+events in a few words. (Fixtures are in conftest.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from engine.lang.config import Config, parse_config
+from engine.lang.events import parse_event
+from engine.lang.ruleset import RuleSet, load_ruleset
+from engine.simulate import Simulation, record_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+
+# Policies off unless a test turns them on, so each timeline shows one thing at a time.
+QUIET_CONFIG = """
+policies:
+  quiet_hours: null
+  frequency_caps: []
+"""
+
+
+def shipped_rules(*rule_ids: str) -> RuleSet:
+    """The shipped rules and templates, narrowed to some rules."""
+    ruleset = load_ruleset([RULES])
+    assert not ruleset.problems, ruleset.problems
+    if rule_ids:
+        ruleset.rules = {k: v for k, v in ruleset.rules.items() if k in rule_ids}
+        assert set(ruleset.rules) == set(rule_ids)
+        ruleset.index()
+    return ruleset
+
+
+def run_simulation(
+    ruleset: RuleSet,
+    events: list[dict[str, Any]],
+    config: Config | str = QUIET_CONFIG,
+    until: float | None = None,
+) -> list[dict[str, Any]]:
+    cfg = parse_config(config) if isinstance(config, str) else config
+    parsed = [parse_event(e, received_at=0.0) for e in events]
+
+    async def go() -> list[dict[str, Any]]:
+        sim = await Simulation.create(ruleset, cfg)
+        try:
+            return [record_json(r) for r in await sim.run(parsed, until)]
+        finally:
+            await sim.close()
+
+    return asyncio.run(go())
+
+
+def ev(
+    etype: str, user: str | None, time: str, data: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": etype, "time": time, "data": data or {}}
+    if user is not None:
+        out["user_id"] = user
+    out.update(extra)
+    return out
+
+
+def profile(user: str, time: str, **data: Any) -> dict[str, Any]:
+    data.setdefault("timezone", "UTC")
+    return ev("profile.updated", user, time, data)
+
+
+def brief(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(time, rule, user, step, channel, status, reason) for compact assertions."""
+    return [
+        (r["time"], r["rule"], r["user_id"], r["step"], r["channel"], r["status"], r["reason"])
+        for r in records
+    ]
