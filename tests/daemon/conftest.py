@@ -17,6 +17,10 @@ from engine.clock import VirtualClock, parse_time
 from engine.daemon import Daemon
 from engine.lang.config import parse_config
 
+from .broker import Broker, mqtt_broker
+from .mqtt_run import Run
+from .proc import Daemons
+
 ROOT = Path(__file__).resolve().parents[2]
 START = parse_time("2026-11-23T10:00:00Z")
 INGEST = {"Authorization": "Bearer ingest-token"}
@@ -132,3 +136,23 @@ async def receipts(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession() as session:
         yield Client(daemon, session)
     await daemon.stop()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    """An MQTT broker on the loopback interface (tests/daemon/broker.py says which)."""
+    async with mqtt_broker(tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+async def run(broker: Broker, tmp_path: Path, rules_dir: Path) -> AsyncIterator[Run]:
+    """Daemon processes on the broker (tests/daemon/mqtt_run.py), killed at the end."""
+    async with Daemons() as daemons:
+        r = Run(broker, tmp_path, rules_dir, daemons)
+        try:
+            yield r
+        finally:
+            for daemon in daemons.started:
+                await daemon.close()
+            await r.forget_sessions()
