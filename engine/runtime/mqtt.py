@@ -136,6 +136,11 @@ async def run_mqtt(
         except aiomqtt.MqttError as exc:
             status.ok, status.error = False, str(exc)
             log.warning("mqtt.disconnected", error=str(exc), retry_in_s=delay_s)
+        except Exception as exc:
+            # A bug must not end MQTT ingest for good while /readyz says the broker is fine:
+            # say so, and connect again (the message in hand was not acked: it comes again).
+            status.ok, status.error = False, f"ingest failed: {exc!r}"
+            log.exception("mqtt.failed", retry_in_s=delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, 30.0)
 
@@ -159,6 +164,21 @@ async def _one(
             "topic": str(message.topic),
             "payload": payload[:_DEAD_PAYLOAD_CHARS].decode("utf-8", "replace"),
         }
-        await client.publish(config.dead_letter_topic, json.dumps(dead), qos=1)
-        log.warning("mqtt.dead_letter", topic=str(message.topic), error=error[:200])
+        try:
+            await client.publish(config.dead_letter_topic, json.dumps(dead), qos=1)
+        except aiomqtt.MqttError:
+            raise  # the connection is gone: no ack, the message comes again
+        except Exception as exc:
+            # A topic paho refuses to publish to (a wildcard in mqtt.dead_letter_topic):
+            # the log keeps the dead letter, and the stream goes on.
+            log.error(
+                "mqtt.dead_letter_failed",
+                dead_letter_topic=config.dead_letter_topic,
+                why=repr(exc),
+                topic=str(message.topic),
+                error=error[:200],
+                payload=dead["payload"][:1000],
+            )
+        else:
+            log.warning("mqtt.dead_letter", topic=str(message.topic), error=error[:200])
     client._client.ack(message.mid, message.qos)

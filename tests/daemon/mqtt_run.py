@@ -48,7 +48,11 @@ class Run:
         return f"{self.base}/dead"
 
     async def start(
-        self, name: str, client_id: str, shared_group: str | None = None
+        self,
+        name: str,
+        client_id: str,
+        shared_group: str | None = None,
+        dead_letter_topic: str | None = None,
     ) -> DaemonProcess:
         """A daemon on its own SQLite file; waits until it has subscribed."""
         self.client_ids.add(client_id)
@@ -64,7 +68,7 @@ class Run:
                     "topics": [f"{self.base}/events/#"],
                     "client_id": client_id,
                     "shared_group": shared_group,
-                    "dead_letter_topic": self.dead_topic,
+                    "dead_letter_topic": dead_letter_topic or self.dead_topic,
                 },
                 "logging": {"format": "json", "level": "info"},
             },
