@@ -1,8 +1,8 @@
 """MQTT ingest (aiomqtt): QoS 1, persistent session, ack only after the events are stored.
 
-A payload that is not a valid batch, or that cannot be stored as one while the store
-answers, is bad input: it goes to the dead-letter topic with the error and is acked (it
-would fail again). Only a store that is down leaves the message un-acked, so the broker
+A payload that is not a valid batch, or that the store refuses for what it holds, is bad
+input: it goes to the dead-letter topic with the error and is acked (it would fail again).
+A store that cannot write (down, locked, full) leaves the message un-acked, so the broker
 redelivers it.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -39,7 +40,28 @@ def _subscription(topic: str, group: str | None) -> str:
 
 
 class StoreDown(RuntimeError):
-    """The store did not take a valid batch and does not answer: redeliver later."""
+    """The store could not take a valid batch, through no fault of the batch: redeliver."""
+
+
+# PostgreSQL's SQLSTATE classes that blame the data: 22 data exception, 23 integrity
+# constraint, 54 program limit exceeded. Every other class blames the store: 08 connection,
+# 53 insufficient resources (a full disk), 57 operator intervention, 40 rollback...
+_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _store_fault(exc: Exception) -> bool | None:
+    """Whose fault a failed enqueue is: True the store's (keep the message), False the
+    batch's (dead letter), None unknown (whether the store answers a ping decides)."""
+    sqlstate = getattr(exc, "sqlstate", None)  # asyncpg's errors from the server
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] not in _DATA_SQLSTATE_CLASSES
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return False
+    # SQLite: locked or busy past its timeout, disk full, I/O error, read-only, corrupt. A
+    # ping (SELECT 1) succeeds through all of those: it writes nothing.
+    if isinstance(exc, sqlite3.Error | OSError):
+        return True
+    return None
 
 
 async def handle_payload(intake: Intake, payload: bytes) -> str | None:
@@ -47,6 +69,9 @@ async def handle_payload(intake: Intake, payload: bytes) -> str | None:
 
     Raises StoreDown when the store is unavailable (the message must not be acked).
     """
+    limit = intake.limits.max_body_bytes
+    if len(payload) > limit:  # as HTTP ingest (413): never parsed
+        return f"payload is {len(payload)} bytes, over the limit of {limit}"
     try:
         decoded = decode(payload, "application/json")
         if not decoded.values:
@@ -62,12 +87,17 @@ async def handle_payload(intake: Intake, payload: bytes) -> str | None:
     try:
         await intake.accept(rows, now)
     except Exception as exc:
-        # Bad input or a store that is down? A store that answers a ping refused this
-        # batch for what it holds: that is the payload's fault, and it would fail again.
-        try:
-            await intake.store.ping()
-        except Exception as down:
-            raise StoreDown(f"store failed: {exc!r}; ping: {down!r}") from exc
+        # Bad input or a store that cannot write? Where the error does not say, a store that
+        # answers a ping refused this batch for what it holds: that is the payload's fault,
+        # and it would fail again.
+        fault = _store_fault(exc)
+        if fault:
+            raise StoreDown(f"store failed: {exc!r}") from exc
+        if fault is None:
+            try:
+                await intake.store.ping()
+            except Exception as down:
+                raise StoreDown(f"store failed: {exc!r}; ping: {down!r}") from exc
         log.warning("mqtt.unstorable", error=repr(exc))
         return f"cannot be stored: {type(exc).__name__}: {exc}"[:500]
     return None
@@ -106,6 +136,11 @@ async def run_mqtt(
         except aiomqtt.MqttError as exc:
             status.ok, status.error = False, str(exc)
             log.warning("mqtt.disconnected", error=str(exc), retry_in_s=delay_s)
+        except Exception as exc:
+            # A bug must not end MQTT ingest for good while /readyz says the broker is fine:
+            # say so, and connect again (the message in hand was not acked: it comes again).
+            status.ok, status.error = False, f"ingest failed: {exc!r}"
+            log.exception("mqtt.failed", retry_in_s=delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, 30.0)
 
@@ -129,6 +164,21 @@ async def _one(
             "topic": str(message.topic),
             "payload": payload[:_DEAD_PAYLOAD_CHARS].decode("utf-8", "replace"),
         }
-        await client.publish(config.dead_letter_topic, json.dumps(dead), qos=1)
-        log.warning("mqtt.dead_letter", topic=str(message.topic), error=error[:200])
+        try:
+            await client.publish(config.dead_letter_topic, json.dumps(dead), qos=1)
+        except aiomqtt.MqttError:
+            raise  # the connection is gone: no ack, the message comes again
+        except Exception as exc:
+            # A topic paho refuses to publish to (a wildcard in mqtt.dead_letter_topic):
+            # the log keeps the dead letter, and the stream goes on.
+            log.error(
+                "mqtt.dead_letter_failed",
+                dead_letter_topic=config.dead_letter_topic,
+                why=repr(exc),
+                topic=str(message.topic),
+                error=error[:200],
+                payload=dead["payload"][:1000],
+            )
+        else:
+            log.warning("mqtt.dead_letter", topic=str(message.topic), error=error[:200])
     client._client.ack(message.mid, message.qos)

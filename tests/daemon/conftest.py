@@ -15,7 +15,10 @@ import pytest
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
 
+from .broker import Broker, mqtt_broker
 from .helpers import RECEIPT_CHANNELS, ROOT, START, TRACKING, Client, make_config
+from .mqtt_run import Run
+from .proc import Daemons
 
 
 @pytest.fixture
@@ -60,3 +63,23 @@ async def receipts(tmp_path: Path, rules_dir: Path) -> AsyncIterator[Client]:
     async with aiohttp.ClientSession() as session:
         yield Client(daemon, session)
     await daemon.stop()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    """An MQTT broker on the loopback interface (tests/daemon/broker.py says which)."""
+    async with mqtt_broker(tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+async def run(broker: Broker, tmp_path: Path, rules_dir: Path) -> AsyncIterator[Run]:
+    """Daemon processes on the broker (tests/daemon/mqtt_run.py), killed at the end."""
+    async with Daemons() as daemons:
+        r = Run(broker, tmp_path, rules_dir, daemons)
+        try:
+            yield r
+        finally:
+            for daemon in daemons.started:
+                await daemon.close()
+            await r.forget_sessions()

@@ -1,8 +1,9 @@
 """MQTT ingest (SPEC 8) against a real broker and real daemon processes: QoS 1 payloads of
 every shape, dead letters, shared subscriptions, and the persistent session.
 
-The broker is the local Mosquitto on 127.0.0.1:1883 when it answers, else one started here;
-topics and client ids carry a random suffix so parallel runs on one broker never meet.
+The broker is the `broker` fixture's (tests/daemon/broker.py): the local Mosquitto, one
+started here, or amqtt in-process; topics and client ids carry a random suffix so parallel
+runs on one broker never meet.
 """
 
 from __future__ import annotations
@@ -10,192 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
-import shutil
 import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import aiomqtt
-import pytest
-
-from .proc import (
-    DaemonProcess,
-    Daemons,
-    free_port,
-    http_json,
-    http_session,
-    metric,
-    poll,
-    port_open,
-    wait_port,
-    write_config,
+from .broker import require
+from .mqtt_run import (
+    Run,
+    accepted,
+    cart,
+    collect,
+    get,
+    metrics,
+    profile,
+    stored_profile,
+    wait_profile,
 )
-
-HOST = "127.0.0.1"
-CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[int]:
-    """The port of a Mosquitto broker on the loopback interface."""
-    if os.environ.get("KASKAD_TEST_OWN_BROKER") != "1" and await port_open(HOST, 1883):
-        yield 1883
-        return
-    exe = shutil.which("mosquitto")
-    if exe is None:
-        reason = "no MQTT broker on 127.0.0.1:1883 and no mosquitto binary to start one"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the MQTT tests: {reason}")
-        pytest.skip(reason)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\n")
-    proc = await asyncio.create_subprocess_exec(
-        exe,
-        "-c",
-        str(conf),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await wait_port(HOST, port, within=10)
-        yield port
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-@dataclass
-class Run:
-    """One test's names on the broker, and its daemons."""
-
-    broker: int
-    tmp_path: Path
-    rules: Path
-    daemons: Daemons
-    base: str = field(default_factory=lambda: f"kaskad-test-{secrets.token_hex(4)}")
-    client_ids: set[str] = field(default_factory=set)
-
-    @property
-    def topic(self) -> str:
-        return f"{self.base}/events/shop1"
-
-    @property
-    def dead_topic(self) -> str:
-        return f"{self.base}/dead"
-
-    async def start(
-        self, name: str, client_id: str, shared_group: str | None = None
-    ) -> DaemonProcess:
-        """A daemon on its own SQLite file; waits until it has subscribed."""
-        self.client_ids.add(client_id)
-        port = free_port()
-        config = write_config(
-            self.tmp_path / f"{name}-{port}.yaml",
-            {
-                "server": {"host": HOST, "port": port},
-                "storage": {"url": f"sqlite:///{self.tmp_path}/{name}.db"},
-                "rules": {"path": str(self.rules), "watch": False},
-                "mqtt": {
-                    "url": f"mqtt://{HOST}:{self.broker}",
-                    "topics": [f"{self.base}/events/#"],
-                    "client_id": client_id,
-                    "shared_group": shared_group,
-                    "dead_letter_topic": self.dead_topic,
-                },
-                "logging": {"format": "json", "level": "info"},
-            },
-        )
-        daemon = await self.daemons.start(config, port, name)
-        await daemon.wait_for("mqtt.connected", within=30)
-        return daemon
-
-    def client(self, role: str = "pub") -> aiomqtt.Client:
-        return aiomqtt.Client(HOST, self.broker, identifier=f"{self.base}-{role}")
-
-    async def forget_sessions(self) -> None:
-        """Drop the daemons' persistent sessions from the (shared) broker."""
-        for client_id in sorted(self.client_ids):
-            with contextlib.suppress(aiomqtt.MqttError):
-                async with aiomqtt.Client(
-                    HOST, self.broker, identifier=client_id, clean_session=True
-                ):
-                    pass
-
-
-@pytest.fixture
-async def run(broker: int, tmp_path: Path, rules_dir: Path) -> AsyncIterator[Run]:
-    async with Daemons() as daemons:
-        r = Run(broker, tmp_path, rules_dir, daemons)
-        try:
-            yield r
-        finally:
-            for daemon in daemons.started:
-                await daemon.close()
-            await r.forget_sessions()
-
-
-def profile(user: str) -> dict[str, Any]:
-    return {
-        "id": f"p-{user}",
-        "type": "profile.updated",
-        "user_id": user,
-        "data": {"email": f"{user}@shop.test"},
-    }
-
-
-def cart(user: str) -> dict[str, Any]:
-    return {"id": f"c-{user}", "type": "cart.updated", "user_id": user, "data": CART}
-
-
-async def get(session: aiohttp.ClientSession, daemon: DaemonProcess, path: str) -> Any:
-    status, body = await http_json(session, "GET", daemon.url + path)
-    assert status == 200, (path, status, body)
-    return body
-
-
-async def stored_profile(
-    session: aiohttp.ClientSession, daemon: DaemonProcess, user: str
-) -> dict[str, Any] | None:
-    status, body = await http_json(session, "GET", f"{daemon.url}/v1/profiles/{user}")
-    return body if status == 200 else None
-
-
-async def wait_profile(
-    session: aiohttp.ClientSession, daemon: DaemonProcess, user: str
-) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        return await stored_profile(session, daemon, user)
-
-    return await poll(probe, within=20, what=f"the profile of {user} in {daemon.name}")
-
-
-async def metrics(session: aiohttp.ClientSession, daemon: DaemonProcess) -> str:
-    text = await get(session, daemon, "/metrics")
-    assert isinstance(text, str)
-    return text
-
-
-async def accepted(session: aiohttp.ClientSession, daemon: DaemonProcess) -> float:
-    return metric(await metrics(session, daemon), "kaskad_events_accepted_total") or 0.0
-
-
-async def collect(client: aiomqtt.Client, count: int, within: float) -> list[aiomqtt.Message]:
-    """The next `count` messages of a client's subscriptions, or fail at the deadline."""
-    got: list[aiomqtt.Message] = []
-    async with asyncio.timeout(within):
-        async for message in client.messages:
-            got.append(message)
-            if len(got) == count:
-                break
-    return got
+from .proc import http_session, metric, poll
 
 
 async def test_payload_shapes_dead_letters_metrics_and_readiness(run: Run) -> None:
@@ -247,6 +78,7 @@ async def test_payload_shapes_dead_letters_metrics_and_readiness(run: Run) -> No
 
 
 async def test_shared_group_splits_the_stream(run: Run) -> None:
+    require(run.broker, "shared")
     a = await run.start("a", f"{run.base}-a", shared_group="g1")
     b = await run.start("b", f"{run.base}-b", shared_group="g1")
     users = [f"s{i}" for i in range(40)]
@@ -292,6 +124,7 @@ async def test_persistent_session_keeps_what_arrives_while_down(run: Run) -> Non
 async def test_kill9_mid_stream_loses_no_message(run: Run) -> None:
     """A message is acknowledged to the broker only once its events are stored: what the
     daemon had received but not stored when it died comes again (QoS 1), once."""
+    require(run.broker, "redelivers")
     client_id = f"{run.base}-k"
     first = await run.start("k", client_id)
     users = [f"k{i}" for i in range(60)]
