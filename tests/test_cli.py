@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from test_validate import BOMB, BOMB_PROBLEM
 
+from channels.kinds import kind_names, kinds
 from engine.cli import main
 from engine.lang.rules import RULE_KEYS
 from engine.lang.ruleset import load_ruleset
-from engine.lang.templates import CHANNEL_KEYS
 from engine.lang.yamlfile import load_yaml
 from engine.runtime.logs import configure
 from tests.helpers import QUIET_CONFIG, ROOT, RULES, ev, profile
@@ -529,10 +529,10 @@ def test_schema_is_json_built_from_the_key_tables(cli: Cli) -> None:
     assert rule["required"] == ["rule", "trigger", "steps"]
     assert rule["additionalProperties"] is False
     template = schema["$defs"]["template"]
-    assert set(template["properties"]) == {"template", "description", *CHANNEL_KEYS}
-    for channel, (keys, required) in CHANNEL_KEYS.items():
-        assert set(template["properties"][channel]["properties"]) == set(keys)
-        assert template["properties"][channel].get("required", []) == sorted(required)
+    assert set(template["properties"]) == {"template", "description", *kind_names()}
+    for kind in kinds():
+        assert set(template["properties"][kind.name]["properties"]) == kind.keys
+        assert template["properties"][kind.name].get("required", []) == sorted(kind.required)
 
 
 class SchemaChecker:

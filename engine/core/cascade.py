@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.base import OutboundMessage, Outcome
+from channels.kinds import MarketingLinks, find_kind
 from engine.core.context import context
 from engine.core.facts import mark_invalid
 from engine.core.model import Instance, Message, Record, UserState
@@ -289,18 +290,16 @@ class Cascade:
     def _mail_extras(
         self, channel: str, marketing: bool, message: Message, payload: dict[str, Any]
     ) -> dict[str, str]:
-        """Marketing mail: RFC 8058 one-click unsubscribe headers and the open pixel."""
-        if channel != "email" or not marketing:
+        """What a marketing message gets from its channel kind (email: the open pixel and
+        RFC 8058 one-click unsubscribe headers), given the tracker's URLs."""
+        kind = find_kind(channel)
+        if kind is None or not marketing:
             return {}
-        if isinstance(payload.get("html"), str):
-            pixel = (
-                f'<img src="{self.tracker.open_url(message.id)}" width="1" height="1" '
-                'alt="" style="display:none">'
-            )
-            html = payload["html"]
-            at = html.lower().rfind("</body>")
-            payload["html"] = html[:at] + pixel + html[at:] if at >= 0 else html + pixel
-        return {"List-Unsubscribe": self.tracker.unsubscribe_url(message.id, "email")}
+        links = MarketingLinks(
+            open_url=self.tracker.open_url(message.id),
+            unsubscribe_url=self.tracker.unsubscribe_url(message.id, channel),
+        )
+        return kind.marketing(payload, links)
 
     def _render_context(
         self,

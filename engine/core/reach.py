@@ -1,37 +1,28 @@
-"""Channels and reachability: can this user be sent to on that channel, and at what address."""
+"""Channels and reachability: can this user be sent to on that channel, and at what address.
+Where a kind's addresses are, and whether it asks consent, its ChannelKind says
+(channels/kinds)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from channels.kinds import CHANNELS
+from channels.kinds import CHANNELS, find_kind
 
 __all__ = ["CHANNELS"]
 
 
 def addresses(profile: dict[str, Any], channel: str) -> list[Any]:
     """The addresses a profile holds for a channel, invalid ones included."""
-    if channel == "email":
-        value = profile.get("email")
-    elif channel == "sms":
-        value = profile.get("phone")
-    elif channel == "whatsapp":
-        value = profile.get("whatsapp") or profile.get("phone")
-    elif channel == "telegram":
-        value = profile.get("telegram_chat_id")
-    elif channel == "mobile_push":
-        return list(profile.get("push_tokens") or [])
-    elif channel == "webpush":
-        return list(profile.get("webpush") or [])
-    elif channel == "webhook":
-        return [profile.get("user_id")]
-    else:
-        return []
-    return [] if value in (None, "") else [value]
+    kind = find_kind(channel)
+    return [] if kind is None else kind.addresses(profile)
 
 
-def address_key(address: Any) -> str:
-    """A stable string for an address (a web push subscription is keyed by its endpoint)."""
+def address_key(address: Any, channel: str | None = None) -> str:
+    """A stable string for an address: its kind's key (a web push subscription is keyed by
+    its endpoint). Without the channel: an object's endpoint, else the address as text."""
+    kind = find_kind(channel) if channel is not None else None
+    if kind is not None:
+        return kind.address_key(address)
     if isinstance(address, dict):
         return str(address.get("endpoint"))
     return str(address)
@@ -43,7 +34,7 @@ def valid_addresses(profile: dict[str, Any], channel: str) -> tuple[list[Any], s
     if not found:
         return [], "no_address"
     invalid = set((profile.get("invalid") or {}).get(channel) or ())
-    usable = [a for a in found if address_key(a) not in invalid]
+    usable = [a for a in found if address_key(a, channel) not in invalid]
     if not usable:
         return [], "address_invalid"
     return usable, None
@@ -53,7 +44,8 @@ def consent_reason(
     profile: dict[str, Any], channel: str, *, marketing: bool, opt_in: bool
 ) -> str | None:
     """`no_consent` when a marketing message may not go to this channel, else None."""
-    if not marketing or channel == "webhook":
+    kind = find_kind(channel)
+    if not marketing or (kind is not None and not kind.needs_consent):
         return None
     given = (profile.get("consent") or {}).get(channel)
     if given is False or (opt_in and given is not True):

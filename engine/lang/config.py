@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from channels.kinds import CHANNELS
+from channels.kinds import kind_names
 from engine.errors import LoadError, Problem, did_you_mean
 from engine.lang.durations import parse_duration
 from engine.lang.localtime import parse_time_of_day, zone
@@ -151,8 +151,8 @@ class PoliciesConfig(_Section):
     @classmethod
     def _channels(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if name not in CHANNELS:
-                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, CHANNELS)}")
+            if name not in kind_names():
+                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, kind_names())}")
         return value
 
     @field_validator("timezone")
@@ -207,7 +207,7 @@ class ChannelConfig(BaseModel):
 
 
 def _default_channels() -> dict[str, ChannelConfig]:
-    return {name: ChannelConfig() for name in CHANNELS}
+    return {name: ChannelConfig() for name in kind_names()}  # the kinds registered now
 
 
 class Config(_Section):
@@ -225,8 +225,8 @@ class Config(_Section):
     @classmethod
     def _known(cls, value: dict[str, ChannelConfig]) -> dict[str, ChannelConfig]:
         for name in value:
-            if name not in CHANNELS:
-                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, CHANNELS)}")
+            if name not in kind_names():
+                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, kind_names())}")
         merged = _default_channels()
         merged.update(value)
         return merged

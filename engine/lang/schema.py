@@ -1,16 +1,16 @@
 """`kaskad schema`: a JSON Schema of rule and template files for editor completion.
 
-Built from the same key tables the validator uses, so the two cannot drift apart.
+Built from the same key tables the validator uses (the rules' here, the channel kinds'
+from channels/kinds, read when it is built), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from channels.kinds import CHANNELS
+from channels.kinds import Field, kind_names, kinds
 from engine.lang.program import AWAIT_KINDS
 from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MODES
-from engine.lang.templates import CHANNEL_KEYS
 
 _DURATION = {
     "type": "string",
@@ -33,16 +33,17 @@ def _match() -> dict[str, Any]:
 
 
 def _cascade() -> dict[str, Any]:
+    channels = list(kind_names())
     entry = _obj(
         {
-            "channel": {"enum": list(CHANNELS)},
+            "channel": {"enum": channels},
             "template": {"type": "string"},
             "await": {"enum": list(AWAIT_KINDS)},
             "within": _DURATION,
         },
         ["channel"],
     )
-    return {"type": "array", "minItems": 1, "items": {"anyOf": [{"enum": list(CHANNELS)}, entry]}}
+    return {"type": "array", "minItems": 1, "items": {"anyOf": [{"enum": channels}, entry]}}
 
 
 def rule_schema() -> dict[str, Any]:
@@ -141,20 +142,26 @@ def rule_schema() -> dict[str, Any]:
     }
 
 
+def _field(spec: Field) -> dict[str, Any]:
+    if spec.kind == "choice":
+        return {"enum": list(spec.choices)}
+    return dict(_FIELD_TYPES[spec.kind])
+
+
+_FIELD_TYPES: dict[str, dict[str, Any]] = {
+    "text": {"type": "string"},
+    "html": {"type": "string"},
+    "mapping": {"type": "object"},
+    "text_list": {"type": "array", "items": {"type": "string"}},
+    "flag": {"type": "boolean"},
+}
+
+
 def template_schema() -> dict[str, Any]:
     props: dict[str, Any] = {"template": {"type": "string"}, "description": {"type": "string"}}
-    for channel, (keys, required) in CHANNEL_KEYS.items():
-        fields: dict[str, Any] = {k: {"type": "string"} for k in sorted(keys)}
-        if channel == "whatsapp":
-            fields["params"] = {"type": "array", "items": {"type": "string"}}
-        if channel == "webhook":
-            fields["body"] = {"type": "object"}
-        if channel == "mobile_push":
-            fields["data"] = {"type": "object"}
-        if channel == "telegram":
-            fields["parse_mode"] = {"enum": ["HTML", "MarkdownV2", "Markdown"]}
-            fields["disable_preview"] = {"type": "boolean"}
-        props[channel] = _obj(fields, sorted(required))
+    for kind in kinds():
+        fields = {key: _field(kind.fields[key]) for key in sorted(kind.fields)}
+        props[kind.name] = _obj(fields, sorted(kind.required))
     return _obj(props, ["template"])
 
 

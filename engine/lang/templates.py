@@ -8,31 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from channels.kinds import CHANNELS
-from channels.segments import segments
+from channels.kinds import ChannelKind, Field, LimitError, kind, kind_names, kinds
 from engine.errors import ExpressionError, LoadError, Problem
 from engine.lang import budget
 from engine.lang.expressions import TextTemplate, compile_structure
 from engine.lang.typecheck import template_clashes
 from engine.lang.validation import Checker
-from engine.lang.yamlfile import YDict, read_text
+from engine.lang.yamlfile import Pos, YDict, read_text
 
-# Per channel: allowed keys, required keys. Limits cite the provider docs (PROVIDERS.md).
-CHANNEL_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "email": (
-        frozenset({"subject", "html", "text", "from", "reply_to", "preheader"}),
-        frozenset({"subject"}),
-    ),
-    "mobile_push": (frozenset({"title", "body", "url", "image", "data"}), frozenset({"body"})),
-    "webpush": (frozenset({"title", "body", "url", "icon", "image", "tag"}), frozenset({"body"})),
-    "sms": (frozenset({"text"}), frozenset({"text"})),
-    "telegram": (frozenset({"text", "parse_mode", "disable_preview"}), frozenset({"text"})),
-    "whatsapp": (frozenset({"name", "language", "params"}), frozenset({"name", "language"})),
-    "webhook": (frozenset({"body"}), frozenset({"body"})),
-}
-TELEGRAM_MAX_CHARS = 4096  # Bot API sendMessage: 1-4096 characters after entity parsing
-SMS_MAX_SEGMENTS = 10  # Twilio: messages over 10 segments are poorly delivered
-PUSH_MAX_BYTES = 4096  # FCM HTTP v1 payload limit
+# What each channel's block holds and the limits a rendered message keeps are the channel
+# kind's (channels/kinds): this module compiles a block by its fields' kinds.
 Renderer = Callable[[Mapping[str, Any]], Any]
 
 
@@ -65,30 +50,11 @@ class Template:
             return out
 
         out: dict[str, Any] = budget.run(fields, context)
-        _check_limits(channel, out, self.path)
+        try:
+            kind(channel).check_payload(out)
+        except LimitError as exc:
+            raise ExpressionError(f"{self.path}: {exc}") from None
         return out
-
-
-def _check_limits(channel: str, payload: dict[str, Any], path: str) -> None:
-    if channel == "sms":
-        count, encoding = segments(payload["text"])
-        payload["segments"], payload["encoding"] = count, encoding
-        if not payload["text"]:
-            raise ExpressionError(f"{path}: sms.text rendered empty")
-        if count > SMS_MAX_SEGMENTS:
-            raise ExpressionError(
-                f"{path}: sms.text is {count} {encoding} segments, over {SMS_MAX_SEGMENTS}"
-            )
-    elif channel == "telegram":
-        if not 1 <= len(payload["text"]) <= TELEGRAM_MAX_CHARS:
-            raise ExpressionError(
-                f"{path}: telegram.text must be 1-{TELEGRAM_MAX_CHARS} characters, "
-                f"rendered {len(payload['text'])}"
-            )
-    elif channel in ("mobile_push", "webpush"):
-        size = len(str(payload).encode())
-        if size > PUSH_MAX_BYTES:
-            raise ExpressionError(f"{path}: {channel} payload is {size} bytes, over 4096")
 
 
 def parse_template(
@@ -97,33 +63,47 @@ def parse_template(
     """Validate and compile one template document; files it names are read from `base_dir`
     and must lie inside `root` (the rules directory; default `base_dir`)."""
     files = None if base_dir is None else _Files(base_dir, root or base_dir)
-    allowed = {"template", "description", *CHANNEL_KEYS}
+    known = kinds()
+    allowed = {"template", "description", *(k.name for k in known)}
     check.keys(doc, allowed, what="template")
     name = check.string(doc.get("template"), doc.where("template"), "template")
     if name is None:
         return None
     tpl = Template(name=name, path=check.path, line=doc.pos[0])
-    for channel in CHANNELS:
-        if channel not in doc:
-            continue
-        block = check.mapping(doc[channel], doc.where(channel), f"template '{channel}' block")
-        if block is None:
-            continue
-        keys, required = CHANNEL_KEYS[channel]
-        check.keys(block, keys, required, what=f"'{channel}'")
-        compiled: dict[str, Renderer] = {}
-        for key, value in block.items():
-            if key not in keys:
-                continue
-            fn = _compile_field(channel, key, value, block, check, files)
-            if fn is not None:
-                compiled[key] = fn
-        if channel == "email" and not ({"html", "text"} & block.keys()):
-            check.error(block.where(), "email needs 'html' or 'text' (or both)")
-        tpl.blocks[channel] = compiled
+    for channel in known:
+        if channel.name in doc:
+            block = _parse_block(doc, channel, check, files)
+            if block is not None:
+                tpl.blocks[channel.name] = block
     if not tpl.blocks:
-        check.error(doc.where(), f"template '{name}' has no channel block ({', '.join(CHANNELS)})")
+        check.error(
+            doc.where(), f"template '{name}' has no channel block ({', '.join(kind_names())})"
+        )
     return tpl
+
+
+def _parse_block(
+    doc: YDict, channel: ChannelKind, check: Checker, files: _Files | None
+) -> dict[str, Renderer] | None:
+    block = check.mapping(
+        doc[channel.name], doc.where(channel.name), f"template '{channel.name}' block"
+    )
+    if block is None:
+        return None
+    check.keys(block, channel.keys, channel.required, what=f"'{channel.name}'")
+    compiled: dict[str, Renderer] = {}
+    for key, value in block.items():
+        spec = channel.fields.get(key)
+        if spec is None:
+            continue
+        fn = _compile_field(channel, key, spec, value, block.where(key), check, files)
+        if fn is not None:
+            compiled[key] = fn
+    if channel.needs_any and not (set(channel.needs_any) & block.keys()):
+        wanted = " or ".join(f"'{k}'" for k in channel.needs_any)
+        both = " (or both)" if len(channel.needs_any) == 2 else ""
+        check.error(block.where(), f"{channel.name} needs {wanted}{both}")
+    return compiled
 
 
 @dataclass(frozen=True)
@@ -133,11 +113,16 @@ class _Files:
 
 
 def _compile_field(
-    channel: str, key: str, value: Any, block: YDict, check: Checker, files: _Files | None
+    channel: ChannelKind,
+    key: str,
+    spec: Field,
+    value: Any,
+    pos: Pos,
+    check: Checker,
+    files: _Files | None,
 ) -> Renderer | None:
-    pos = block.where(key)
-    what = f"{channel}.{key}"
-    if channel == "whatsapp" and key == "params":
+    what = f"{channel.name}.{key}"
+    if spec.kind == "text_list":
         seq = check.sequence(value, pos, what)
         if seq is None:
             return None
@@ -148,35 +133,36 @@ def _compile_field(
         if any(t is None for t in items):
             return None
         return lambda ctx: [t.render(ctx) for t in items if t is not None]
-    if (channel, key) in (("webhook", "body"), ("mobile_push", "data")):
+    if spec.kind == "mapping":
         if not isinstance(value, dict | list):
             check.error(pos, f"{what} must be a mapping")
             return None
         return check.compile(pos, what, lambda: compile_structure(value))
-    if channel == "telegram" and key == "parse_mode":
-        mode = check.choice(value, pos, what, ("HTML", "MarkdownV2", "Markdown"))
-        return None if mode is None else (lambda ctx: mode)
-    if channel == "telegram" and key == "disable_preview":
+    if spec.kind == "choice":
+        word = check.choice(value, pos, what, spec.choices)
+        return None if word is None else (lambda ctx: word)
+    if spec.kind == "flag":
         flag = bool(value)
         return lambda ctx: flag
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         check.error(pos, f"{what} must be text")
         return None
     text = str(value)
-    if channel == "email" and key == "html":
+    if spec.kind == "html":
         return _compile_html(text, pos, what, check, files)
     tpl = check.compile(pos, what, lambda: TextTemplate(text))
-    if tpl is not None:
-        _check_types(text, pos, what, check)
-    if tpl is not None and tpl.constant is not None and channel == "sms":
-        count, encoding = segments(tpl.constant)
-        if count > SMS_MAX_SEGMENTS:
-            check.error(pos, f"{what} is {count} {encoding} segments, over {SMS_MAX_SEGMENTS}")
-    return None if tpl is None else tpl.render
+    if tpl is None:
+        return None
+    _check_types(text, pos, what, check)
+    if tpl.constant is not None:
+        problem = channel.check_constant(key, tpl.constant)
+        if problem is not None:
+            check.error(pos, f"{what} {problem}")
+    return tpl.render
 
 
 def _compile_html(
-    text: str, pos: tuple[int, int], what: str, check: Checker, files: _Files | None
+    text: str, pos: Pos, what: str, check: Checker, files: _Files | None
 ) -> Renderer | None:
     looks_like_file = "\n" not in text and "{" not in text and text.endswith((".html", ".htm"))
     if looks_like_file and files is not None:
@@ -210,7 +196,7 @@ def _compile_html(
     return html.render
 
 
-def _check_types(text: str, pos: tuple[int, int], what: str, check: Checker) -> None:
+def _check_types(text: str, pos: Pos, what: str, check: Checker) -> None:
     for message in template_clashes(text):
         check.error(pos, f"{what}: {message}")
 
