@@ -558,6 +558,7 @@ class SchemaChecker:
             "items",
             "minItems",
             "minimum",
+            "maximum",
         }
     )
     TYPES: dict[str, Callable[[Any], bool]] = {
@@ -609,6 +610,8 @@ class SchemaChecker:
             out.append(f"{at}: {value!r} does not match {schema['pattern']}")
         if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
             out.append(f"{at}: {value} < {schema['minimum']}")
+        if "maximum" in schema and isinstance(value, int | float) and value > schema["maximum"]:
+            out.append(f"{at}: {value} > {schema['maximum']}")
         if isinstance(value, dict):
             props = schema.get("properties", {})
             for key in schema.get("required", []):

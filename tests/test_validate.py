@@ -32,7 +32,10 @@ GOOD = HEAD + SEND
 DURATION_HELP = "expected a number with a unit (s m h d w), e.g. 15m, 1h, 1d12h"
 CHANNEL_CHOICES = "mobile_push, webpush, email, sms, telegram, whatsapp, webhook"
 NAMES = "available: event, now, trigger, user"
-NOT_RULE = "not a rule or a template: the top-level key must be 'rule' or 'template'"
+NOT_RULE = (
+    "not a rule, a template or a segment: the top-level key must be 'rule', 'template' or "
+    "'segment'"
+)
 
 
 def write_rules(root: Path, files: dict[str, str]) -> Path:

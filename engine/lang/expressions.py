@@ -40,6 +40,9 @@ def _error_text(exc: jinja2.TemplateError) -> str:
     return message.replace("\n", " ")
 
 
+_NOT_CONSTANT = object()
+
+
 class Expression:
     """A compiled expression such as `event.data.total > 0`.
 
@@ -47,7 +50,7 @@ class Expression:
     in the fast subset, else by Jinja; `fast=False` forces Jinja (the reference in tests).
     """
 
-    __slots__ = ("_fn", "_jinja", "fast", "node", "source")
+    __slots__ = ("_fn", "_jinja", "fast", "folded", "node", "source")
 
     def __init__(
         self, source: str, allowed: Iterable[str] = EXPRESSION_NAMES, *, fast: bool = True
@@ -64,7 +67,10 @@ class Expression:
             raise ValueError(f"invalid expression: {text}") from None
         except jinja2.TemplateError as exc:
             raise ValueError(f"invalid expression: {_error_text(exc)}") from None
-        node = expression_node(ast) if fast else None
+        folded = expression_node(ast)
+        # A constant after Jinja's folding (`false`, `1 > 2`): its value, else a marker.
+        self.folded: Any = folded.value if isinstance(folded, nodes.Const) else _NOT_CONSTANT
+        node = folded if fast else None
         compiled = compile_fast(node)
         self.fast = compiled is not None
         # The compiled subset's AST, for compilers that fuse several expressions (matcher).
@@ -79,6 +85,10 @@ class Expression:
                 return budget.run(evaluate, context)
 
         self._fn: Callable[[Mapping[str, Any]], Any] = compiled
+
+    def never(self) -> bool:
+        """Whether the expression is false whatever the context (seen when it loads)."""
+        return self.folded is not _NOT_CONSTANT and not self.folded
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:

@@ -30,6 +30,8 @@ class Variant:
     weight: float
     template: str | None = None
     cascade: tuple[CascadeEntry, ...] | None = None
+    # Only users this holds for are split into the variant (segment against segment).
+    audience: Expression | None = None
 
 
 @dataclass(frozen=True, slots=True)

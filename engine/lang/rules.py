@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.clock import parse_time
 from engine.lang.events import PRODUCT_EVENTS, TYPE_RE
 from engine.lang.expressions import EXPRESSION_NAMES, Expression, TextTemplate
 from engine.lang.localtime import zone
@@ -26,8 +27,12 @@ RULE_KEYS = (
     "audience",
     "goal",
     "exit_on",
+    "holdout",
+    "group",
+    "priority",
     "steps",
 )
+MAX_HOLDOUT_PCT = 50.0  # SPEC 12: a control group of at most half the users
 TRIGGER_KEYS = ("event", "if", "fan_out", "schedule", "timezone")
 MATCH_KEYS = ("event", "if")
 CATEGORIES = ("marketing", "transactional")
@@ -48,6 +53,11 @@ class Trigger:
     fan_out: tuple[str, ...] = ()
     schedule: str | None = None
     timezone: str = "UTC"
+    at: float | None = None  # a one-off broadcast: `schedule: {at: ISO}`
+
+    @property
+    def scheduled(self) -> bool:
+        return self.schedule is not None or self.at is not None
 
 
 @dataclass
@@ -66,6 +76,9 @@ class Rule:
     audience: Expression | None = None
     goals: tuple[EventMatch, ...] = ()
     exits: tuple[EventMatch, ...] = ()
+    holdout_pct: float = 0.0  # a stable share of the users it starts for gets no message
+    group: str | None = None  # at most one instance of a group per user at a time
+    priority: int = 0  # a higher one preempts a lower one of its group
     templates: frozenset[str] = field(default_factory=frozenset)
     channels: frozenset[str] = field(default_factory=frozenset)
     # where each cascade entry stands in the file, for the checks against the templates:
@@ -113,6 +126,19 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
     exits: tuple[EventMatch, ...] = ()
     if "exit_on" in doc:
         exits = _matches(doc["exit_on"], doc.where("exit_on"), check, "exit_on", single_ok=True)
+    holdout = _holdout(doc, check)
+    group = None
+    if "group" in doc:
+        group = check.string(doc["group"], doc.where("group"), "group")
+    priority = 0
+    if "priority" in doc:
+        value = doc["priority"]
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1_000_000:
+            check.error(doc.where("priority"), f"priority must be a whole number, got '{value}'")
+        else:
+            priority = value
+        if "group" not in doc:
+            check.error(doc.where("priority", value=False), "priority goes with 'group'")
     compiler = StepCompiler(check)
     steps = doc.get("steps")
     if "steps" in doc:
@@ -140,6 +166,9 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
         audience=audience,
         goals=goals,
         exits=exits,
+        holdout_pct=holdout,
+        group=group,
+        priority=priority,
         templates=frozenset(compiler.templates),
         channels=frozenset(compiler.channels),
         where=compiler.where,
@@ -186,9 +215,61 @@ def _trigger(value: Any, pos: Pos, check: Checker) -> Trigger | None:
     return Trigger(event=event, cond=cond, fan_out=fan_out)
 
 
+def _holdout(doc: YDict, check: Checker) -> float:
+    """`holdout: 10%` (or 10) -> 10.0; 0 to 50."""
+    if "holdout" not in doc:
+        return 0.0
+    value = doc["holdout"]
+    text = str(value).strip()
+    number: float | None = None
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            number = float(text.removesuffix("%"))
+        except ValueError:
+            number = None
+    if number is None or not 0 <= number <= MAX_HOLDOUT_PCT:
+        check.error(
+            doc.where("holdout"),
+            f"holdout must be a share from 0% to {MAX_HOLDOUT_PCT:g}%, e.g. 10%, got '{value}'",
+        )
+        return 0.0
+    return number
+
+
+def _one_off(node: YDict, check: Checker) -> Trigger | None:
+    """`schedule: {at: "2026-12-24T10:00:00+03:00"}`: a broadcast once, at that instant."""
+    spec = node["schedule"]
+    assert isinstance(spec, YDict)
+    check.keys(spec, ("at",), ("at",), what="schedule")
+    text = spec.get("at")
+    if "timezone" in node:
+        check.error(
+            node.where("timezone", value=False),
+            "timezone goes with a cron schedule; `at` carries its own offset",
+        )
+    if not isinstance(text, str):
+        if "at" in spec:
+            check.error(
+                spec.where("at"),
+                "schedule.at must be an ISO 8601 time, e.g. 2026-12-24T10:00:00+03:00",
+            )
+        return None
+    try:
+        at = parse_time(text)
+    except ValueError:
+        check.error(
+            spec.where("at"),
+            f"schedule.at: '{text}' is not an ISO 8601 time, e.g. 2026-12-24T10:00:00+03:00",
+        )
+        return None
+    return Trigger(at=at)
+
+
 def _schedule_trigger(node: YDict, check: Checker) -> Trigger | None:
     from engine.lang.schedule import cron_trigger
 
+    if isinstance(node["schedule"], YDict):
+        return _one_off(node, check)
     tz = "UTC"
     if "timezone" in node:
         name = check.string(node["timezone"], node.where("timezone"), "timezone")

@@ -16,7 +16,7 @@ from engine.lang.events import LIGHT_FIELDS
 from engine.lang.fused import FailHook, fuse_tests
 from engine.lang.program import CascadeEntry, SendOp, WaitForOp
 from engine.lang.rules import Rule, parse_rule
-from engine.lang.segments import Segment
+from engine.lang.segments import Segment, parse_segment, segment_references
 from engine.lang.templates import Template, parse_template
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, load_yaml, read_text
@@ -60,7 +60,7 @@ class RuleSet:
         watched: set[str] = set()
         self.scheduled = []
         for rule in sorted(self.rules.values(), key=lambda r: r.id):
-            if rule.trigger.schedule:
+            if rule.trigger.scheduled:
                 self.scheduled.append(rule)
             elif rule.trigger.fan_out:
                 fan_out[rule.trigger.event or ""].append(rule)
@@ -134,14 +134,22 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
         if doc is None:
             continue  # an empty file is not an error: a rule being written
         check = Checker(name)
-        if not isinstance(doc, YDict) or not ({"rule", "template"} & doc.keys()):
+        if not isinstance(doc, YDict) or not ({"rule", "template", "segment"} & doc.keys()):
             check.error(
-                (1, 1), "not a rule or a template: the top-level key must be 'rule' or 'template'"
+                (1, 1),
+                "not a rule, a template or a segment: the top-level key must be 'rule', "
+                "'template' or 'segment'",
             )
             result.problems.extend(check.problems)
             continue
         if "rule" in doc:
             rule_docs.append((doc, check, text))
+            continue
+        if "segment" in doc:
+            segment = parse_segment(doc, check, text)
+            result.problems.extend(check.problems)
+            if segment is not None:
+                _add_segment(result, segment)
             continue
         tpl = parse_template(doc, check, file.parent, root)
         result.problems.extend(check.problems)
@@ -166,6 +174,7 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
     for doc, check, text in rule_docs:
         rule = parse_rule(doc, check, text)
         _check_references(rule, doc, result.templates, broken, check)
+        _check_segments(rule, doc, result, check)
         if check.problems:
             result.problems.extend(check.problems)
             rid = doc.get("rule")
@@ -186,9 +195,56 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
             )
             continue
         result.rules[rule.id] = rule
+    for seg in result.segments.values():
+        if seg.id in result.templates:
+            tpl = result.templates[seg.id]
+            result.problems.append(
+                Problem(
+                    seg.path,
+                    seg.line,
+                    1,
+                    f"segment id '{seg.id}' is also a template ({tpl.path}:{tpl.line}): "
+                    "a template and a segment need different ids",
+                )
+            )
     result.problems.sort()
     result.index()
     return result
+
+
+def _add_segment(result: RuleSet, segment: Segment) -> None:
+    taken = result.segments.get(segment.id)
+    if taken is not None:
+        result.problems.append(
+            Problem(
+                segment.path,
+                segment.line,
+                1,
+                f"duplicate segment '{segment.id}' (first defined at {taken.path}:{taken.line})",
+            )
+        )
+        return
+    result.segments[segment.id] = segment
+
+
+def _check_segments(rule: Rule | None, doc: YDict, result: RuleSet, check: Checker) -> None:
+    """Segment ids are their own: none may be a rule's or a template's id; and every segment
+    a rule names (`'x' in user.segments`, `event.data.segment == 'x'`) exists."""
+    rule_id = doc.get("rule")
+    seg = result.segments.get(rule_id) if isinstance(rule_id, str) else None
+    if seg is not None:
+        check.error(
+            doc.where("rule"),
+            f"rule id '{rule_id}' is also a segment ({seg.path}:{seg.line}): "
+            "a rule and a segment need different ids",
+        )
+    for name, pos in segment_references(doc):
+        if name not in result.segments:
+            check.error(
+                pos,
+                f"unknown segment '{name}'{did_you_mean(name, result.segments)}: no segment "
+                "file defines it",
+            )
 
 
 def _check_references(

@@ -10,7 +10,8 @@ from typing import Any
 
 from channels.kinds import Field, kind_names, kinds
 from engine.lang.program import AWAIT_KINDS
-from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MODES
+from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MAX_HOLDOUT_PCT, MODES
+from engine.lang.segments import MAX_AT_LEAST
 
 _DURATION = {
     "type": "string",
@@ -73,8 +74,9 @@ def rule_schema() -> dict[str, Any]:
                         "weight": {"type": "number", "minimum": 0},
                         "template": {"type": "string"},
                         "cascade": _cascade(),
+                        "audience": _EXPR,
                     },
-                    ["name", "weight"],
+                    ["name"],
                 ),
             },
         },
@@ -112,8 +114,18 @@ def rule_schema() -> dict[str, Any]:
             _obj(
                 {
                     "schedule": {
-                        "type": "string",
-                        "description": "5-field cron, e.g. 0 11 * * TUE",
+                        "anyOf": [
+                            {"type": "string", "description": "5-field cron, e.g. 0 11 * * TUE"},
+                            _obj(
+                                {
+                                    "at": {
+                                        "type": "string",
+                                        "description": "once, at this ISO 8601 time",
+                                    }
+                                },
+                                ["at"],
+                            ),
+                        ]
                     },
                     "timezone": {"type": "string"},
                 },
@@ -134,6 +146,14 @@ def rule_schema() -> dict[str, Any]:
                 "audience": _EXPR,
                 "goal": {"anyOf": [_match(), {"type": "array", "items": _match()}]},
                 "exit_on": {"anyOf": [_match(), {"type": "array", "items": _match()}]},
+                "holdout": {
+                    "anyOf": [
+                        {"type": "number", "minimum": 0, "maximum": MAX_HOLDOUT_PCT},
+                        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+                    ]
+                },
+                "group": {"type": "string"},
+                "priority": {"type": "integer"},
                 "steps": {**steps, "minItems": 1},
             },
             ["rule", "trigger", "steps"],
@@ -165,13 +185,41 @@ def template_schema() -> dict[str, Any]:
     return _obj(props, ["template"])
 
 
+def segment_schema() -> dict[str, Any]:
+    event = _obj(
+        {
+            "event": _EVENT_TYPE,
+            "if": _EXPR,
+            "within": _DURATION,
+            "at_least": {"type": "integer", "minimum": 1, "maximum": MAX_AT_LEAST},
+        },
+        ["event", "within"],
+    )
+    conditions = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"oneOf": [event, _obj({"profile": _EXPR}, ["profile"])]},
+    }
+    base = {"segment": {"type": "string"}, "description": {"type": "string"}}
+    return {
+        "oneOf": [
+            _obj({**base, "any": conditions}, ["segment", "any"]),
+            _obj({**base, "all": conditions}, ["segment", "all"]),
+        ]
+    }
+
+
 def schema() -> dict[str, Any]:
     rule = rule_schema()
     defs = rule.pop("$defs")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://kaskad.dev/schema/rules.json",
-        "title": "kaskad rule or template file",
-        "oneOf": [{"$ref": "#/$defs/rule"}, {"$ref": "#/$defs/template"}],
-        "$defs": {"rule": rule, "template": template_schema(), **defs},
+        "title": "kaskad rule, template or segment file",
+        "oneOf": [
+            {"$ref": "#/$defs/rule"},
+            {"$ref": "#/$defs/template"},
+            {"$ref": "#/$defs/segment"},
+        ],
+        "$defs": {"rule": rule, "template": template_schema(), "segment": segment_schema(), **defs},
     }

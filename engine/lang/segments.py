@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from engine.lang.events import STANDARD_TYPES, TYPE_RE
 from engine.lang.expressions import Expression
 from engine.lang.validation import Checker
-from engine.lang.yamlfile import YDict
+from engine.lang.yamlfile import Pos, YDict, YList
 
 MAX_WINDOW_S = 400 * 86400  # SPEC 12: a window ends now and reaches at most 400 days back
 MAX_AT_LEAST = 1000  # the engine keeps this many timestamps per user and condition
@@ -171,3 +174,31 @@ def _condition(node: YDict, check: Checker, what: str) -> Condition | None:
         )
         return None
     return EventCondition(event, cond, within_s, at_least)
+
+
+# `'baby_0_3' in user.segments` (or `not in`), `event.data.segment == 'baby_0_3'`
+_REFERENCES = (
+    re.compile(r"""(['"])([A-Za-z0-9_.\-]+)\1\s+(?:not\s+)?in\s+user\.segments\b"""),
+    re.compile(r"""\bevent\.data\.segment\s*[!=]=\s*(['"])([A-Za-z0-9_.\-]+)\1"""),
+    re.compile(r"""(['"])([A-Za-z0-9_.\-]+)\1\s*[!=]=\s*event\.data\.segment\b"""),
+)
+
+
+def segment_references(node: Any) -> Iterator[tuple[str, Pos]]:
+    """(segment id, position) of every segment an expression in a rule document names."""
+    if isinstance(node, YDict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                for pattern in _REFERENCES:
+                    for found in pattern.finditer(value):
+                        yield found.group(2), node.where(key)
+            else:
+                yield from segment_references(value)
+    elif isinstance(node, YList):
+        for i, item in enumerate(node):
+            if isinstance(item, str):
+                for pattern in _REFERENCES:
+                    for found in pattern.finditer(item):
+                        yield found.group(2), node.where(i)
+            else:
+                yield from segment_references(item)

@@ -38,7 +38,7 @@ STEP_KEYS = {
 WAIT_KEYS = ("until", "offset", "for", "at")
 SEND_KEYS = ("template", "cascade", "variants")
 CASCADE_KEYS = ("channel", "template", "await", "within")
-VARIANT_KEYS = ("name", "weight", "template", "cascade")
+VARIANT_KEYS = ("name", "weight", "template", "cascade", "audience")
 WAIT_FOR_KEYS = ("event", "if", "timeout", "on_event", "on_timeout")
 
 
@@ -295,11 +295,20 @@ class StepCompiler:
             node = self.check.mapping(item, seq.where(i), "a variant")
             if node is None:
                 continue
-            self.check.keys(node, VARIANT_KEYS, ("name", "weight"), what="variant")
+            # A variant with an audience may leave out its weight (1: an even split of the
+            # users several such variants hold for).
+            required = ("name",) if "audience" in node else ("name", "weight")
+            self.check.keys(node, VARIANT_KEYS, required, what="variant")
             name = self.check.string(node.get("name"), node.where("name"), "variant name")
-            weight = node.get("weight")
-            if "weight" not in node:
+            weight = node.get("weight", 1)
+            if "weight" not in node and "audience" not in node:
                 continue  # reported as a missing required key
+            audience = expression(node, "audience", self.check)
+            if audience is not None and audience.never():
+                self.check.error(
+                    node.where("audience"),
+                    f"variant '{name}': audience '{audience.source}' is false for every user",
+                )
             if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
                 self.check.error(node.where("weight"), "weight must be a number >= 0")
                 continue
@@ -321,7 +330,7 @@ class StepCompiler:
                     key=f"{path}:variant:{name}:cascade",
                 )
             if name is not None:
-                out.append(Variant(name, float(weight), vt, vc))
+                out.append(Variant(name, float(weight), vt, vc, audience))
         if out and sum(v.weight for v in out) <= 0:
             self.check.error(pos, "variant weights must not all be 0")
         return out

@@ -60,6 +60,17 @@ def cron_job(
     )
 
 
+def once_job(name: str, at: float, run: Callable[[JobRow], Awaitable[None]]) -> Job:
+    """A job that fires once, at `at`; never again, after a restart or on another replica
+    (its row keeps no next fire time)."""
+    return Job(
+        name=name,
+        spec=f"at {iso(at)}",
+        next_fire=lambda after: at if after < at else None,
+        run=run,
+    )
+
+
 class JobRunner:
     """Plans the jobs in the store and fires those due on the engine loop's clock."""
 

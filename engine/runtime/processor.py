@@ -24,7 +24,7 @@ from engine.errors import EventError
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import RuleSet
 from engine.runtime.audiences import broadcast, fan_out
-from engine.runtime.jobs import Job, JobRunner, cron_job
+from engine.runtime.jobs import Job, JobRunner, cron_job, once_job
 from engine.runtime.metrics import Metrics
 from engine.runtime.states import States, StoreStates
 from engine.runtime.units import OnCommit, Stopping, Units
@@ -372,8 +372,11 @@ class Processor:
                 await broadcast(self.units, rule_id, row)
 
             name = f"broadcast:{rule.id}"
-            schedule, timezone = rule.trigger.schedule or "", rule.trigger.timezone
-            jobs.append(cron_job(name, schedule, timezone, run))
+            trigger = rule.trigger
+            if trigger.at is not None:
+                jobs.append(once_job(name, trigger.at, run))
+            else:
+                jobs.append(cron_job(name, trigger.schedule or "", trigger.timezone, run))
         return jobs
 
     # -- the loop --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from engine.clock import iso
 from engine.errors import Problem
 from engine.lang.rules import Rule, parse_rule
 from engine.lang.ruleset import RuleSet, load_ruleset
@@ -165,7 +166,9 @@ class RuleManager:
                     "category": rule.category,
                     "mode": rule.mode,
                     "trigger": (
-                        {"schedule": trigger.schedule, "timezone": trigger.timezone}
+                        {"schedule": {"at": iso(trigger.at)}}
+                        if trigger.at is not None
+                        else {"schedule": trigger.schedule, "timezone": trigger.timezone}
                         if trigger.schedule
                         else {"event": trigger.event, "fan_out": list(trigger.fan_out)}
                     ),
