@@ -33,8 +33,7 @@ DURATION_HELP = "expected a number with a unit (s m h d w), e.g. 15m, 1h, 1d12h"
 CHANNEL_CHOICES = "mobile_push, webpush, email, sms, telegram, whatsapp, webhook"
 NAMES = "available: event, now, trigger, user"
 NOT_RULE = (
-    "not a rule, a template or a segment: the top-level key must be 'rule', 'template' or "
-    "'segment'"
+    "not a rule, a template or a segment: the top-level key must be 'rule', 'template' or 'segment'"
 )
 
 

@@ -14,11 +14,11 @@ from engine.core.model import Instance, Message, Record, UserState
 from engine.core.policies import Policies
 from engine.core.reach import address_key, valid_addresses
 from engine.core.tracking import Tracker
-from engine.core.variants import choose, template_for
+from engine.core.variants import cascade_of, choose, template_for
 from engine.core.waits import Awaiting, Deferred, Sending
 from engine.core.workspace import Failure, IdGen, Workspace
 from engine.errors import ExpressionError
-from engine.lang.program import CascadeEntry, SendOp
+from engine.lang.program import CascadeEntry, SendOp, Variant
 from engine.lang.rules import Rule
 from engine.lang.templates import Template
 
@@ -64,10 +64,25 @@ class Cascade:
 
         `event` is the event that led here (a wait_for's event); after a timer, the trigger.
         """
-        variant, variant_template, cascade = choose(op, inst)
+        marketing = rule.marketing
+        source = event or inst.trigger
+
+        def eligible(v: Variant) -> bool:
+            return self._audience(ws, st, inst, rule, v, source)
+
+        choice = choose(op, inst, eligible)
+        if choice is None:
+            self.skip(ws, st, inst, rule, op, None, op.template, "no_variant")
+            return True
+        variant, variant_template, cascade = choice
         if variant is not None and inst.variant is None:
             inst.variant = variant
-        marketing = rule.marketing
+        if inst.holdout == "rule" or (inst.holdout == "global" and marketing):
+            # A control group: the instance goes on, the message is not sent.
+            first = cascade[start].channel if start < len(cascade) else None
+            if start == 0 or not after_await:
+                self.skip(ws, st, inst, rule, op, first, op.template, "held_out", variant)
+            return True
         last: tuple[str | None, str | None, str | None] = (None, op.template, None)
         # Going on after a channel's final failure: its reason (retries_exhausted...) is the
         # last one tried, not a missing address, if no other channel is left.
@@ -183,7 +198,7 @@ class Cascade:
                 return True
             op = rule.program[inst.pc]
             assert isinstance(op, SendOp)
-            idx = choose(op, inst)[2].index(entry)
+            idx = cascade_of(op, inst).index(entry)
             inst.state, inst.due_at = (
                 Awaiting(idx, message.id, entry.await_),
                 ws.now + entry.within_s,
@@ -252,6 +267,28 @@ class Cascade:
             )
         )
 
+    def group_busy(self, ws: Workspace, st: UserState, rule: Rule, busy_rule: str) -> None:
+        """A trigger not followed: a rule of the same group, as high or higher, runs for the
+        user. One skip for the trigger (step `trigger`), not one per message."""
+        message = Message(
+            id=self.ids.next("m"),
+            instance_id="",
+            rule_id=rule.id,
+            user_id=st.user_id,
+            step="trigger",
+            channel=None,
+            template=None,
+            variant=None,
+            category=rule.category,
+            status="skipped",
+            created_at=ws.now,
+            reason="group_busy",
+            detail=f"{busy_rule} runs",
+        )
+        st.messages.append(message)
+        ws.save_message(message)
+        self.record(ws, message, "skipped", "group_busy")
+
     def skip(
         self,
         ws: Workspace,
@@ -266,7 +303,8 @@ class Cascade:
     ) -> None:
         """The step sends nothing, for `reason`: a skipped message says why."""
         if variant is None and op.variants:
-            variant = choose(op, inst)[0]
+            choice = choose(op, inst)
+            variant = None if choice is None else choice[0]
         message = Message(
             id=self.ids.next("m"),
             instance_id=inst.id,
@@ -284,6 +322,32 @@ class Cascade:
         st.messages.append(message)
         ws.save_message(message)
         self.record(ws, message, "skipped", reason)
+
+    def _audience(
+        self,
+        ws: Workspace,
+        st: UserState,
+        inst: Instance,
+        rule: Rule,
+        variant: Variant,
+        event: dict[str, Any],
+    ) -> bool:
+        if variant.audience is None:
+            return True
+        try:
+            return variant.audience.test(context(ws.now, st, event, inst.trigger))
+        except ExpressionError as exc:
+            ws.errors.append(
+                Failure(
+                    rule.id,
+                    "expression_error",
+                    f"variant {variant.name} audience",
+                    str(exc),
+                    st.user_id,
+                    inst.trigger.get("id"),
+                )
+            )
+            return False
 
     # -- rendering -------------------------------------------------------------------------
 

@@ -40,6 +40,9 @@ class Instance:
     ended_at: float | None = None
     end_reason: str | None = None
     variant: str | None = None
+    # A control group's instance sends nothing: "rule" (the rule's holdout) or "global"
+    # (policies.global_holdout); None for everyone else.
+    holdout: str | None = None
 
     @property
     def active(self) -> bool:

@@ -21,7 +21,7 @@ from engine.core.reactions import record_reaction
 from engine.core.segments import SegmentEngine
 from engine.core.steps import Steps
 from engine.core.tracking import Tracker
-from engine.core.variants import choose
+from engine.core.variants import cascade_of, in_share
 from engine.core.waits import Awaiting, Deferred, Sending, Waiting, WaitingFor
 from engine.core.workspace import IdGen, Workspace
 from engine.errors import ExpressionError
@@ -58,6 +58,7 @@ class Engine(Steps):
         )
         self.policies = Policies(config)
         self.caps = self.policies.caps
+        self.global_holdout_pct = config.policies.global_holdout_pct
         self.cascade = Cascade(self.policies, outbox, self.ids, self.tracker, rules.templates)
         self.rules = rules
         self.versions: dict[tuple[str, str], Rule] = {}
@@ -145,6 +146,8 @@ class Engine(Steps):
             last = st.last_starts.get((rule.id, key))
             if last is not None and ws.now - last < rule.cooldown_s:
                 return None
+        if rule.group is not None and not self._make_room(ws, st, rule, running):
+            return None
         if running and rule.mode == "restart":
             for inst in running:
                 self.end(ws, st, inst, "restarted")
@@ -156,12 +159,43 @@ class Engine(Steps):
             key=key,
             started_at=ws.now,
             trigger=trigger,
+            holdout=self._holdout(rule, st.user_id),
         )
         st.instances.append(inst)
         st.last_starts[(rule.id, key)] = ws.now
         ws.started[rule.id] += 1
         self._run(ws, st, inst, rule, trigger)
         return inst
+
+    def _holdout(self, rule: Rule, user_id: str) -> str | None:
+        """The control group a new instance belongs to: the rule's stable share of users,
+        else, for marketing, the stable share of all users kept out of marketing."""
+        if in_share(f"holdout:{rule.id}:{user_id}", rule.holdout_pct):
+            return "rule"
+        if rule.marketing and in_share(f"holdout:{user_id}", self.global_holdout_pct):
+            return "global"
+        return None
+
+    def _make_room(self, ws: Workspace, st: UserState, rule: Rule, running: list[Instance]) -> bool:
+        """A user runs one instance of a group at a time: a higher priority preempts the
+        running ones; an equal or lower one does not start (one `group_busy` skip)."""
+        others = []
+        for inst in st.instances:
+            other = self._rule_of(inst)
+            if (
+                inst.active
+                and inst not in running
+                and other is not None
+                and other.group == rule.group
+            ):
+                others.append((inst, other))
+        if any(other.priority >= rule.priority for _, other in others):
+            busy = next(o for _, o in others if o.priority >= rule.priority)
+            self.cascade.group_busy(ws, st, rule, busy.id)
+            return False
+        for inst, _ in others:
+            self.end(ws, st, inst, "preempted", reason=rule.id)
+        return True
 
     # -- events ----------------------------------------------------------------------------
 
@@ -334,7 +368,7 @@ class Engine(Steps):
         assert isinstance(op, SendOp)
         state = inst.state
         assert isinstance(state, Sending)
-        entry = choose(op, inst)[2][state.idx]
+        entry = cascade_of(op, inst)[state.idx]
         inst.state = None
         done = self.cascade.apply_outcome(ws, st, inst, rule, message, entry, outcome)
         if done is None:

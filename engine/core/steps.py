@@ -13,7 +13,7 @@ from engine.core.cascade import Cascade
 from engine.core.context import context
 from engine.core.model import Instance, Record, UserState
 from engine.core.policies import Policies
-from engine.core.variants import choose
+from engine.core.variants import cascade_of
 from engine.core.waits import Deferred, Waiting, WaitingFor, WaitState
 from engine.core.workspace import Failure, Workspace
 from engine.errors import ExpressionError
@@ -191,7 +191,7 @@ class Steps:
         if isinstance(state, Deferred) and rule is not None:
             op = rule.program[inst.pc]
             if isinstance(op, SendOp):
-                channel = choose(op, inst)[2][state.idx].channel
+                channel = cascade_of(op, inst)[state.idx].channel
                 self.cascade.skip(ws, st, inst, rule, op, channel, None, "exited")
         for message in st.messages:
             if message.instance_id == inst.id and message.status == "queued":

@@ -137,6 +137,18 @@ def _default_caps() -> list[FrequencyCap]:
     return [FrequencyCap(per="1d", max=2), FrequencyCap(per="7d", max=6)]
 
 
+def share_pct(value: str | float) -> float:
+    """`10%`, "10" or 10 -> 10.0, from 0 to 50; ValueError otherwise."""
+    text = str(value).strip().removesuffix("%")
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"must be a share from 0% to 50%, e.g. 5%, got '{value}'") from None
+    if isinstance(value, bool) or not 0 <= number <= 50:
+        raise ValueError(f"must be a share from 0% to 50%, e.g. 5%, got '{value}'")
+    return number
+
+
 class PoliciesConfig(_Section):
     quiet_hours: QuietHours | None = Field(default_factory=lambda: QuietHours.model_validate({}))
     frequency_caps: list[FrequencyCap] = Field(default_factory=_default_caps)
@@ -146,6 +158,19 @@ class PoliciesConfig(_Section):
     timezone: str = "UTC"  # for users whose profile has none
     ab: AbConfig = Field(default_factory=AbConfig)
     rfm: RfmConfig | None = Field(default_factory=RfmConfig)  # None: no nightly recompute
+    # A stable share of all users kept out of every marketing message (a control group
+    # measured across rules), "5%" or 5; 0 to 50.
+    global_holdout: str | float = 0
+
+    @field_validator("global_holdout")
+    @classmethod
+    def _share(cls, value: str | float) -> str | float:
+        share_pct(value)
+        return value
+
+    @property
+    def global_holdout_pct(self) -> float:
+        return share_pct(self.global_holdout)
 
     @field_validator("consent_default")
     @classmethod

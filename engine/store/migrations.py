@@ -364,3 +364,18 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX user_facts_due ON user_facts (due_at) WHERE due_at IS NOT NULL;
     """
 )
+
+# A control group's instances (SPEC 12 holdouts): "rule" or "global", NULL for the rest.
+# Stats compare the groups' conversions, so an order's user and time is looked up per user.
+SQLITE_MIGRATIONS.append(
+    """
+    ALTER TABLE instances ADD COLUMN holdout TEXT;
+    CREATE INDEX orders_user_at ON orders (user_id, at);
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    ALTER TABLE instances ADD COLUMN holdout TEXT;
+    CREATE INDEX orders_user_at ON orders (user_id, at);
+    """
+)

@@ -1,0 +1,232 @@
+"""Experiments and audiences (SPEC 12) in simulate: variants with their own audience, holdouts,
+groups with priority, the one-off broadcast."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.clock import parse_time
+from engine.lang.ruleset import RuleSet, load_ruleset
+from tests.helpers import QUIET_CONFIG, brief, ev, profile, run_simulation
+
+Load = Callable[..., RuleSet]
+TEMPLATE = "template: t\nemail: {subject: hi, text: hello}\n"
+
+
+@pytest.fixture
+def load(tmp_path: Path) -> Load:
+    def go(*files: str) -> RuleSet:
+        root = tmp_path / "rules"
+        root.mkdir(exist_ok=True)
+        (root / "t.yaml").write_text(TEMPLATE)
+        for n, text in enumerate(files):
+            (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
+        ruleset = load_ruleset([root])
+        assert not ruleset.problems, [str(p) for p in ruleset.problems]
+        return ruleset
+
+    return go
+
+
+def users(n: int, time: str = "2026-11-01T08:00:00Z", **data: Any) -> list[dict[str, Any]]:
+    return [profile(f"u{i:03d}", time, email=f"u{i}@x.test", **data) for i in range(n)]
+
+
+def search(user: str, time: str = "2026-11-02T10:00:00Z") -> dict[str, Any]:
+    return ev("search.performed", user, time, {"query": "x"})
+
+
+VARIANT_AUDIENCES = """\
+rule: promo
+trigger: {event: search.performed}
+steps:
+  - send:
+      template: t
+      cascade: [email]
+      variants:
+        - {name: crm, audience: "user.attributes.child_age is defined"}
+        - {name: vip, audience: "user.attributes.vip == true"}
+"""
+
+
+def test_a_user_is_split_among_the_variants_whose_audience_they_match(load: Load) -> None:
+    events = [
+        profile("a", "2026-11-01T08:00:00Z", email="a@x", attributes={"child_age": 1}),
+        profile("b", "2026-11-01T08:00:00Z", email="b@x", attributes={"vip": True}),
+        profile("c", "2026-11-01T08:00:00Z", email="c@x"),
+        *(search(u) for u in "abc"),
+    ]
+    records = run_simulation(load(VARIANT_AUDIENCES), events)
+    assert [(r["user_id"], r["variant"], r["status"], r["reason"]) for r in records] == [
+        ("a", "crm", "sent", None),
+        ("b", "vip", "sent", None),
+        ("c", None, "skipped", "no_variant"),
+    ]
+
+
+def test_a_user_in_both_audiences_is_split_by_weight_and_stays(load: Load) -> None:
+    both = {"child_age": 1, "vip": True}
+    events = [
+        *users(400, attributes=both),
+        *(search(f"u{i:03d}") for i in range(400)),
+        *(search(f"u{i:03d}", "2026-11-03T10:00:00Z") for i in range(400)),
+    ]
+    records = run_simulation(load(VARIANT_AUDIENCES), events)
+    first = {r["user_id"]: r["variant"] for r in records[:400]}
+    again = {r["user_id"]: r["variant"] for r in records[400:]}
+    assert first == again  # stable
+    counts = Counter(first.values())
+    assert set(counts) == {"crm", "vip"} and min(counts.values()) > 150
+
+
+def test_an_audience_no_user_can_match_is_a_load_error(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "t.yaml").write_text(TEMPLATE)
+    (root / "r.yaml").write_text(VARIANT_AUDIENCES.replace("user.attributes.vip == true", "1 > 2"))
+    problems = [str(p) for p in load_ruleset([root]).problems]
+    assert len(problems) == 1 and problems[0].endswith(
+        "r.yaml:9:33: variant 'vip': audience '1 > 2' is false for every user"
+    ), problems
+
+
+HOLDOUT = """\
+rule: promo
+holdout: 20%
+trigger: {event: search.performed}
+goal: {event: order.created}
+steps:
+  - send: {template: t, cascade: [email]}
+  - wait: 1d
+  - send: {template: t, cascade: [email]}
+"""
+
+
+def test_a_holdout_runs_the_same_steps_and_sends_nothing(load: Load) -> None:
+    events = [*users(500), *(search(f"u{i:03d}") for i in range(500))]
+    records = run_simulation(load(HOLDOUT), events)
+    by_user: dict[str, list[tuple[str, str, str | None]]] = {}
+    for r in records:
+        by_user.setdefault(r["user_id"], []).append((r["step"], r["status"], r["reason"]))
+    held = [u for u, rows in by_user.items() if rows[0][1] == "skipped"]
+    assert 70 < len(held) < 130  # ~20% of 500, stable by user
+    for user, rows in by_user.items():
+        if user in held:
+            assert rows == [("0", "skipped", "held_out"), ("2", "skipped", "held_out")]
+        else:
+            assert rows == [("0", "sent", None), ("2", "sent", None)]
+    again = run_simulation(load(HOLDOUT), events)
+    assert sorted({r["user_id"] for r in again if r["reason"] == "held_out"}) == sorted(held)
+
+
+def test_holdout_must_be_a_share_up_to_half(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "t.yaml").write_text(TEMPLATE)
+    (root / "r.yaml").write_text(HOLDOUT.replace("20%", "60%"))
+    problems = [str(p) for p in load_ruleset([root]).problems]
+    assert [p.split("r.yaml:")[1] for p in problems] == [
+        "2:10: holdout must be a share from 0% to 50%, e.g. 10%, got '60%'"
+    ]
+
+
+def test_the_global_holdout_keeps_a_share_of_users_out_of_all_marketing(load: Load) -> None:
+    transactional = """\
+    rule: receipt
+    category: transactional
+    trigger: {event: search.performed}
+    steps:
+      - send: {template: t, cascade: [email]}
+    """
+    config = QUIET_CONFIG + "  global_holdout: 10%\n"
+    events = [*users(300), *(search(f"u{i:03d}") for i in range(300))]
+    records = run_simulation(
+        load(HOLDOUT.replace("holdout: 20%\n", ""), transactional), events, config
+    )
+    held = {r["user_id"] for r in records if r["reason"] == "held_out"}
+    assert 15 < len(held) < 50
+    assert all(r["rule"] == "promo" for r in records if r["reason"] == "held_out")
+    assert sum(1 for r in records if r["rule"] == "receipt" and r["status"] == "sent") == 300
+
+
+GROUP_HIGH = """\
+rule: high
+group: cart
+priority: 10
+trigger: {event: cart.updated}
+steps:
+  - wait: 1h
+  - send: {template: t, cascade: [email]}
+"""
+GROUP_LOW = """\
+rule: low
+group: cart
+trigger: {event: search.performed}
+steps:
+  - wait: 30m
+  - send: {template: t, cascade: [email]}
+"""
+
+
+def test_a_higher_priority_preempts_and_a_lower_one_is_busy(load: Load) -> None:
+    cart = {"items": [{"product_id": "p1"}], "total": 1}
+    events = [
+        profile("u1", "2026-11-01T08:00:00Z", email="u1@x"),
+        search("u1", "2026-11-02T10:00:00Z"),  # low starts
+        ev("cart.updated", "u1", "2026-11-02T10:10:00Z", cart),  # high preempts it
+        search("u1", "2026-11-02T10:20:00Z"),  # low: the group is busy
+    ]
+    records = run_simulation(load(GROUP_HIGH, GROUP_LOW), events)
+    assert brief(records) == [
+        ("2026-11-02T10:20:00Z", "low", "u1", "trigger", None, "skipped", "group_busy"),
+        ("2026-11-02T11:10:00Z", "high", "u1", "1", "email", "sent", None),
+    ]
+
+
+def test_the_group_is_free_again_when_the_chain_ends(load: Load) -> None:
+    events = [
+        profile("u1", "2026-11-01T08:00:00Z", email="u1@x"),
+        search("u1", "2026-11-02T10:00:00Z"),
+        search("u1", "2026-11-02T12:00:00Z"),
+    ]
+    records = run_simulation(load(GROUP_HIGH, GROUP_LOW), events)
+    assert [(r["time"], r["rule"], r["status"]) for r in records] == [
+        ("2026-11-02T10:30:00Z", "low", "sent"),
+        ("2026-11-02T12:30:00Z", "low", "sent"),
+    ]
+
+
+ONE_OFF = """\
+rule: xmas
+trigger: {schedule: {at: "2026-12-24T10:00:00+03:00"}}
+audience: user.email is not none
+steps:
+  - send: {template: t, cascade: [email]}
+"""
+
+
+def test_a_one_off_broadcast_fires_once_at_its_instant(load: Load) -> None:
+    events = [
+        *users(3),
+        profile("late", "2026-12-30T08:00:00Z", email="late@x"),  # after: not reached
+    ]
+    records = run_simulation(load(ONE_OFF), events, until=parse_time("2027-12-31T00:00:00Z"))
+    assert {(r["time"], r["status"]) for r in records} == {("2026-12-24T07:00:00Z", "sent")}
+    assert len(records) == 3
+
+
+def test_at_must_be_an_iso_time(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "t.yaml").write_text(TEMPLATE)
+    (root / "r.yaml").write_text(ONE_OFF.replace("2026-12-24T10:00:00+03:00", "24.12.2026"))
+    problems = [str(p).split("r.yaml:")[1] for p in load_ruleset([root]).problems]
+    assert problems == [
+        "2:26: schedule.at: '24.12.2026' is not an ISO 8601 time, e.g. 2026-12-24T10:00:00+03:00"
+    ]

@@ -1,0 +1,245 @@
+"""Segments and interests (SPEC 12) in simulate: membership kept as events arrive and as
+windows run out, segment.entered/left as triggers, user.segments in audiences."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.lang.ruleset import RuleSet, load_ruleset
+from tests.helpers import ev, profile, run_simulation
+
+Load = Callable[..., RuleSet]
+END = 1830297600.0  # 2028-01-01: after every event here
+
+TEMPLATE = """\
+template: t
+email: {subject: hi, text: "{{ user.segments }} {{ user.interests.category }}"}
+"""
+BABY = """\
+segment: baby
+any:
+  - event: product.viewed
+    if: event.data.category in ['baby_food', 'diapers']
+    within: 30d
+    at_least: 2
+  - profile: user.attributes.child_age is defined and user.attributes.child_age < 3
+"""
+ON_ENTER = """\
+rule: welcome
+trigger: {event: segment.entered, if: "event.data.segment == 'baby'"}
+steps:
+  - send: {template: t, cascade: [email]}
+"""
+ON_LEAVE = """\
+rule: goodbye
+trigger: {event: segment.left, if: "event.data.segment == 'baby'"}
+steps:
+  - send: {template: t, cascade: [email]}
+"""
+
+
+@pytest.fixture
+def load(tmp_path: Path) -> Load:
+    def go(*files: str) -> RuleSet:
+        root = tmp_path / "rules"
+        root.mkdir(exist_ok=True)
+        (root / "t.yaml").write_text(TEMPLATE)
+        for n, text in enumerate(files):
+            (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
+        ruleset = load_ruleset([root])
+        assert not ruleset.problems, [str(p) for p in ruleset.problems]
+        return ruleset
+
+    return go
+
+
+def view(user: str, time: str, category: str = "baby_food", **extra: Any) -> dict[str, Any]:
+    return ev("product.viewed", user, time, {"product_id": "p1", "category": category, **extra})
+
+
+def who(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(r["time"], r["rule"], r["user_id"]) for r in records if r["status"] == "sent"]
+
+
+def test_a_window_count_enters_and_the_window_running_out_leaves(load: Load) -> None:
+    events = [
+        profile("u1", "2026-11-01T09:00:00Z", email="u1@x.test"),
+        view("u1", "2026-11-01T10:00:00Z"),
+        view("u1", "2026-11-01T11:00:00Z", category="shoes"),  # not counted
+        view("u1", "2026-11-05T10:00:00Z", category="diapers"),  # the second: enters
+    ]
+    records = run_simulation(load(BABY, ON_ENTER, ON_LEAVE), events)
+    assert who(records) == [
+        ("2026-11-05T10:00:00Z", "welcome", "u1"),
+        # 30 days after the first counted view, only one is left in the window
+        ("2026-12-01T10:00:00Z", "goodbye", "u1"),
+    ]
+
+
+def test_a_profile_condition_follows_the_profile(load: Load) -> None:
+    events = [
+        profile("u2", "2026-11-01T09:00:00Z", email="u2@x.test", attributes={"child_age": 1}),
+        ev("profile.updated", "u2", "2026-11-03T09:00:00Z", {"attributes": {"child_age": 4}}),
+    ]
+    records = run_simulation(load(BABY, ON_ENTER, ON_LEAVE), events)
+    assert who(records) == [
+        ("2026-11-01T09:00:00Z", "welcome", "u2"),
+        ("2026-11-03T09:00:00Z", "goodbye", "u2"),
+    ]
+
+
+def test_all_needs_every_condition(load: Load) -> None:
+    both = """\
+    segment: baby
+    all:
+      - {event: product.viewed, within: 7d}
+      - profile: "user.attributes.vip == true"
+    """
+    events = [
+        profile("u1", "2026-11-01T09:00:00Z", email="u1@x.test"),
+        view("u1", "2026-11-01T10:00:00Z"),
+        ev("profile.updated", "u1", "2026-11-02T10:00:00Z", {"attributes": {"vip": True}}),
+    ]
+    records = run_simulation(load(both, ON_ENTER), events)
+    assert who(records) == [("2026-11-02T10:00:00Z", "welcome", "u1")]
+
+
+def test_user_segments_reads_in_an_audience(load: Load) -> None:
+    rule = """\
+    rule: promo
+    trigger: {event: search.performed}
+    audience: "'baby' in user.segments"
+    steps:
+      - send: {template: t, cascade: [email]}
+    """
+    events = [
+        profile("u1", "2026-11-01T09:00:00Z", email="u1@x.test", attributes={"child_age": 2}),
+        profile("u2", "2026-11-01T09:00:00Z", email="u2@x.test"),
+        ev("search.performed", "u1", "2026-11-02T10:00:00Z", {"query": "x"}),
+        ev("search.performed", "u2", "2026-11-02T10:00:00Z", {"query": "x"}),
+    ]
+    assert who(run_simulation(load(BABY, rule), events)) == [
+        ("2026-11-02T10:00:00Z", "promo", "u1")
+    ]
+
+
+def test_interests_are_the_top_values_by_decayed_score(tmp_path: Path) -> None:
+    import asyncio
+
+    from engine.clock import parse_time
+    from engine.lang.config import parse_config
+    from engine.lang.events import parse_event
+    from engine.simulate import Simulation
+
+    events = [
+        view("u1", "2026-11-01T10:00:00Z", category="shoes", brand="Acme"),
+        ev(
+            "cart.updated",
+            "u1",
+            "2026-11-02T10:00:00Z",
+            {"items": [{"product_id": "p2", "category": "toys", "brand": "Lego"}], "total": 5},
+        ),
+        *(view("u1", f"2026-11-0{d}T10:00:00Z", category=f"c{d}") for d in range(3, 9)),
+    ]
+
+    async def run() -> dict[str, Any]:
+        sim = await Simulation.create(RuleSet(), parse_config(""))
+        until = parse_time("2026-11-09T00:00:00Z")  # before the interests age out
+        await sim.run([parse_event(e, received_at=0) for e in events], until=until)
+        interests: dict[str, Any] = sim.ws.users["u1"].profile["interests"]
+        await sim.close()
+        return interests
+
+    interests = asyncio.run(run())
+    # a cart (5) outweighs a view (1); newer views outweigh older ones
+    assert interests["category"][0] == "toys"
+    assert len(interests["category"]) == 5
+    assert interests["category"][1:] == ["c8", "c7", "c6", "c5"]
+    assert interests["brand"] == ["Lego", "Acme"]
+
+
+def test_the_facts_kept_do_not_grow_with_the_history(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from engine.clock import iso, parse_time
+    from engine.lang.config import parse_config
+    from engine.lang.events import parse_event
+    from engine.simulate import Simulation
+
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "s.yaml").write_text(BABY)
+    rules = load_ruleset([root])
+
+    start = parse_time("2026-01-01T10:00:00Z")
+
+    async def size(days: int) -> int:
+        events = [view("u1", iso(start + d * 86400), brand=f"b{d % 7}") for d in range(days)]
+        sim = await Simulation.create(rules, parse_config(""))
+        await sim.run([parse_event(e, received_at=0) for e in events], until=END)
+        n = len(json.dumps(sim.ws.users["u1"].facts))
+        await sim.close()
+        return n
+
+    small, large = asyncio.run(size(10)), asyncio.run(size(300))
+    assert large <= small + 50  # a few timestamps and scores, whatever the history
+
+
+def test_bad_segment_files_are_located(tmp_path: Path) -> None:
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "s.yaml").write_text(
+        "segment: s\nany:\n  - {event: product.veiwed, within: 30d}\n"
+        "  - {event: cart.updated, within: 401d}\n"
+        "  - {event: cart.updated, within: 1d, at_least: 0}\n"
+    )
+    (root / "r.yaml").write_text(
+        "rule: s\ntrigger: {event: search.performed}\n"
+        "audience: \"'nosuch' in user.segments\"\n"
+        "steps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    (root / "t.yaml").write_text(TEMPLATE)
+    problems = sorted(str(p) for p in load_ruleset([root]).problems)
+    text = "\n".join(problems)
+    assert "s.yaml:3:13: any[0].event: unknown event type 'product.veiwed' (did you mean " in text
+    assert "s.yaml:4:35: any[1].within must be more than 0 and at most 400d, got '401d'" in text
+    assert "s.yaml:5:49: any[2].at_least must be a whole number from 1 to 1000, got '0'" in text
+    assert "r.yaml:3:11: unknown segment 'nosuch': no segment file defines it" in text
+
+
+def test_a_segment_id_is_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "s.yaml").write_text("segment: t\nany: [{event: cart.updated, within: 1d}]\n")
+    (root / "s2.yaml").write_text("segment: r\nany: [{event: cart.updated, within: 1d}]\n")
+    (root / "t.yaml").write_text(TEMPLATE)
+    (root / "r.yaml").write_text(
+        "rule: r\ntrigger: {event: search.performed}\n"
+        "steps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    text = "\n".join(str(p) for p in load_ruleset([root]).problems)
+    assert "segment id 't' is also a template" in text
+    assert "r.yaml:1:7: rule id 'r' is also a segment" in text
+
+
+def test_a_deleted_segment_reports_the_rules_that_use_it_and_the_rest_run(tmp_path: Path) -> None:
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "t.yaml").write_text(TEMPLATE)
+    (root / "uses.yaml").write_text(
+        "rule: uses\ntrigger: {event: search.performed}\n"
+        "audience: \"'baby' in user.segments\"\nsteps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    (root / "other.yaml").write_text(
+        "rule: other\ntrigger: {event: search.performed}\n"
+        "steps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    ruleset = load_ruleset([root])
+    assert set(ruleset.rules) == {"other"}
+    assert [p.path.endswith("uses.yaml") for p in ruleset.problems] == [True]
