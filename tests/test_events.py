@@ -162,7 +162,7 @@ SUBSCRIPTION = "must be {endpoint, keys: {p256dh, auth}}"
         ),
         (profile_update(attributes=["vip"]), "data.attributes", "must be an object"),
         (profile_update(push_tokens="tok"), "data.push_tokens", "must be a list of strings"),
-        (profile_update(push_tokens=["a", 1]), "data.push_tokens", "must be a list of strings"),
+        (profile_update(push_tokens=["a", 1]), "data.push_tokens[1]", "must be a string"),
         # consent values
         (profile_update(consent=["email"]), "data.consent", "must be an object"),
         (profile_update(consent={"email": "yes"}), "data.consent.email", "must be true or false"),

@@ -283,3 +283,61 @@ channels: {{pigeon: {{provider: carrier, base_url: "{loft.base_url}"}}}}
     [message] = body["messages"]
     assert (message["channel"], message["status"]) == ("pigeon", "sent")
     assert message["provider_id"] == "flight-1"
+
+
+class Drone(ChannelKind):
+    """A kind whose addresses are a top-level list of the profile (like push tokens)."""
+
+    name = "drone"
+    address_from = ("drone_pads",)
+    many = True
+    list_of = "landing pads"
+    fields = {"note": text(required=True)}
+
+    def check_one(self, address: Any) -> str | None:
+        return None if isinstance(address, str) and address.startswith("pad-") else "not a pad"
+
+
+@pytest.fixture
+def drone() -> Iterator[None]:
+    register_kind(Drone())
+    try:
+        yield
+    finally:
+        unregister_kind("drone")
+
+
+def _profile_event(data: dict[str, Any]) -> Any:
+    return parse_event(
+        {"type": "profile.updated", "user_id": "u1", "data": data}, received_at=START
+    )
+
+
+def test_a_new_kinds_address_fields_are_checked_at_ingest_and_kept_on_the_profile(
+    drone: None,
+) -> None:
+    from engine.core.facts import merge_profile
+    from engine.errors import EventError
+
+    with pytest.raises(EventError) as wrong:
+        _profile_event({"drone_pads": "pad-1"})
+    assert (wrong.value.field, wrong.value.message) == (
+        "data.drone_pads",
+        "must be a list of landing pads",
+    )
+    with pytest.raises(EventError) as entry:
+        _profile_event({"drone_pads": ["pad-1", "roof"]})
+    assert (entry.value.field, entry.value.message) == ("data.drone_pads[1]", "not a pad")
+    profile: dict[str, Any] = {}
+    merge_profile(profile, _profile_event({"drone_pads": ["pad-1", "pad-2"]}).data)
+    merge_profile(profile, _profile_event({"drone_pads": ["pad-2", "pad-3"]}).data)
+    # A list of addresses gains new entries (as push tokens do), top-level, not an attribute.
+    assert profile == {"drone_pads": ["pad-1", "pad-2", "pad-3"]}
+
+
+def test_without_the_kind_the_same_key_is_the_shops_own_attribute() -> None:
+    from engine.core.facts import merge_profile
+
+    profile: dict[str, Any] = {}
+    merge_profile(profile, _profile_event({"drone_pads": "anything"}).data)
+    assert profile == {"attributes": {"drone_pads": "anything"}}

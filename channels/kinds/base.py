@@ -74,6 +74,8 @@ class ChannelKind:
     address_from: ClassVar[tuple[str, ...]] = ()
     # The key holds a list and each entry is an address (a user's devices, browsers).
     many: ClassVar[bool] = False
+    # What the list holds, for the error when it is not a list ("must be a list of strings").
+    list_of: ClassVar[str] = "strings"
     # Marketing messages need the user's consent for the kind (SPEC 3).
     needs_consent: ClassVar[bool] = True
     # The template block: its keys and what each holds.
@@ -106,6 +108,32 @@ class ChannelKind:
     def address_key(self, address: Any) -> str:
         """A stable text for an address: what marks it invalid on the profile."""
         return str(address)
+
+    def check_address(self, value: Any) -> tuple[str, str] | None:
+        """What is wrong with a profile's value of an `address_from` key (not null), as
+        (a suffix of the field's path, the problem), else None. A profile.updated event with
+        a wrong one is refused at ingest."""
+        if self.many:
+            if not isinstance(value, list):
+                return "", f"must be a list of {self.list_of}"
+            for i, entry in enumerate(value):
+                problem = self.check_one(entry)
+                if problem:
+                    return f"[{i}]", problem
+            return None
+        problem = self.check_one(value)
+        return ("", problem) if problem else None
+
+    def check_one(self, address: Any) -> str | None:
+        """What is wrong with one address, else None: a string by default."""
+        if isinstance(address, str):
+            return None
+        return "must be a string" if self.many else "must be a string or null"
+
+    def profile_keys(self) -> tuple[str, ...]:
+        """The top-level profile keys this kind reads its addresses from (a dotted key lives
+        inside another one, e.g. the shop's own attributes)."""
+        return tuple(k for k in self.address_from if "." not in k)
 
     def check_constant(self, key: str, value: str) -> str | None:
         """What is wrong with a field whose text is fixed at load time, said after the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import ChannelKind, choice, flag, text
 
 
@@ -16,3 +18,9 @@ class Telegram(ChannelKind):
     # Bot API sendMessage: "Text of the message to be sent, 1-4096 characters after entities
     # parsing" (https://core.telegram.org/bots/api#sendmessage).
     text_chars = {"text": (1, 4096)}
+
+    def check_one(self, address: Any) -> str | None:
+        # Bot API chat ids are integers; shops send them as numbers or text.
+        if isinstance(address, bool) or not isinstance(address, str | int):
+            return "must be a string or an integer"
+        return None

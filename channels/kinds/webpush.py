@@ -11,6 +11,7 @@ class WebPush(ChannelKind):
     name = "webpush"
     address_from = ("webpush",)
     many = True
+    list_of = "subscription objects"
     fields = {
         "title": text(),
         "body": text(required=True),
@@ -28,3 +29,15 @@ class WebPush(ChannelKind):
         if isinstance(address, dict):
             return str(address.get("endpoint"))
         return str(address)
+
+    def check_one(self, address: Any) -> str | None:
+        keys = address.get("keys") if isinstance(address, dict) else None
+        if (
+            not isinstance(address, dict)
+            or not isinstance(address.get("endpoint"), str)
+            or not isinstance(keys, dict)
+            or not isinstance(keys.get("p256dh"), str)
+            or not isinstance(keys.get("auth"), str)
+        ):
+            return "must be {endpoint, keys: {p256dh, auth}}"
+        return None

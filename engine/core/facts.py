@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from channels.kinds import kinds
 from engine.clock import iso
 from engine.core.changes import Order, Touch
 from engine.core.model import Message, UserState
@@ -18,28 +19,31 @@ _MERGED = ("attributes", "consent")
 RECENT_ORDER_IDS = 50
 
 
-def _same(token: Any) -> Any:
-    return token
-
-
-def _endpoint(subscription: Any) -> Any:
-    return subscription.get("endpoint") if isinstance(subscription, dict) else subscription
-
-
-_LISTS: dict[str, Callable[[Any], Any]] = {"push_tokens": _same, "webpush": _endpoint}
-_PROFILE_FIELDS = (
-    "email",
-    "phone",
-    "whatsapp",
-    "telegram_chat_id",
-    "timezone",
-    "locale",
-    "attributes",
-    "consent",
-    "push_tokens",
-    "webpush",
-    "rfm",  # a shop may supply its own segment; the nightly recompute overrides it
+# Profile keys of the shop's that are not addresses; the channel kinds name the rest.
+_PROFILE_FIELDS = frozenset(
+    {
+        "timezone",
+        "locale",
+        "attributes",
+        "consent",
+        "rfm",  # a shop may supply its own segment; the nightly recompute overrides it
+    }
 )
+
+
+def _address_keys() -> tuple[frozenset[str], dict[str, Callable[[Any], str]]]:
+    """The top-level profile keys channel kinds read addresses from, and of those the lists
+    (a user's devices, browsers) with what identifies an entry. From the registry each
+    time: a kind may be registered at run time (a test's own)."""
+    single: set[str] = set()
+    lists: dict[str, Callable[[Any], str]] = {}
+    for kind in kinds():
+        for key in kind.profile_keys():
+            if kind.many:
+                lists[key] = kind.address_key
+            else:
+                single.add(key)
+    return frozenset(single), lists
 
 
 def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
@@ -157,6 +161,7 @@ def merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
     A null value removes the field. Invalid marks are per address, so a new address is
     usable at once while a dead one re-sent by the shop stays dead.
     """
+    single, lists = _address_keys()
     for key, value in data.items():
         if key in _MERGED and isinstance(value, dict):
             target = profile.setdefault(key, {})
@@ -165,8 +170,8 @@ def merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
                     target.pop(k, None)
                 else:
                     target[k] = v
-        elif key in _LISTS and isinstance(value, list):
-            ident = _LISTS[key]
+        elif key in lists and isinstance(value, list):
+            ident = lists[key]
             current = list(profile.get(key) or [])
             known = {ident(x) for x in current}
             for entry in value:
@@ -176,7 +181,7 @@ def merge_profile(profile: dict[str, Any], data: dict[str, Any]) -> None:
             profile[key] = current
         elif value is None:
             profile.pop(key, None)
-        elif key in _PROFILE_FIELDS:
+        elif key in _PROFILE_FIELDS or key in single:
             profile[key] = value
         else:
             # Unknown top-level fields are the shop's own: keep them as attributes.

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from channels.kinds import kinds
 from engine.clock import iso, parse_time
 from engine.errors import EventError
 
@@ -187,13 +188,10 @@ def _require_id(data: dict[str, Any], name: str) -> None:
 
 
 def _check_profile(data: dict[str, Any]) -> None:
-    for name in ("email", "phone", "whatsapp", "timezone", "locale"):
+    for name in ("timezone", "locale"):
         value = data.get(name)
         if value is not None and not isinstance(value, str):
             raise EventError(f"data.{name}", "must be a string or null")
-    chat = data.get("telegram_chat_id")
-    if chat is not None and (isinstance(chat, bool) or not isinstance(chat, str | int)):
-        raise EventError("data.telegram_chat_id", "must be a string or an integer")
     for name in ("consent", "attributes"):
         value = data.get(name)
         if value is not None and not isinstance(value, dict):
@@ -201,25 +199,13 @@ def _check_profile(data: dict[str, Any]) -> None:
     for channel, flag in (data.get("consent") or {}).items():
         if not isinstance(flag, bool):
             raise EventError(f"data.consent.{channel}", "must be true or false")
-    tokens = data.get("push_tokens")
-    if tokens is not None and (
-        not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)
-    ):
-        raise EventError("data.push_tokens", "must be a list of strings")
-    subs = data.get("webpush")
-    if subs is not None:
-        if not isinstance(subs, list):
-            raise EventError("data.webpush", "must be a list of subscription objects")
-        for i, sub in enumerate(subs):
-            keys = sub.get("keys") if isinstance(sub, dict) else None
-            if (
-                not isinstance(sub, dict)
-                or not isinstance(sub.get("endpoint"), str)
-                or not isinstance(keys, dict)
-                or not isinstance(keys.get("p256dh"), str)
-                or not isinstance(keys.get("auth"), str)
-            ):
-                raise EventError(f"data.webpush[{i}]", "must be {endpoint, keys: {p256dh, auth}}")
+    # Address fields: each channel kind says what its addresses look like (channels/kinds).
+    for kind in kinds():
+        for key in kind.profile_keys():
+            value = data.get(key)
+            problem = None if value is None else kind.check_address(value)
+            if problem:
+                raise EventError(f"data.{key}{problem[0]}", problem[1])
     tz = data.get("timezone")
     if tz:
         from engine.lang.localtime import zone

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from channels.kinds import find_kind
 from engine.api.admin import timeline
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
@@ -128,7 +129,8 @@ async def template_page(request: web.Request) -> web.Response:
         fields = []
         for key, value in (item.fields or {}).items():
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            is_html = item.channel == "email" and key == "html"
+            kind = find_kind(item.channel)
+            is_html = kind is not None and key in kind.fields and kind.fields[key].kind == "html"
             fields.append({"key": key, "text": text, "html": is_html})
         channels.append({"channel": item.channel, "fields": fields, "error": item.error})
     return html(
