@@ -15,6 +15,7 @@ import aiosqlite
 from engine.core.changes import Changes
 from engine.core.model import Instance, Message, UserState, new_profile
 from engine.store.base import new_secret
+from engine.store.filelock import hold_lock, release_lock
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -53,13 +54,23 @@ class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
         self._lock = asyncio.Lock()
         self._reader: aiosqlite.Connection | None = None  # stats reads (a file database)
         self._reader_tried = False
+        self._file_lock: int | None = None  # the daemon's hold on the file (filelock)
 
     @classmethod
-    async def open(cls, url: str) -> SqliteStore:
+    async def open(cls, url: str, *, exclusive: bool = False) -> SqliteStore:
+        """exclusive: the daemon's store; a second daemon on the file is refused
+        (DatabaseInUse). The CLI's readers and writers open it beside the daemon."""
         path = sqlite_path(url)
+        file_lock = None
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+            if exclusive:
+                file_lock = hold_lock(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            release_lock(file_lock)
+            raise
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             # FULL: an acknowledged event survives power loss, not only a process crash.
@@ -71,7 +82,9 @@ class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
             # Not a database, or no room: close the connection's thread, or it keeps the
             # process alive after the failed start.
             await db.close()
+            release_lock(file_lock)
             raise
+        store._file_lock = file_lock
         return store
 
     async def _migrate(self) -> None:
@@ -96,7 +109,11 @@ class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.close()
-        await self.db.close()
+        try:
+            await self.db.close()
+        finally:
+            release_lock(self._file_lock)
+            self._file_lock = None
 
     @serialized
     async def load_users(
