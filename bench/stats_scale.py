@@ -23,8 +23,8 @@ from typing import Any
 
 from engine.lang.config import PoliciesConfig
 from engine.measure.stats import compute_stats
-from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS
-from engine.store.sqlite import ORDER_COLUMNS, SqliteStore
+from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS, ORDER_COLUMNS
+from engine.store.sqlite import SqliteStore
 
 T0 = 1.7e9
 DAY = 86400.0

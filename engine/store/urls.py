@@ -23,13 +23,14 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, *, exclusive: bool = False) -> Store:
     """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
-    or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas."""
+    or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas.
+    exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL)."""
     if url.startswith("sqlite:"):
         from engine.store.sqlite import SqliteStore
 
-        return await SqliteStore.open(url)
+        return await SqliteStore.open(url, exclusive=exclusive)
     if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
         from engine.store.postgres import PostgresStore
 

@@ -3,6 +3,7 @@ open surface is warned about, and /metrics takes a token."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,3 +159,43 @@ async def test_metrics_take_the_metrics_token_or_the_admin_token(tmp_path: Path)
             assert (await client.request("GET", "/v1/messages", headers=headers))[0] == 401
     finally:
         await daemon.stop()
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """One daemon per SQLite file: the second exits 2 with one line naming the lock; once
+    the first stops, the file is free again."""
+    path = tmp_path / "config.yaml"
+    auth = "{admin_token: a, ingest_tokens: [t]}"
+    path.write_text(config_text(tmp_path, "127.0.0.1", auth))
+
+    def second() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine", "run", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    async def with_first_running() -> subprocess.CompletedProcess[str]:
+        daemon = Daemon(config(tmp_path, "127.0.0.1", auth), VirtualClock(START), background=False)
+        await daemon.start()
+        try:
+            return await asyncio.to_thread(second)
+        finally:
+            await daemon.stop()
+
+    done = asyncio.run(with_first_running())
+    assert done.returncode == 2  # as every start error
+    db = tmp_path / "kaskad.db"
+    assert done.stderr.strip().splitlines() == [
+        f"storage.url sqlite:///{db}: another kaskad daemon is running on this database "
+        f"(it holds {db}.lock)"
+    ]
+
+    async def start_again() -> None:
+        daemon = Daemon(config(tmp_path, "127.0.0.1", auth), VirtualClock(START), background=False)
+        await daemon.start()  # the first released the file when it stopped
+        await daemon.stop()
+
+    asyncio.run(start_again())

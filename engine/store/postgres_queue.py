@@ -1,0 +1,113 @@
+"""PostgresStore's dispatch queue: messages claimed for sending under the owner id (a gone
+replica's messages in flight are taken over), answered, retried."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import asyncpg
+
+from engine.core.model import Message
+from engine.store.postgres_core import LIVE_OWNERS, PostgresCore, free, row_count
+from engine.store.rows import MESSAGE_COLUMNS, message_from
+
+
+class PostgresQueue(PostgresCore):
+    async def claim_queued(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip: Collection[str] = (),
+        only: str | None = None,
+        queued_before: float | None = None,
+    ) -> list[Message]:
+        """Queued messages due now, and those in flight at a store that is gone, marked as
+        in flight here (the same channel filters apply to both; an expiry claim takes no
+        orphans: their call may have gone out)."""
+        me = await self._me()
+        # $1-$3 in both queries: the channels to skip, the one channel, the latest creation.
+        channels = (
+            "AND channel <> ALL($1::text[]) AND ($2::text IS NULL OR channel = $2) "
+            "AND ($3::float8 IS NULL OR created_at <= $3) "
+        )
+        narrowing = (list(skip), only, queued_before)
+        async with self.pool.acquire() as conn, conn.transaction():
+            orphans: list[asyncpg.Record] = []
+            if queued_before is None:
+                orphans = await conn.fetch(
+                    "WITH q AS (SELECT id FROM messages WHERE status = 'sending' "
+                    f"AND claimed_by <> $4 AND claimed_by NOT IN ({LIVE_OWNERS}) "
+                    f"{channels}ORDER BY created_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) "
+                    "UPDATE messages m SET claimed_by = $4 FROM q WHERE m.id = q.id "
+                    f"RETURNING {', '.join(f'm.{c}' for c in MESSAGE_COLUMNS)}",
+                    *narrowing,
+                    me,
+                    limit,
+                )
+            rows = await conn.fetch(
+                "WITH q AS (SELECT id FROM messages WHERE status = 'queued' "
+                f"AND (next_attempt_at IS NULL OR next_attempt_at <= $4) {channels}"
+                "ORDER BY next_attempt_at NULLS FIRST, created_at LIMIT $5 "
+                "FOR UPDATE SKIP LOCKED) "
+                "UPDATE messages m SET status = 'sending', claimed_by = $6 FROM q "
+                f"WHERE m.id = q.id RETURNING {', '.join(f'm.{c}' for c in MESSAGE_COLUMNS)}",
+                *narrowing,
+                now,
+                limit - len(orphans),
+                me,
+            )
+        claimed = [message_from(tuple(r)) for r in [*orphans, *rows]]
+        claimed.sort(
+            key=lambda m: (m.next_attempt_at is not None, m.next_attempt_at or 0.0, m.created_at)
+        )
+        return claimed
+
+    async def release(self, message_ids: list[str]) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET status = 'queued', claimed_by = NULL "
+            "WHERE id = ANY($1::text[]) AND status = 'sending'",
+            message_ids,
+        )
+
+    async def requeue_in_flight(self) -> int:
+        """Messages in flight here or at a store that is gone go back to the queue (those
+        of live replicas stay theirs)."""
+        me = await self._me()
+        return row_count(
+            await self.pool.execute(
+                "UPDATE messages SET status = 'queued', claimed_by = NULL "
+                f"WHERE status = 'sending' AND {free('claimed_by', '$1')}",
+                me,
+            )
+        )
+
+    async def record_outcome(self, message_id: str, outcome: str) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET status = 'answered', outcome = $1 "
+            "WHERE id = $2 AND status = 'sending'",
+            outcome,
+            message_id,
+        )
+
+    async def answered(self) -> list[tuple[str, str, str]]:
+        """Answers whose sender is this store or gone (a live replica applies its own)."""
+        me = await self._me()
+        rows = await self.pool.fetch(
+            "SELECT id, user_id, outcome FROM messages WHERE status = 'answered' "
+            f"AND {free('claimed_by', '$1')}",
+            me,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def reschedule(
+        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+    ) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET status = 'queued', attempts = $1, next_attempt_at = $2, "
+            "detail = $3, claimed_by = NULL WHERE id = $4 AND status = 'sending'",
+            attempts,
+            next_attempt_at,
+            detail,
+            message_id,
+        )

@@ -1,0 +1,47 @@
+"""What SqliteStore's parts share: the connection, its lock, and one-trip reads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import aiosqlite
+
+from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS
+
+CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+INSTANCE_SQL = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"
+MESSAGE_SQL = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="SqliteCore")
+
+
+def serialized(
+    fn: Callable[Concatenate[S, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """One operation at a time on the shared connection: SQLite has one writer, and a
+    transaction begun by one task must never see another task's statements inside it."""
+
+    async def locked(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._lock:
+            return await fn(self, *args, **kwargs)
+
+    functools.update_wrapper(locked, fn)
+    return locked
+
+
+class SqliteCore:
+    """The state every part of SqliteStore works on (set by SqliteStore.__init__)."""
+
+    db: aiosqlite.Connection
+    _lock: asyncio.Lock
+    _reader: aiosqlite.Connection | None  # stats reads (a file database)
+    _reader_tried: bool
+
+    async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
+        # One trip to the connection's thread (execute, fetch and close in one call).
+        return list(await self.db.execute_fetchall(sql, params))

@@ -1,0 +1,100 @@
+"""SqliteStore's dispatch queue: messages claimed for sending, answered, retried."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from engine.core.model import Message
+from engine.store.rows import message_from
+from engine.store.sqlite_core import MESSAGE_SQL, SqliteCore, serialized
+
+
+class SqliteQueue(SqliteCore):
+    @serialized
+    async def claim_queued(
+        self,
+        now: float,
+        limit: int,
+        *,
+        skip: Collection[str] = (),
+        only: str | None = None,
+        queued_before: float | None = None,
+    ) -> list[Message]:
+        db = self.db
+        where, params = _queue_filter(skip, only, queued_before)
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await self._rows(
+                f"{MESSAGE_SQL} WHERE status = 'queued' AND "
+                f"(next_attempt_at IS NULL OR next_attempt_at <= ?){where} "
+                "ORDER BY next_attempt_at, created_at LIMIT ?",
+                (now, *params, limit),
+            )
+            await db.executemany(
+                "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        claimed = [message_from(r) for r in rows]
+        for message in claimed:
+            message.status = "sending"
+        return claimed
+
+    @serialized
+    async def release(self, message_ids: list[str]) -> None:
+        await self.db.executemany(
+            "UPDATE messages SET status = 'queued' WHERE id = ? AND status = 'sending'",
+            [(mid,) for mid in message_ids],
+        )
+
+    @serialized
+    async def requeue_in_flight(self) -> int:
+        cur = await self.db.execute(
+            "UPDATE messages SET status = 'queued' WHERE status = 'sending'"
+        )
+        return cur.rowcount
+
+    @serialized
+    async def record_outcome(self, message_id: str, outcome: str) -> None:
+        await self.db.execute(
+            "UPDATE messages SET status = 'answered', outcome = ? "
+            "WHERE id = ? AND status = 'sending'",
+            (outcome, message_id),
+        )
+
+    @serialized
+    async def answered(self) -> list[tuple[str, str, str]]:
+        rows = await self._rows(
+            "SELECT id, user_id, outcome FROM messages WHERE status = 'answered'"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    @serialized
+    async def reschedule(
+        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+    ) -> None:
+        await self.db.execute(
+            "UPDATE messages SET status = 'queued', attempts = ?, next_attempt_at = ?, "
+            "detail = ? WHERE id = ? AND status = 'sending'",
+            (attempts, next_attempt_at, detail, message_id),
+        )
+
+
+def _queue_filter(
+    skip: Collection[str], only: str | None, queued_before: float | None
+) -> tuple[str, list[Any]]:
+    """The dispatcher's narrowing of a claim, as " AND ..." SQL and its parameters."""
+    where, params = "", list[Any]()
+    if skip:
+        where += f" AND channel NOT IN ({', '.join('?' * len(skip))})"
+        params.extend(skip)
+    if only is not None:
+        where += " AND channel = ?"
+        params.append(only)
+    if queued_before is not None:
+        where += " AND created_at <= ?"
+        params.append(queued_before)
+    return where, params
