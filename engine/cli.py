@@ -179,7 +179,7 @@ async def _open_existing_store(config: Config) -> Store:
     import sqlite3
 
     from engine.store import open_store
-    from engine.store.urls import redact, sqlite_path
+    from engine.store.urls import PgSettings, redact, sqlite_path
 
     url = config.storage.url
     if url.startswith("sqlite:"):
@@ -187,7 +187,7 @@ async def _open_existing_store(config: Config) -> Store:
         if path != ":memory:" and not await asyncio.to_thread(Path(path).is_file):
             raise CliError(f"storage.url {url}: no database at {path} (has the daemon run?)")
     try:
-        return await open_store(url)
+        return await open_store(url, pg=PgSettings.of(config.storage))
     except (OSError, ValueError, sqlite3.Error) as exc:
         text = str(exc)
         raise CliError(

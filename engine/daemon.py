@@ -47,7 +47,7 @@ from engine.runtime.reload import RuleManager
 from engine.runtime.tasks import TaskGroup
 from engine.store import open_store
 from engine.store.base import JobRow
-from engine.store.urls import redact
+from engine.store.urls import PgSettings, redact
 
 log = structlog.get_logger("kaskad.daemon")
 
@@ -214,7 +214,9 @@ class Daemon:
         self.session = aiohttp.ClientSession()
         channels = build_channels(config, self.session)
         try:
-            self.store = await open_store(config.storage.url, exclusive=True)
+            self.store = await open_store(
+                config.storage.url, exclusive=True, pg=PgSettings.of(config.storage)
+            )
         except (OSError, ValueError, sqlite3.Error) as exc:
             # postgres names the (masked) url itself; say it for the others
             text = str(exc)

@@ -54,13 +54,12 @@ from engine.store.rows import (
     message_row,
     order_row,
 )
-from engine.store.urls import redact
+from engine.store.urls import PgSettings, redact
 
 if TYPE_CHECKING:
     from engine.store.postgres_core import Conn
 
 _MIGRATE = 0  # the advisory lock (LOCK_NS, 0): migrations
-_POOL_MAX = 10
 
 
 def _values(n: int, start: int = 1) -> str:
@@ -102,12 +101,20 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue):
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
+    async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:
         safe = redact(url)
         dsn = _dsn(url)
+        pg = settings or PgSettings()
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=_POOL_MAX, timeout=CONNECT_TIMEOUT_S
+                dsn,
+                min_size=1,
+                max_size=pg.pool_size,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=pg.command_timeout_s,
+                server_settings={
+                    "statement_timeout": str(max(1, round(pg.statement_timeout_s * 1000)))
+                },
             )
         except asyncpg.InterfaceError as exc:  # a malformed DSN, among others
             raise ValueError(f"storage.url {safe}: {_error_text(exc, url)}") from None
