@@ -183,6 +183,12 @@ class Store(Protocol):
 
     async def forget_events_before(self, when: float) -> int: ...
 
+    async def delete_messages_before(self, when: float, limit: int) -> int:
+        """Delete up to `limit` messages created before `when` (those queued, in flight or
+        with an answer not yet applied stay); how many went. Nothing refers to a message by
+        key (orders copy what they need), so nothing else is deleted with them."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def secret(self, name: str) -> str:
