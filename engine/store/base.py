@@ -48,6 +48,13 @@ class JobRow:
 
 
 class Store(Protocol):
+    # Why the last write (save, enqueue, write_probe) failed; None once one succeeds.
+    write_error: str | None
+
+    async def write_probe(self) -> None:
+        """A small real write (a row of `secrets`): whether writes go through now."""
+        ...
+
     async def close(self) -> None: ...
 
     async def load_users(

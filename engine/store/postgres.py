@@ -31,6 +31,7 @@ import asyncpg
 from engine.core.changes import Changes
 from engine.core.model import Message, UserState, new_profile
 from engine.store.base import ConcurrentUpdate, new_secret
+from engine.store.health import records_writes
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
@@ -218,6 +219,7 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
             self._loaded[task] = {uid: versions.get(uid, 0) for uid in ids}
         return states
 
+    @records_writes
     async def save(self, changes: Changes) -> None:
         if not changes:
             return
@@ -364,6 +366,14 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
                     profile["rfm"], profile["rfm_scores"] = segments[uid]
                     updates.append((uid, dumps(profile)))
             await conn.executemany("UPDATE profiles SET data = $2 WHERE user_id = $1", updates)
+
+    @records_writes
+    async def write_probe(self) -> None:
+        await self.pool.execute(
+            "INSERT INTO secrets (name, value) VALUES ('write_probe', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            new_secret(),
+        )
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
