@@ -100,8 +100,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for problem in ruleset.problems:
         print(f"warning: {problem} (rule left out)", file=sys.stderr)
     try:
-        with open(args.events, encoding="utf-8") as handle:
-            events, problems = read_events(handle, args.events)
+        if args.events == "-":
+            events, problems = read_events(sys.stdin, "<stdin>")
+        else:
+            with open(args.events, encoding="utf-8") as handle:
+                events, problems = read_events(handle, args.events)
     except OSError as exc:
         print(f"{args.events}: cannot read: {exc}", file=sys.stderr)
         return 2
@@ -176,7 +179,7 @@ async def _open_existing_store(config: Config) -> Store:
     import sqlite3
 
     from engine.store import open_store
-    from engine.store.urls import redact, sqlite_path
+    from engine.store.urls import PgSettings, redact, sqlite_path
 
     url = config.storage.url
     if url.startswith("sqlite:"):
@@ -184,7 +187,7 @@ async def _open_existing_store(config: Config) -> Store:
         if path != ":memory:" and not await asyncio.to_thread(Path(path).is_file):
             raise CliError(f"storage.url {url}: no database at {path} (has the daemon run?)")
     try:
-        return await open_store(url)
+        return await open_store(url, pg=PgSettings.of(config.storage))
     except (OSError, ValueError, sqlite3.Error) as exc:
         text = str(exc)
         raise CliError(
@@ -305,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("simulate", help="run rules over events on a virtual clock")
-    p.add_argument("--events", required=True, help="JSON lines of events")
+    p.add_argument("--events", required=True, help="JSON lines of events; - reads stdin")
     p.add_argument("--rules", help="rules directory (default: rules.path from the config)")
     p.add_argument("--config", help=CONFIG_HELP + "; its policies apply")
     p.add_argument(

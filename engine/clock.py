@@ -57,6 +57,13 @@ class VirtualClock:
     def now(self) -> float:
         return self._now
 
+    def start_at(self, when: float) -> None:
+        """Set the time, backwards too: for a clock nothing has run on yet (simulate starts
+        at its first event, which may be before 1970)."""
+        if self._sleepers:
+            raise RuntimeError("start_at: tasks are sleeping on this clock")
+        self._now = when
+
     def advance_to(self, when: float) -> None:
         # Never backwards: events out of order are handled at the current instant.
         if when > self._now:

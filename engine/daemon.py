@@ -47,9 +47,11 @@ from engine.runtime.reload import RuleManager
 from engine.runtime.tasks import TaskGroup
 from engine.store import open_store
 from engine.store.base import JobRow
-from engine.store.urls import redact
+from engine.store.urls import PgSettings, redact
 
 log = structlog.get_logger("kaskad.daemon")
+
+RETENTION_BATCH = 1000  # messages deleted per transaction by the retention job
 
 
 class StartError(KaskadError):
@@ -214,7 +216,9 @@ class Daemon:
         self.session = aiohttp.ClientSession()
         channels = build_channels(config, self.session)
         try:
-            self.store = await open_store(config.storage.url, exclusive=True)
+            self.store = await open_store(
+                config.storage.url, exclusive=True, pg=PgSettings.of(config.storage)
+            )
         except (OSError, ValueError, sqlite3.Error) as exc:
             # postgres names the (masked) url itself; say it for the others
             text = str(exc)
@@ -321,7 +325,8 @@ class Daemon:
         """Broadcasts, retention and the nightly RFM, fired by the engine loop (once across
         replicas)."""
         jobs = self.processor.broadcast_jobs(rules)
-        jobs.append(cron_job("retention", "17 3 * * *", "UTC", self._retention))
+        # Its own task in the daemon: a first run over a large store must not hold the loop.
+        jobs.append(cron_job("retention", "17 3 * * *", "UTC", self._retention, background=True))
         rfm = self.config.policies.rfm
         if rfm is not None:
             at = parse_time_of_day(rfm.at)
@@ -340,9 +345,20 @@ class Daemon:
         await self.rfm.run()
 
     async def _retention(self, run: JobRow) -> None:
-        keep_s = parse_duration(self.config.storage.event_retention)
-        removed = await self.store.forget_events_before(self.clock.now() - keep_s)
-        log.info("retention.done", event_ids_removed=removed)
+        """Event ids past storage.event_retention, messages past storage.message_retention
+        (in batches, each its own short transaction)."""
+        storage, now = self.config.storage, self.clock.now()
+        keep_s = parse_duration(storage.event_retention)
+        removed = await self.store.forget_events_before(now - keep_s)
+        before = now - parse_duration(storage.message_retention)
+        messages = 0
+        while True:
+            batch = await self.store.delete_messages_before(before, RETENTION_BATCH)
+            messages += batch
+            if batch < RETENTION_BATCH:
+                break
+            await asyncio.sleep(0)  # let the engine loop and the API in between batches
+        log.info("retention.done", event_ids_removed=removed, messages_removed=messages)
 
     async def _committed(self, ws: Workspace, changes: Changes) -> None:
         changes_queued = any(m.status == "queued" for m in changes.messages.values())

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from channels.base import OutboundMessage, Outcome
 from channels.sandbox import SandboxChannel
-from engine.clock import VirtualClock, iso
+from engine.clock import VirtualClock, iso, parse_time
 from engine.core.changes import Changes
 from engine.core.model import Record
 from engine.core.runner import Engine
@@ -34,6 +34,11 @@ from engine.runtime.states import ResidentStates
 from engine.store.sqlite import SqliteStore
 
 MAX_HORIZON_S = 400 * 86400
+# The times simulate runs between: a day inside the years 1 and 9999 that datetime can
+# hold, so the wall clock of any zone (UTC-12 to UTC+14) is a date too. The horizon stops
+# at the last; events outside are reported by line (time), not run.
+FIRST_TIME = parse_time("0001-01-02T00:00:00Z")
+LAST_TIME = parse_time("9999-12-30T00:00:00Z")
 
 
 class Simulation:
@@ -55,6 +60,7 @@ class Simulation:
         self.failures: list[Failure] = []  # expressions and templates that failed
         self.seen_ids: set[str] = set()
         self.duplicates = 0
+        self.started = False  # the clock starts at the first event of the first run
 
     @property
     def ws(self) -> Workspace:
@@ -78,8 +84,12 @@ class Simulation:
         ordered = sorted(events, key=lambda e: e.time)
         if until is None:
             until = (ordered[-1].time if ordered else self.clock.now()) + MAX_HORIZON_S
+        until = min(until, LAST_TIME)
         if ordered:
+            if not self.started:
+                self.clock.start_at(ordered[0].time)
             self.clock.advance_to(ordered[0].time)
+        self.started = True
         processor, first = self.processor, len(self.records)
         await processor.plan_jobs()  # broadcasts fire from the first instant on
         i = 0
@@ -143,9 +153,17 @@ def read_events(
             problems.append(f"{source}:{number}: invalid JSON: {exc.msg}")
             continue
         try:
-            events.append(parse_event(obj, received_at=received_at))
+            event = parse_event(obj, received_at=received_at)
         except EventError as exc:
             problems.append(f"{source}:{number}: {exc.field}: {exc.message}")
+            continue
+        if not FIRST_TIME <= event.time <= LAST_TIME:
+            problems.append(
+                f"{source}:{number}: time: {obj.get('time')} is outside the times simulate runs "
+                f"({iso(FIRST_TIME)} to {iso(LAST_TIME)})"
+            )
+            continue
+        events.append(event)
     return events, problems
 
 

@@ -290,11 +290,17 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     checks: dict[str, Any] = {}
+    store = state.store
     try:
-        await state.store.ping()
+        if store.write_error is not None:
+            # The last write failed: ready again only once a write goes through.
+            await store.write_probe()
+        else:
+            await store.ping()
         checks["store"] = "ok"
     except Exception as exc:
-        checks["store"] = f"error: {exc}"
+        failed = store.write_error
+        checks["store"] = f"error: writes fail: {failed}" if failed else f"error: {exc}"
     rules = state.rules.current
     checks["rules"] = "ok" if rules.rules or not rules.problems else "error: no valid rules"
     if state.broker.ok is not None:

@@ -56,6 +56,26 @@ class StorageConfig(_Section):
     url: str = "sqlite:///data/kaskad.db"
     event_retention: str = "7d"
     message_retention: str = "400d"
+    # PostgreSQL: connections per process, the client's wait for one command, and the
+    # server's limit on one statement (statement_timeout on every pool connection).
+    pool_size: int = Field(default=10, gt=0)
+    command_timeout_s: float = Field(default=30.0, gt=0)
+    statement_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("event_retention")
+    @classmethod
+    def _event_retention(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+    @field_validator("message_retention")
+    @classmethod
+    def _message_retention(cls, value: str) -> str:
+        # The engine reads a user's last 30 days of messages (frequency caps, attribution).
+        if parse_duration(value) < 30 * 86400:
+            raise ValueError("must be a duration of at least 30d")
+        return value
 
 
 class RulesConfig(_Section):

@@ -48,6 +48,13 @@ class JobRow:
 
 
 class Store(Protocol):
+    # Why the last write (save, enqueue, write_probe) failed; None once one succeeds.
+    write_error: str | None
+
+    async def write_probe(self) -> None:
+        """A small real write (a row of `secrets`): whether writes go through now."""
+        ...
+
     async def close(self) -> None: ...
 
     async def load_users(
@@ -182,6 +189,12 @@ class Store(Protocol):
         ...
 
     async def forget_events_before(self, when: float) -> int: ...
+
+    async def delete_messages_before(self, when: float, limit: int) -> int:
+        """Delete up to `limit` messages created before `when` (those queued, in flight or
+        with an answer not yet applied stay); how many went. Nothing refers to a message by
+        key (orders copy what they need), so nothing else is deleted with them."""
+        ...
 
     async def ping(self) -> None: ...
 

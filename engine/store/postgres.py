@@ -31,6 +31,7 @@ import asyncpg
 from engine.core.changes import Changes
 from engine.core.model import Message, UserState, new_profile
 from engine.store.base import ConcurrentUpdate, new_secret
+from engine.store.health import records_writes
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
@@ -54,13 +55,12 @@ from engine.store.rows import (
     message_row,
     order_row,
 )
-from engine.store.urls import redact
+from engine.store.urls import PgSettings, redact
 
 if TYPE_CHECKING:
     from engine.store.postgres_core import Conn
 
 _MIGRATE = 0  # the advisory lock (LOCK_NS, 0): migrations
-_POOL_MAX = 10
 
 
 def _values(n: int, start: int = 1) -> str:
@@ -102,12 +102,20 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue):
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
+    async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:
         safe = redact(url)
         dsn = _dsn(url)
+        pg = settings or PgSettings()
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=_POOL_MAX, timeout=CONNECT_TIMEOUT_S
+                dsn,
+                min_size=1,
+                max_size=pg.pool_size,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=pg.command_timeout_s,
+                server_settings={
+                    "statement_timeout": str(max(1, round(pg.statement_timeout_s * 1000)))
+                },
             )
         except asyncpg.InterfaceError as exc:  # a malformed DSN, among others
             raise ValueError(f"storage.url {safe}: {_error_text(exc, url)}") from None
@@ -211,6 +219,7 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
             self._loaded[task] = {uid: versions.get(uid, 0) for uid in ids}
         return states
 
+    @records_writes
     async def save(self, changes: Changes) -> None:
         if not changes:
             return
@@ -357,6 +366,14 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
                     profile["rfm"], profile["rfm_scores"] = segments[uid]
                     updates.append((uid, dumps(profile)))
             await conn.executemany("UPDATE profiles SET data = $2 WHERE user_id = $1", updates)
+
+    @records_writes
+    async def write_probe(self) -> None:
+        await self.pool.execute(
+            "INSERT INTO secrets (name, value) VALUES ('write_probe', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            new_secret(),
+        )
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")

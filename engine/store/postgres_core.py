@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import structlog
 
+from engine.store.health import WriteHealth
 from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS
 
 log = structlog.get_logger("kaskad.store")
@@ -54,7 +55,7 @@ def row_count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresCore:
+class PostgresCore(WriteHealth):
     """The state every part of PostgresStore works on."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], dsn: str, namespace: str) -> None:

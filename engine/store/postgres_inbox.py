@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from engine.store.health import records_writes
 from engine.store.postgres_core import LOCK_NS, PostgresCore, free, row_count
 
 if TYPE_CHECKING:
@@ -15,6 +16,7 @@ _INBOX_CLAIM = -1  # the advisory lock (LOCK_NS, -1): one inbox claim at a time
 
 
 class PostgresInbox(PostgresCore):
+    @records_writes
     async def enqueue(
         self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None
     ) -> tuple[int, int]:

@@ -111,3 +111,12 @@ class PostgresQueue(PostgresCore):
             detail,
             message_id,
         )
+
+    async def delete_messages_before(self, when: float, limit: int) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < $1 "
+            "AND status NOT IN ('queued', 'sending', 'answered') ORDER BY created_at LIMIT $2)",
+            when,
+            limit,
+        )
+        return row_count(status)

@@ -16,6 +16,7 @@ from engine.core.changes import Changes
 from engine.core.model import Instance, Message, UserState, new_profile
 from engine.store.base import new_secret
 from engine.store.filelock import hold_lock, release_lock
+from engine.store.health import records_writes
 from engine.store.migrations import SQLITE_MIGRATIONS
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -160,6 +161,7 @@ class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
                 states[uid].last_starts[(rule_id, key)] = last
         return states
 
+    @records_writes
     @serialized
     async def save(self, changes: Changes) -> None:
         if not changes:
@@ -248,6 +250,15 @@ class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
             "status = CASE status WHEN 'active' THEN 'stopped' ELSE status END "
             "WHERE user_id = ?",
             params,
+        )
+
+    @records_writes
+    @serialized
+    async def write_probe(self) -> None:
+        await self.db.execute(
+            "INSERT INTO secrets (name, value) VALUES ('write_probe', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (new_secret(),),
         )
 
     @serialized

@@ -9,6 +9,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
+from engine.store.health import WriteHealth
 from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS
 
 CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -34,7 +35,7 @@ def serialized(
     return locked
 
 
-class SqliteCore:
+class SqliteCore(WriteHealth):
     """The state every part of SqliteStore works on (set by SqliteStore.__init__)."""
 
     db: aiosqlite.Connection

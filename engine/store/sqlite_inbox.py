@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from engine.store.health import records_writes
 from engine.store.sqlite_core import SqliteCore, serialized
 
 
 class SqliteInbox(SqliteCore):
+    @records_writes
     @serialized
     async def enqueue(
         self, events: list[tuple[str | None, str]], now: float, *, batch_key: str | None = None

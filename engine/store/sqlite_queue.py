@@ -82,6 +82,15 @@ class SqliteQueue(SqliteCore):
             (attempts, next_attempt_at, detail, message_id),
         )
 
+    @serialized
+    async def delete_messages_before(self, when: float, limit: int) -> int:
+        cur = await self.db.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < ? "
+            "AND status NOT IN ('queued', 'sending', 'answered') ORDER BY created_at LIMIT ?)",
+            (when, limit),
+        )
+        return cur.rowcount
+
 
 def _queue_filter(
     skip: Collection[str], only: str | None, queued_before: float | None

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from engine.lang.config import StorageConfig
 from engine.store.base import Store
+
+
+@dataclass(frozen=True)
+class PgSettings:
+    """PostgreSQL's storage.* settings: the pool's size, the client's wait for a command
+    and the server's statement_timeout, in seconds."""
+
+    pool_size: int = 10
+    command_timeout_s: float = 30.0
+    statement_timeout_s: float = 30.0
+
+    @classmethod
+    def of(cls, storage: StorageConfig) -> PgSettings:
+        return cls(storage.pool_size, storage.command_timeout_s, storage.statement_timeout_s)
 
 
 def redact(url: str) -> str:
@@ -23,7 +39,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str, *, exclusive: bool = False) -> Store:
+async def open_store(url: str, *, exclusive: bool = False, pg: PgSettings | None = None) -> Store:
     """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
     or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas.
     exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL)."""
@@ -34,7 +50,7 @@ async def open_store(url: str, *, exclusive: bool = False) -> Store:
     if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
         from engine.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, pg or PgSettings())
     raise ValueError(
         f"unsupported storage url '{redact(url)}': expected sqlite:///path or "
         "postgresql://user:password@host:5432/database"
