@@ -33,6 +33,7 @@ from engine.core.model import Instance, Message, UserState, new_profile
 from engine.core.workspace import FACTS
 from engine.store.base import ConcurrentUpdate, JobRow, new_secret
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.postgres_holdout import PostgresHoldout
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -126,7 +127,7 @@ def _error_text(exc: BaseException, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class PostgresStore(PostgresStats):
+class PostgresStore(PostgresStats, PostgresHoldout):
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], dsn: str, namespace: str) -> None:
         self.pool = pool
         self.owner = 0

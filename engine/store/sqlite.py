@@ -40,6 +40,7 @@ from engine.store.rows import (
     stored_json,
     touch_kind,
 )
+from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.urls import sqlite_path
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -74,7 +75,7 @@ def _serialized(
     return locked
 
 
-class SqliteStore:
+class SqliteStore(SqliteHoldout):
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
         self._lock = asyncio.Lock()
