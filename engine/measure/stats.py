@@ -20,6 +20,7 @@ from engine.lang.config import PoliciesConfig
 from engine.lang.durations import parse_duration
 from engine.lang.program import SendOp
 from engine.lang.ruleset import RuleSet
+from engine.measure.holdout import measure_holdouts
 from engine.measure.proportions import SIGNIFICANCE, compare, p_text
 from engine.store.base import StatsQuery, Store
 
@@ -184,7 +185,8 @@ async def compute_stats(
 ) -> dict[str, Any]:
     """The stats JSON for [since, until): each row counted on its own time (messages when
     created, instances when started, orders when placed); A/B cohorts are the users whose
-    instance started in range, with their clicks and attributed orders whenever they came."""
+    instance started in range, with their clicks and attributed orders whenever they came;
+    holdouts compare the users whose instance started in range (see measure/holdout.py)."""
     attribution = policies.attribution
     q = StatsQuery(
         since=clamp(since) if since is not None else MIN_TIME,
@@ -218,6 +220,7 @@ async def compute_stats(
     if rule is not None:
         ids &= {rule}
     min_sample = policies.ab.min_sample
+    holdouts, global_holdout = await measure_holdouts(store, q, rules, policies)
     return {
         "generated_at": iso(math.floor(now)),
         "since": iso(q.since) if since is not None else None,
@@ -225,8 +228,13 @@ async def compute_stats(
         "attribution": {"window": attribution.window, "touch": attribution.touch},
         "orders": _orders_json(await store.stats_orders(q)),
         "rules": [
-            _rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample) for rid in sorted(ids)
+            {
+                **_rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample),
+                "holdout": holdouts.get(rid),
+            }
+            for rid in sorted(ids)
         ],
+        "global_holdout": global_holdout,
     }
 
 
