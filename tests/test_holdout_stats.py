@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from engine.cli import main
+from engine.clock import iso
 from engine.core.variants import in_share
 from engine.measure.holdout import holdout_json
 from engine.measure.stats_text import format_text
-from tests.helpers import QUIET_CONFIG, ev, profile
+from tests.helpers import QUIET_CONFIG, ROOT, ev, profile
 
 # -- the arithmetic ----------------------------------------------------------------------
 
@@ -114,12 +115,6 @@ steps:
 START = 1_795_000_000  # 2026-11-18
 
 
-def _iso(ts: float) -> str:
-    from engine.clock import iso
-
-    return iso(ts)
-
-
 def population(
     n: int, p_treatment: float, p_holdout: float, seed: int, held: Any
 ) -> tuple[list[dict[str, Any]], dict[str, list[int | float]]]:
@@ -133,13 +128,13 @@ def population(
         user = f"c{i:05d}"
         t = START + i * 20
         group = "holdout" if held(user) else "treatment"
-        events.append(profile(user, _iso(t), email=f"{user}@x.test"))
-        events.append(ev("cart.updated", user, _iso(t + 1), {"total": 40}))
+        events.append(profile(user, iso(t), email=f"{user}@x.test"))
+        events.append(ev("cart.updated", user, iso(t + 1), {"total": 40}))
         truth[group][0] += 1
         if rng.random() < (p_holdout if group == "holdout" else p_treatment):
             total = float(rng.randint(20, 120))
             events.append(
-                ev("order.created", user, _iso(t + 3 * 3600), {"order_id": f"o{i}", "total": total})
+                ev("order.created", user, iso(t + 3 * 3600), {"order_id": f"o{i}", "total": total})
             )
             truth[group][1] += 1
             truth[group][2] += total
@@ -206,6 +201,12 @@ def test_a_known_effect_shows_as_lift_with_its_interval(
     text = capsys.readouterr().out
     assert "holdout 20%, converted by goal, at least 100 users per group" in text
     assert f"verdict: {h['verdict']}" in text
+    # The README shows this run.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index('{\n  "share": 20.0') :]
+    assert json.loads(block[: block.index("\n}\n") + 2]) == h
+    shown = text[text.index("  holdout 20%") :].split("\n")[:6]
+    assert "\n".join(shown) in readme
 
 
 def test_no_effect_is_not_claimed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
