@@ -45,11 +45,11 @@ async def measure_holdouts(
             min_sample=min_sample,
             subject="The rule",
         )
-    marketing = [rid for rid, r in loaded.items() if r.marketing]
     pct = policies.global_holdout_pct
-    rows = {row[0]: row[1:] for row in await store.stats_global_holdout(q, marketing)}
-    if pct <= 0 and "holdout" not in rows:
+    if pct <= 0:
         return per_rule, None
+    marketing = [rid for rid, r in loaded.items() if r.marketing]
+    rows = {row[0]: row[1:] for row in await store.stats_global_holdout(q, marketing)}
     overall = holdout_json(
         rows.get("treatment", _NONE),
         rows.get("holdout", _NONE),
