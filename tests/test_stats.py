@@ -15,7 +15,8 @@ from engine.errors import Problem
 from engine.lang.config import Config, parse_config
 from engine.lang.events import parse_event
 from engine.lang.ruleset import RuleSet, load_ruleset
-from engine.measure.stats import MAX_TIME, ci95, compute_stats, parse_bound, z_test
+from engine.measure.proportions import ci95, z_test
+from engine.measure.stats import MAX_TIME, compute_stats, parse_bound
 from engine.measure.stats_text import format_text
 from engine.simulate import Simulation
 from tests.helpers import ev, profile

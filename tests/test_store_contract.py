@@ -424,6 +424,67 @@ async def test_stats_orders_and_attribution(store: Store) -> None:
     }
 
 
+async def test_stats_holdout_groups_conversions_and_revenue(store: Store) -> None:
+    # r1 holds out u3 and u4; r2 has no holdout; u5 is in the global holdout (on r1 and m2);
+    # u6 started r1 after the range.
+    await save(
+        store,
+        instances={
+            "i1": inst("i1", "u1", status="converted"),
+            "i1b": inst("i1b", "u1", started_at=T0 + 50),  # u1 again: one user, one order
+            "i2": inst("i2", "u2"),
+            "i3": inst("i3", "u3", holdout="rule", status="converted"),
+            "i4": inst("i4", "u4", holdout="rule"),
+            "i5": inst("i5", "u5", holdout="global"),
+            "i6": inst("i6", "u6", started_at=T0 + 5000),
+            "j1": inst("j1", "u1", rule_id="r2"),
+            "j5": inst("j5", "u5", rule_id="m2", holdout="global", started_at=T0 + 10),
+            "j7": inst("j7", "u7", rule_id="m2", holdout="rule"),  # left out of global
+            "j8": inst("j8", "u8", rule_id="other"),  # not a marketing rule
+        },
+        orders=[
+            Order("u1", "o1", T0 + 100, 40.0, None, "online"),
+            Order("u1", "o2", T0 + 200, 60.0, None, "online"),
+            Order("u1", "late", T0 + 90_000, 5.0, None, "online"),  # after the window
+            Order("u2", "before", T0 - 10, 7.0, None, "online"),  # before the start
+            Order("u3", "o3", T0 + 300, None, None, "offline"),
+            Order("u5", "o5", T0 + 400, 30.0, None, "online"),
+            Order("u7", "o7", T0 + 400, 1.0, None, "online"),
+            Order("u8", "o8", T0 + 400, 2.0, None, "online"),
+        ],
+    )
+    q = StatsQuery(since=T0 - 1, until=T0 + 1000, rule=None, touch="click", window_s=86400.0)
+    # m2 held u7 out: it has a holdout, named or not.
+    assert await store.stats_holdout(q, ["r1"]) == [
+        ("m2", "holdout", 1, 0, 1, 1.0),
+        ("r1", "holdout", 2, 1, 1, 0.0),
+        ("r1", "treatment", 2, 1, 1, 100.0),
+    ]
+    # r2 is named (a rule with a holdout but none held out yet): its treatment counts.
+    assert await store.stats_holdout(q, ["r2"]) == [
+        ("m2", "holdout", 1, 0, 1, 1.0),
+        ("r1", "holdout", 2, 1, 1, 0.0),
+        ("r1", "treatment", 2, 1, 1, 100.0),
+        ("r2", "treatment", 1, 0, 1, 100.0),
+    ]
+    only_r2 = StatsQuery(since=T0 - 1, until=T0 + 1000, rule="r2", touch="click", window_s=86400.0)
+    assert await store.stats_holdout(only_r2, []) == []
+    assert await store.stats_global_holdout(q, ["r1", "r2", "m2"]) == [
+        ("treatment", 2, 1, 100.0),
+        ("holdout", 1, 1, 30.0),
+    ]
+    assert await store.stats_global_holdout(q, []) == []
+    short = StatsQuery(since=T0 - 1, until=T0 + 1000, rule="r1", touch="click", window_s=150.0)
+    assert await store.stats_holdout(short, []) == [
+        ("r1", "holdout", 2, 1, 0, 0.0),
+        ("r1", "treatment", 2, 1, 1, 100.0),  # o2 is 150s after i1b's start
+    ]
+    assert await store.stats_global_holdout(short, ["r1"]) == [
+        ("treatment", 2, 1, 40.0),
+        ("holdout", 1, 0, 0.0),
+    ]
+
+
 async def test_rfm_scores_by_quintile(store: Store) -> None:
     def p(uid: str, **facts: Any) -> dict[str, Any]:
         return {"user_id": uid, **facts}

@@ -227,7 +227,7 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/stats": {
         "get": _admin(
-            "Funnels, attribution, A/B",
+            "Funnels, attribution, A/B, holdouts",
             _json(ref("Stats"), "ok"),
             [
                 _RULE,

@@ -19,6 +19,70 @@ def ref(name: str) -> Schema:
 NO_NUL = "^[^\\u0000]*$"  # a pattern (ECMA 262 regex) for text without NUL
 ID: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL}
 
+_NUMBER_OR_NULL: Schema = {"type": ["number", "null"]}
+_GROUP: Schema = {
+    "type": "object",
+    "required": ["users", "converted", "rate", "revenue", "revenue_per_user"],
+    "properties": {
+        "users": {"type": "integer", "description": "users who started the rule in range"},
+        "converted": {"type": "integer", "description": "of them, users who converted"},
+        "rate": {"type": "number", "description": "converted / users"},
+        "revenue": {
+            "type": "number",
+            "description": "their orders within the attribution window after a start",
+        },
+        "revenue_per_user": {"type": "number"},
+    },
+}
+# A control group against the users who got the messages (SPEC 12).
+_HOLDOUT: Schema = {
+    "type": "object",
+    "required": [
+        "share",
+        "converted_by",
+        "min_sample",
+        "treatment",
+        "holdout",
+        "lift_abs",
+        "lift_rel",
+        "p_value",
+        "ci95",
+        "incremental_conversions",
+        "incremental_revenue",
+        "verdict",
+    ],
+    "properties": {
+        "share": {**_NUMBER_OR_NULL, "description": "the holdout in percent (null: rule gone)"},
+        "converted_by": {
+            "enum": ["goal", "order"],
+            "description": "goal: the rule's goal ended the instance; order: an order within "
+            "policies.attribution.window of the start",
+        },
+        "min_sample": {"type": "integer", "description": "policies.ab.min_sample"},
+        "treatment": _GROUP,
+        "holdout": _GROUP,
+        "lift_abs": {"type": "number", "description": "treatment rate - holdout rate"},
+        "lift_rel": {**_NUMBER_OR_NULL, "description": "lift_abs / holdout rate"},
+        "p_value": {**_NUMBER_OR_NULL, "description": "two-proportion z-test, two-sided"},
+        "ci95": {
+            "description": "95% confidence interval of lift_abs",
+            "anyOf": [
+                {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                {"type": "null"},
+            ],
+        },
+        "incremental_conversions": {
+            **_NUMBER_OR_NULL,
+            "description": "lift_abs * treatment users",
+        },
+        "incremental_revenue": {
+            **_NUMBER_OR_NULL,
+            "description": "(revenue per treatment user - per holdout user) * treatment users",
+        },
+        "verdict": {"type": "string"},
+    },
+}
+
 _MESSAGE: Schema = {
     "type": "object",
     "required": ["id", "rule", "user_id", "channel", "status", "created_at", "sent_at"],
@@ -191,16 +255,43 @@ SCHEMAS: dict[str, Schema] = {
     "Stats": {
         "type": "object",
         "description": "as `kaskad stats --format json`",
-        "required": ["generated_at", "since", "until", "attribution", "orders", "rules"],
+        "required": [
+            "generated_at",
+            "since",
+            "until",
+            "attribution",
+            "orders",
+            "rules",
+            "global_holdout",
+        ],
         "properties": {
             "generated_at": {"type": "string"},
             "since": TIME,
             "until": TIME,
             "attribution": {"type": "object"},
             "orders": {"type": "object"},
-            "rules": {"type": "array", "items": {"type": "object"}},
+            "rules": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["rule", "holdout"],
+                    "properties": {
+                        "rule": {"type": "string"},
+                        "holdout": {
+                            "description": "the rule's holdout measured; null without one",
+                            "anyOf": [ref("Holdout"), {"type": "null"}],
+                        },
+                    },
+                },
+            },
+            "global_holdout": {
+                "description": "everyone else (treatment) against policies.global_holdout "
+                "(holdout) over the marketing rules; null when none is configured",
+                "anyOf": [ref("Holdout"), {"type": "null"}],
+            },
         },
     },
+    "Holdout": _HOLDOUT,
     "Rfm": {
         "type": "object",
         "required": ["customers", "changed", "segments"],

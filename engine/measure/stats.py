@@ -2,7 +2,8 @@
 
 Everything is counted by GROUP BY queries in the store; this module shapes the rows into
 the stats JSON (`kaskad stats --format json`, `GET /v1/stats`, the dashboard) and its text
-table, and does the A/B arithmetic (two-proportion z-test, 95% CI of the difference).
+table, and gives the A/B verdict (the arithmetic is in proportions.py); holdouts are
+measured in holdout.py.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from engine.lang.config import PoliciesConfig
 from engine.lang.durations import parse_duration
 from engine.lang.program import SendOp
 from engine.lang.ruleset import RuleSet
+from engine.measure.holdout import measure_holdouts
+from engine.measure.proportions import SIGNIFICANCE, compare, p_text
 from engine.store.base import StatsQuery, Store
 
 # Unix seconds of 0001-01-01 and 9999-12-31T23:59:59: any range is clamped into this.
 MIN_TIME = -62135596800.0
 MAX_TIME = 253402300799.0
-Z_95 = 1.959963984540054  # the 97.5th percentile of the standard normal
-SIGNIFICANCE = 0.05
 _COUNTS = ("sends", "skipped", "delivered", "opened", "clicked")
 
 
@@ -53,57 +54,7 @@ def clamp(ts: float) -> float:
     return min(max(ts, MIN_TIME), MAX_TIME)
 
 
-# -- A/B arithmetic -------------------------------------------------------------------------
-
-
-def z_test(x1: int, n1: int, x2: int, n2: int) -> float | None:
-    """Two-sided p-value of the pooled two-proportion z-test; None when undefined."""
-    if n1 <= 0 or n2 <= 0:
-        return None
-    pooled = (x1 + x2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return None
-    z = (x2 / n2 - x1 / n1) / se
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
-def ci95(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float] | None:
-    """95% confidence interval of p2 - p1 (unpooled standard error); None without users."""
-    if n1 <= 0 or n2 <= 0:
-        return None
-    p1, p2 = x1 / n1, x2 / n2
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return p2 - p1 - Z_95 * se, p2 - p1 + Z_95 * se
-
-
-def _rate(x: int, n: int) -> float:
-    return x / n if n > 0 else 0.0
-
-
-def _p_round(p: float | None) -> float | None:
-    # Four significant digits: a tiny p-value stays visible instead of rounding to 0.
-    return None if p is None else float(f"{p:.4g}")
-
-
-def compare(x1: int, n1: int, x2: int, n2: int) -> dict[str, Any]:
-    """One metric of a variant against the baseline (x = users with it, n = users)."""
-    rate, base = _rate(x2, n2), _rate(x1, n1)
-    interval = ci95(x1, n1, x2, n2)
-    p = z_test(x1, n1, x2, n2)
-    return {
-        "rate": round(rate, 4),
-        "baseline_rate": round(base, 4),
-        "lift_abs": round(rate - base, 4),
-        "lift_rel": round((rate - base) / base, 4) if base > 0 else None,
-        "p_value": _p_round(p),
-        "ci95": [round(interval[0], 4), round(interval[1], 4)] if interval else None,
-        "_p": p,  # unrounded, for the verdict; removed before the JSON leaves
-    }
-
-
-def _p_text(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+# -- A/B verdict ---------------------------------------------------------------------------
 
 
 def verdict(
@@ -127,12 +78,12 @@ def verdict(
             if points > 0:
                 said.append(
                     f"{row['variant']} beats {baseline} on {metric}: "
-                    f"{points:+.1f} points{rel}, {_p_text(p)}."
+                    f"{points:+.1f} points{rel}, {p_text(p)}."
                 )
             else:
                 said.append(
                     f"{row['variant']} loses to {baseline} on {metric}: "
-                    f"{points:+.1f} points{rel}, {_p_text(p)}."
+                    f"{points:+.1f} points{rel}, {p_text(p)}."
                 )
             break  # conversion decides; clicks only speak when conversion does not
     if said:
@@ -234,7 +185,8 @@ async def compute_stats(
 ) -> dict[str, Any]:
     """The stats JSON for [since, until): each row counted on its own time (messages when
     created, instances when started, orders when placed); A/B cohorts are the users whose
-    instance started in range, with their clicks and attributed orders whenever they came."""
+    instance started in range, with their clicks and attributed orders whenever they came;
+    holdouts compare the users whose instance started in range (see measure/holdout.py)."""
     attribution = policies.attribution
     q = StatsQuery(
         since=clamp(since) if since is not None else MIN_TIME,
@@ -268,6 +220,7 @@ async def compute_stats(
     if rule is not None:
         ids &= {rule}
     min_sample = policies.ab.min_sample
+    holdouts, global_holdout = await measure_holdouts(store, q, rules, policies)
     return {
         "generated_at": iso(math.floor(now)),
         "since": iso(q.since) if since is not None else None,
@@ -275,8 +228,13 @@ async def compute_stats(
         "attribution": {"window": attribution.window, "touch": attribution.touch},
         "orders": _orders_json(await store.stats_orders(q)),
         "rules": [
-            _rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample) for rid in sorted(ids)
+            {
+                **_rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample),
+                "holdout": holdouts.get(rid),
+            }
+            for rid in sorted(ids)
         ],
+        "global_holdout": global_holdout,
     }
 
 

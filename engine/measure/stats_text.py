@@ -8,7 +8,9 @@ from typing import Any
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max([len(h), *(len(r[n]) for r in rows)]) for n, h in enumerate(header)]
     # Names left, numbers right.
-    left = {n for n, h in enumerate(header) if h in ("STEP", "CHANNEL", "VARIANT", "SKIPS")}
+    left = {
+        n for n, h in enumerate(header) if h in ("STEP", "CHANNEL", "VARIANT", "SKIPS", "GROUP")
+    }
 
     def line(cells: list[str]) -> str:
         out = [
@@ -82,6 +84,38 @@ def _ab_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _holdout_lines(h: dict[str, Any], title: str, indent: str = "  ") -> list[str]:
+    """A holdout block: both groups, the lift and what it is worth, the verdict."""
+    share = "" if h["share"] is None else f" {h['share']:g}%"
+    head = (
+        f"{indent}{title}{share}, converted by {h['converted_by']}, "
+        f"at least {h['min_sample']} users per group"
+    )
+    rows = [
+        [
+            name,
+            str(g["users"]),
+            str(g["converted"]),
+            _pct(g["rate"]),
+            _money(g["revenue"]),
+            _money(g["revenue_per_user"]),
+        ]
+        for name, g in (("treatment", h["treatment"]), ("holdout", h["holdout"]))
+    ]
+    header = ["GROUP", "USERS", "CONVERTED", "CONV", "REVENUE", "REV/USER"]
+    ci, p = h["ci95"], h["p_value"]
+    rel = "" if h["lift_rel"] is None else f" ({h['lift_rel'] * 100:+.0f}%)"
+    lift = f"{indent}lift {h['lift_abs'] * 100:+.1f} pp{rel}"
+    lift += "" if ci is None else f", 95% CI [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}] pp"
+    lift += "" if p is None else f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+    if h["incremental_conversions"] is not None:
+        lift += (
+            f"; incremental: {h['incremental_conversions']:+.1f} conversions, "
+            f"revenue {h['incremental_revenue']:+,.2f}"
+        )
+    return [head, *_table(header, rows, indent), lift, f"{indent}verdict: {h['verdict']}"]
+
+
 def format_text(stats: dict[str, Any]) -> str:
     """The stats JSON as aligned tables, one block per rule."""
     rng = f"{stats['since'] or 'the start'} to {stats['until'] or 'now'}"
@@ -114,6 +148,11 @@ def format_text(stats: dict[str, Any]) -> str:
         )
         if r["ab"] is not None:
             out += _ab_lines(r)
+        if r.get("holdout") is not None:
+            out += _holdout_lines(r["holdout"], "holdout")
     if quiet:
         out += ["", "no data in range: " + ", ".join(quiet)]
+    if stats.get("global_holdout") is not None:
+        out += ["", "global holdout: everyone else against the users kept out of marketing"]
+        out += _holdout_lines(stats["global_holdout"], "global holdout")
     return "\n".join(out) + "\n"

@@ -32,6 +32,12 @@ AttributedCounts = tuple[str, str, str | None, str | None, int, float]
 VariantCounts = tuple[str, str, int, int, int]
 # (source, orders, revenue, attributed orders, attributed revenue)
 OrderCounts = tuple[str, int, float, int, float]
+# (rule, group "treatment" | "holdout", users, users whose instance the goal ended, users
+# with an order within the attribution window after an instance start, those orders' revenue)
+HoldoutCounts = tuple[str, str, int, int, int, float]
+# (group "treatment" | "holdout", users, users with an order within the window after their
+# first instance start, those orders' revenue)
+GlobalHoldoutCounts = tuple[str, int, int, float]
 # (user id, recency score, frequency score, monetary score, current rfm, current scores)
 RfmRow = tuple[str, int, int, int, Any, Any]
 
@@ -224,6 +230,21 @@ class Store(Protocol):
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
         """Orders in range per source, with the attributed part (the rule filter is ignored)."""
+        ...
+
+    async def stats_holdout(self, q: StatsQuery, rules: Collection[str]) -> list[HoldoutCounts]:
+        """A rule's control group against the rest (SPEC 12): per rule among `rules` and any
+        rule with an instance held out in range, the users whose instance started in range
+        outside any holdout (treatment) and in the rule's holdout. Revenue sums the orders
+        placed after an instance start, within the window, each order once."""
+        ...
+
+    async def stats_global_holdout(
+        self, q: StatsQuery, rules: Collection[str]
+    ) -> list[GlobalHoldoutCounts]:
+        """The global holdout against everyone else, over the instances of `rules` (the
+        marketing rules) started in range that no rule holdout held out: a user in it has
+        such an instance held out globally. Orders count after the user's first start."""
         ...
 
     async def orders_of(self, user_id: str, limit: int = 200) -> list[Order]:

@@ -379,3 +379,18 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX orders_user_at ON orders (user_id, at);
     """
 )
+
+# Stats find the rules that held users out (and the held-out users) without reading every
+# instance: a small index of the control groups' instances only.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE INDEX instances_held ON instances (holdout, rule_id, started_at, user_id)
+        WHERE holdout IS NOT NULL;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE INDEX instances_held ON instances (holdout, rule_id, started_at, user_id)
+        WHERE holdout IS NOT NULL;
+    """
+)

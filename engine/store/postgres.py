@@ -40,6 +40,7 @@ from engine.store.postgres_core import (
     MESSAGE_SQL,
     free,
 )
+from engine.store.postgres_holdout import PostgresHoldout
 from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
 from engine.store.postgres_queue import PostgresQueue
@@ -100,7 +101,9 @@ def _error_text(exc: BaseException, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue):
+class PostgresStore(
+    PostgresStats, PostgresHoldout, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue
+):
     @classmethod
     async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:
         safe = redact(url)

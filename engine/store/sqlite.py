@@ -29,6 +29,7 @@ from engine.store.rows import (
     stored_json,
 )
 from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialized
+from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
 from engine.store.sqlite_queue import SqliteQueue
@@ -47,7 +48,7 @@ _INSTANCE_UPSERT = (
 )
 
 
-class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue):
+class SqliteStore(SqliteStats, SqliteHoldout, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:

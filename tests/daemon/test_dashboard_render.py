@@ -13,6 +13,7 @@ from typing import Any
 from engine.api import dashboard
 from engine.clock import parse_time
 from engine.core.model import Message
+from engine.measure.holdout import holdout_json
 
 NOW = parse_time("2026-11-23T12:00:00Z")
 HOSTILE = "<script>alert(1)</script>"
@@ -68,6 +69,7 @@ def rule_row(rule: str, name: str, state: str = "active", **extra: Any) -> dict[
         "channels": [],
         "variants": [],
         "ab": None,
+        "holdout": None,
     }
     row.update(extra)
     return row
@@ -150,6 +152,7 @@ def contract_stats() -> dict[str, Any]:
             },
         },
         "rules": [cart, gone],
+        "global_holdout": None,
     }
 
 
@@ -315,6 +318,54 @@ def test_rule_page_of_a_deleted_rule_without_ab() -> None:
     assert "This rule is no longer loaded" in html
     assert "A/B test" not in html
     assert "Nothing was skipped." in html
+
+
+def test_rule_page_and_overview_show_the_holdouts() -> None:
+    stats = contract_stats()
+    measured = holdout_json(
+        (1000, 150, 9000.0),
+        (250, 20, 1000.0),
+        share=20.0,
+        converted_by="goal",
+        min_sample=100,
+        subject="The rule",
+    )
+    stats["rules"][0]["holdout"] = measured
+    stats["global_holdout"] = holdout_json(
+        (3000, 300, 0.0),
+        (40, 4, 0.0),
+        share=5.0,
+        converted_by="order",
+        min_sample=100,
+        subject="Marketing",
+    )
+    [row] = [r for r in dashboard.merge_rules(DESCRIBED, stats) if r["id"] == "abandoned_cart"]
+    html = page("rule.html", row=row, rule=None, stats_error=None, messages=[])
+    text = text_of(html)
+    assert (
+        'id="holdout-verdict">The rule adds 7.0 pp conversion (95% CI 3.0..11.0 pp), p = 0.004.<'
+    ) in html
+    assert "20% held out; converted by the rule's goal; at least 100 users" in text
+    # group, users, converted, rate, revenue, per user
+    assert "Treatment 1 000 150 15.0% 9 000.00 9.00" in text
+    assert "Holdout 250 20 8.0% 1 000.00 4.00" in text
+    # lift, relative, p, CI, incremental conversions and revenue
+    assert "+7.0 pt 87.5% 0.004 [+3.0 pt, +11.0 pt] +70.0 5 000.00" in text
+    assert "Global holdout" not in html  # the overview's
+    html = overview(stats)
+    text = text_of(html)
+    assert 'id="global-holdout-verdict">Not enough data yet: 40 of 100 users in the holdout.<' in (
+        html
+    )
+    assert "Everyone else 3 000 300 10.0%" in text and "Global holdout 40 4 10.0%" in text
+    # A rule without a holdout, and stats without a global one, show neither.
+    stats["rules"][0]["holdout"] = None
+    stats["global_holdout"] = None
+    assert "Global holdout" not in overview(stats)
+    [row] = [r for r in dashboard.merge_rules(DESCRIBED, stats) if r["id"] == "abandoned_cart"]
+    assert "<h2>Holdout</h2>" not in page(
+        "rule.html", row=row, rule=None, stats_error=None, messages=[]
+    )
 
 
 def test_since_parsing_is_forgiving_but_says_what_it_could_not_read() -> None:

@@ -1,0 +1,30 @@
+"""PostgresStore's holdout reads (SPEC 12): the SQL of SqliteStore's, numbered parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import asyncpg
+
+from engine.store import holdout_sql
+from engine.store.base import GlobalHoldoutCounts, HoldoutCounts, StatsQuery
+
+
+def _mark(n: int) -> str:
+    return f"${n}"
+
+
+class PostgresHoldout:
+    pool: asyncpg.Pool[asyncpg.Record]
+
+    async def stats_holdout(self, q: StatsQuery, rules: Collection[str]) -> list[HoldoutCounts]:
+        sql, params = holdout_sql.rule_holdout(q, rules, _mark)
+        rows = await self.pool.fetch(sql, *params)
+        return [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows]
+
+    async def stats_global_holdout(
+        self, q: StatsQuery, rules: Collection[str]
+    ) -> list[GlobalHoldoutCounts]:
+        sql, params = holdout_sql.global_holdout(q, rules, _mark)
+        rows = await self.pool.fetch(sql, *params)
+        return [(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
