@@ -230,3 +230,28 @@ def test_at_must_be_an_iso_time(tmp_path: Path) -> None:
     assert problems == [
         "2:26: schedule.at: '24.12.2026' is not an ISO 8601 time, e.g. 2026-12-24T10:00:00+03:00"
     ]
+
+
+def test_one_event_triggering_two_rules_of_a_group_starts_only_the_higher(load: Load) -> None:
+    first = """\
+    rule: a_low
+    group: g
+    trigger: {event: search.performed}
+    steps:
+      - send: {template: t, cascade: [email]}
+      - wait: 1d
+    """
+    second = """\
+    rule: b_high
+    group: g
+    priority: 5
+    trigger: {event: search.performed}
+    steps:
+      - send: {template: t, cascade: [email]}
+      - wait: 1d
+    """
+    events = [profile("u1", "2026-11-01T08:00:00Z", email="u1@x"), search("u1")]
+    assert brief(run_simulation(load(first, second), events)) == [
+        ("2026-11-02T10:00:00Z", "b_high", "u1", "0", "email", "sent", None),
+        ("2026-11-02T10:00:00Z", "a_low", "u1", "trigger", None, "skipped", "group_busy"),
+    ]
