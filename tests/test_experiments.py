@@ -132,7 +132,7 @@ def test_holdout_must_be_a_share_up_to_half(tmp_path: Path) -> None:
     (root / "r.yaml").write_text(HOLDOUT.replace("20%", "60%"))
     problems = [str(p) for p in load_ruleset([root]).problems]
     assert [p.split("r.yaml:")[1] for p in problems] == [
-        "2:10: holdout must be a share from 0% to 50%, e.g. 10%, got '60%'"
+        "2:10: holdout must be a share from 0% to 50% with its percent sign, e.g. 10%, got '60%'"
     ]
 
 
