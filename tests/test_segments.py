@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from engine.clock import parse_time as parse_time_
 from engine.lang.ruleset import RuleSet, load_ruleset
 from tests.helpers import ev, profile, run_simulation
 
@@ -361,3 +362,121 @@ def test_an_interest_leaves_90_days_after_its_own_last_event(tmp_path: Path) -> 
 
     assert asyncio.run(at("2026-04-01T09:59:59Z")) == ["toys", "shoes"]
     assert asyncio.run(at("2026-04-01T10:00:00Z")) == ["toys"]  # 90 days after the shoes
+
+
+def test_a_user_with_100k_events_keeps_a_bounded_facts_row(tmp_path: Path) -> None:
+    from engine.core.model import UserState
+    from engine.core.segments import SegmentEngine
+    from engine.core.workspace import Workspace
+    from engine.lang.events import Event
+    from engine.store.rows import dumps
+
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "s.yaml").write_text(
+        "segment: s\nany:\n"
+        "  - {event: product.viewed, if: \"event.data.kind == 'baby'\", within: 30d, at_least: 5}\n"
+        "  - {event: cart.updated, within: 400d, at_least: 3}\n"
+    )
+    engine = SegmentEngine(load_ruleset([root]).segments)
+    st = UserState("u1", {"user_id": "u1"})
+    start = parse_time_("2026-01-01T00:00:00Z")
+    sizes = {}
+    for i in range(100_000):
+        now = start + i * 60
+        etype = "product.viewed" if i % 2 else "cart.updated"
+        data = {"product_id": "p", "kind": "baby" if i % 3 else "other"}
+        engine.on_event(
+            Workspace(now=now), st, Event(type=etype, time=now, user_id="u1", data=data)
+        )
+        if i + 1 in (1_000, 100_000):
+            sizes[i + 1] = len(dumps(st.facts) or "")
+    assert sizes[100_000] == sizes[1_000] < 400  # the stored row: a few timestamps
+    assert st.profile["segments"] == ["s"]
+
+
+def test_interests_stay_bounded_whatever_the_values(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from engine.lang.config import parse_config
+    from engine.lang.events import parse_event
+    from engine.simulate import Simulation
+
+    hostile: list[Any] = ["x" * 5000, 42, ["a", "b"], {"deep": {"er": 1}}, None, "", "  "]
+    items = [
+        {"product_id": f"p{i}", "category": f"c{i:04d}", "brand": v}
+        for i, v in enumerate(hostile * 40)
+    ]
+    events = [view("u1", "2026-11-01T10:00:00Z", category=v, brand=v) for v in hostile] + [
+        ev("cart.updated", "u1", "2026-11-02T10:00:00Z", {"items": items, "total": 1})
+    ]
+
+    async def run() -> tuple[dict[str, Any], int]:
+        sim = await Simulation.create(RuleSet(), parse_config(""))
+        until = parse_time_("2026-11-03T00:00:00Z")  # before they age out
+        await sim.run([parse_event(e, received_at=0) for e in events], until=until)
+        st = sim.ws.users["u1"]
+        await sim.close()
+        return st.profile["interests"], len(json.dumps(st.facts))
+
+    interests, facts = asyncio.run(run())
+    assert len(interests["category"]) == 5 and interests["brand"] == ["x" * 100]
+    assert all(isinstance(v, str) and len(v) <= 100 for v in interests["category"])
+    assert facts < 6000  # at most 30 values of 100 characters per kind
+
+
+async def test_simulate_and_the_daemon_agree_on_membership_to_the_second(tmp_path: Path) -> None:
+    from engine.clock import iso
+    from engine.lang.config import parse_config
+    from engine.lang.events import parse_event
+    from engine.simulate import Simulation, record_json
+    from tests.test_experiments import _advance_to, _daemon, _messages, _post
+
+    root = tmp_path / "rules"
+    root.mkdir()
+    (root / "t.yaml").write_text(TEMPLATE)
+    for name, text in (("s", BABY), ("in", ON_ENTER), ("out", ON_LEAVE)):
+        (root / f"{name}.yaml").write_text(text)
+    t0 = parse_time_("2026-11-23T10:00:00Z")
+    VIEW = {"product_id": "p1"}
+    plan = [  # (seconds after t0, event)
+        (0, {"type": "profile.updated", "user_id": "u1", "data": {"email": "a@x"}}),
+        (
+            60,
+            {"type": "product.viewed", "user_id": "u1", "data": {**VIEW, "category": "baby_food"}},
+        ),
+        (
+            3600,
+            {"type": "product.viewed", "user_id": "u1", "data": {**VIEW, "category": "diapers"}},
+        ),
+    ]
+    expiry = t0 + 60 + 30 * 86400  # the first counted view leaves the window
+    daemon = await _daemon(tmp_path, root, t0)
+    seen = []
+    for offset, event in plan:
+        await _advance_to(daemon, t0 + offset)
+        await _post(daemon, [event])
+    for when in (expiry - 1, expiry):
+        await _advance_to(daemon, when)
+        users = await daemon.store.load_users(["u1"], messages_since=0.0, starts_since=0.0)
+        seen.append((iso(when), users["u1"].profile.get("segments"), users["u1"].facts_due))
+    await daemon.stop()
+    daemon_sends = [(u, s) for u, s, _ in _messages(tmp_path / "kaskad.db", "welcome")]
+    daemon_sends += [(u, s) for u, s, _ in _messages(tmp_path / "kaskad.db", "goodbye")]
+
+    events = [{**e, "time": iso(t0 + offset)} for offset, e in plan]
+    sim = await Simulation.create(load_ruleset([root]), parse_config(""))
+    records = [
+        record_json(r) for r in await sim.run([parse_event(e, received_at=0) for e in events])
+    ]
+    await sim.close()
+    assert seen == [
+        (iso(expiry - 1), ["baby"], expiry),
+        (iso(expiry), [], t0 + 60 + 90 * 86400),  # next: the first view's interests age out
+    ]
+    assert [(r["time"], r["rule"]) for r in records] == [
+        (iso(t0 + 3600), "welcome"),
+        (iso(expiry), "goodbye"),
+    ]
+    assert daemon_sends == [("u1", "sent"), ("u1", "sent")]
