@@ -413,3 +413,68 @@ async def test_the_holdout_of_a_running_instance_survives_restarts_and_rule_edit
         await sim.close()
     # 30% now: everyone held out at 20% still is
     assert {r["user_id"] for r in records if r["reason"] == "held_out"} >= held
+
+
+async def test_a_group_holds_across_a_rule_reload(tmp_path: Path) -> None:
+    rules = _rules_dir(tmp_path, GROUP_HIGH, GROUP_LOW)
+    db = tmp_path / "kaskad.db"
+    daemon = await _daemon(tmp_path, rules, T0)
+    cart = {"items": [{"product_id": "p1"}], "total": 1}
+    await _post(
+        daemon,
+        [
+            {"type": "profile.updated", "user_id": "u1", "data": {"email": "a@x"}},
+            {"type": "cart.updated", "user_id": "u1", "data": cart},
+        ],
+    )
+    # the running instance's rule is edited: its old version still holds the group
+    (rules / "f0.yaml").write_text(textwrap.dedent(GROUP_HIGH).replace("wait: 1h", "wait: 2h"))
+    await daemon.rules.load()
+    await _post(daemon, [{"type": "search.performed", "user_id": "u1", "data": {"query": "x"}}])
+    await _advance_to(daemon, T0 + 3 * 3600)
+    await daemon.stop()
+    assert _messages(db, "low") == [("u1", "skipped", "group_busy")]
+    assert _messages(db, "high") == [("u1", "sent", None)]
+
+
+async def test_a_segment_deleted_on_reload_names_its_rules_and_the_rest_run(
+    tmp_path: Path,
+) -> None:
+    segment = "segment: baby\nany: [{event: search.performed, within: 1d}]\n"
+    uses = (
+        "rule: uses\ntrigger: {event: segment.entered, if: \"event.data.segment == 'baby'\"}\n"
+        "steps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    other = (
+        "rule: other\ntrigger: {event: search.performed}\n"
+        "steps: [{send: {template: t, cascade: [email]}}]\n"
+    )
+    rules = _rules_dir(tmp_path, segment, uses, other)
+    daemon = await _daemon(tmp_path, rules, T0)
+    (rules / "f0.yaml").unlink()
+    current = await daemon.rules.load()
+    assert [p.message for p in current.problems] == [
+        "unknown segment 'baby': no segment file defines it; rule 'uses' reads it"
+    ]
+    await _post(
+        daemon,
+        [
+            {"type": "profile.updated", "user_id": "u1", "data": {"email": "a@x"}},
+            {"type": "search.performed", "user_id": "u1", "data": {"query": "x"}},
+        ],
+    )
+    await daemon.stop()
+    assert _messages(tmp_path / "kaskad.db", "other") == [("u1", "sent", None)]
+    assert _messages(tmp_path / "kaskad.db", "uses") == []  # nothing enters a deleted segment
+
+
+def test_the_goal_ends_a_held_out_instance_as_any_other(load: Load) -> None:
+    events = [*users(200), *(search(f"u{i:03d}") for i in range(200))]
+    records = run_simulation(load(HOLDOUT), events)
+    held = sorted({r["user_id"] for r in records if r["reason"] == "held_out"})
+    order = {"order_id": "o1", "total": 10, "items": []}
+    orders = [ev("order.created", u, "2026-11-02T12:00:00Z", order) for u in held]
+    again = run_simulation(load(HOLDOUT), events + orders)
+    # the order (the goal) ends them before the second step: one held_out skip each
+    assert sorted(r["user_id"] for r in again if r["reason"] == "held_out") == held
+    assert all(r["step"] == "0" for r in again if r["reason"] == "held_out")
