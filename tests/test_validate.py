@@ -638,6 +638,93 @@ CASES = [
         {"r.yml": GOOD.replace("rule: r", "rule: r2") + "mode: x\n", ".draft/r.yaml": "nope: 1\n"},
         "rules/r.yml:5:7: mode must be one of single, restart, parallel, got 'x'",
     ),
+    # -- SPEC 12: segments, holdouts, groups, one-off broadcasts ---------------------------
+    *(
+        case(
+            f"holdout-{n}",
+            GOOD + f"holdout: {value}\n",
+            f"rules/r.yaml:5:10: holdout must be a share from 0% to 50% with its percent "
+            f"sign, e.g. 10%, got '{shown}'",
+        )
+        for n, (value, shown) in enumerate(
+            [
+                ("10", "10"),  # 10% or 0.1%? the sign says
+                ("0.1", "0.1"),
+                ('"10"', "10"),
+                ("abc", "abc"),
+                ("'1e1%'", "1e1%"),
+                ("-5%", "-5%"),
+                ("50.5%", "50.5%"),
+                ("[10%]", "['10%']"),
+                ("true", "True"),
+            ]
+        )
+    ),
+    case(
+        "holdout-fine",
+        {
+            "a.yaml": GOOD + "holdout: 10.5%\n",
+            "b.yaml": GOOD.replace("rule: r", "rule: b") + "holdout: 0\n",
+        },
+    ),
+    case(
+        "one-off-at-needs-an-offset",
+        {
+            f"{n}.yaml": f"rule: {n}\ntrigger: {{schedule: {{at: '{at}'}}}}\nsteps:\n{SEND}"
+            for n, at in [
+                ("a", "2026-12-24T10:00:00"),
+                ("b", "2026-12-24"),
+                ("c", "2026-12-24T10:00:00Z"),
+                ("d", "2020-01-01T00:00:00+03:00"),
+            ]
+        },
+        "rules/a.yaml:2:26: schedule.at: '2026-12-24T10:00:00' has no UTC offset: write the "
+        "instant with one, e.g. 2026-12-24T10:00:00+03:00 or 2026-12-24T07:00:00Z",
+        "rules/b.yaml:2:26: schedule.at: '2026-12-24' has no UTC offset: write the "
+        "instant with one, e.g. 2026-12-24T10:00:00+03:00 or 2026-12-24T07:00:00Z",
+    ),
+    case(
+        "group-and-priority",
+        GOOD + "group: Cart Recovery\npriority: '10'\n",
+        "rules/r.yaml:5:8: group id 'Cart Recovery' may use a-z, 0-9, _, - and .",
+        "rules/r.yaml:6:11: priority must be a whole number, got '10'",
+    ),
+    case(
+        "segment-conditions",
+        {
+            "segments/s.yaml": "segment: s\nany:\n"
+            "  - {event: cart.updated, within: 401d}\n"
+            "  - {event: cart.updated, within: 1d, at_least: 0}\n"
+            "  - {event: cart.updated, within: 1d, at_least: 2.5}\n"
+            "  - {event: cart.updated, within: 1d, at_least: 1001}\n"
+            "  - {event: cart.updated, within: 1d, if: 'event.data.total >'}\n"
+            "  - {profile: 'event.data.total > 0'}\n"
+            "  - {event: cart.updated, within: 1d, every: 1d}\n"
+            "  - {event: cart.add, within: 1d}\n",
+            "segments/e.yaml": "segment: e\nany: []\n",
+            "segments/b.yaml": "segment: b\nany: [{profile: 'true'}]\nall: [{profile: 'true'}]\n",
+            "segments/r.yaml": "segment: r\nany: [{profile: 'true'}]\n",
+            "r.yaml": GOOD,
+        },
+        "rules/r.yaml:1:7: rule id 'r' is also a segment (rules/segments/r.yaml:1): "
+        "a rule and a segment need different ids",
+        "rules/segments/b.yaml:1:1: a segment needs exactly one of 'any' or 'all' (a list)",
+        "rules/segments/e.yaml:2:6: 'any' needs at least one condition",
+        "rules/segments/s.yaml:3:35: any[0].within must be more than 0 and at most 400d, got "
+        "'401d'",
+        "rules/segments/s.yaml:4:49: any[1].at_least must be a whole number from 1 to 1000, "
+        "got '0'",
+        "rules/segments/s.yaml:5:49: any[2].at_least must be a whole number from 1 to 1000, "
+        "got '2.5'",
+        "rules/segments/s.yaml:6:49: any[3].at_least must be a whole number from 1 to 1000, "
+        "got '1001'",
+        "rules/segments/s.yaml:7:43: any[4].if: invalid expression: unexpected 'end of expression'",
+        "rules/segments/s.yaml:8:15: any[5].profile: unknown name 'event'; available: now, user",
+        "rules/segments/s.yaml:9:39: unknown key 'every' in any[6] (an event condition) "
+        "(did you mean 'event'?)",
+        "rules/segments/s.yaml:10:13: any[7].event: unknown event type 'cart.add' (kaskad's "
+        "'cart.' events are cart.cleared, cart.updated)",
+    ),
 ]
 
 

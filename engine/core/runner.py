@@ -36,8 +36,6 @@ from engine.lang.program import (
 from engine.lang.rules import Rule
 from engine.lang.ruleset import RuleSet
 
-_MAX_SEGMENT_DEPTH = 3
-
 
 class Engine(Steps):
     def __init__(
@@ -205,8 +203,9 @@ class Engine(Steps):
         apply_facts(ws, st, ev)
         caused = self.segments.on_event(ws, st, ev)
         self._handle(ws, st, ev)
-        # A segment may count segment events; a loop of such segments ends here.
-        if depth < _MAX_SEGMENT_DEPTH:
+        # A segment may count another's segment events: a chain as long as the segments
+        # (a loop of them is a load error, engine/lang/segments.py).
+        if depth <= len(self.segments.segments):
             for event in caused:
                 self.handle_event(ws, st, event, depth + 1)
 

@@ -47,12 +47,21 @@ class SegmentEngine:
     change, and the work of changing it."""
 
     def __init__(self, segments: dict[str, Segment]) -> None:
-        self.segments = dict(sorted(segments.items()))
+        # In the rule set's order: a segment read by others is settled before them.
+        self.segments = dict(segments)
         self.by_event: dict[str, list[Segment]] = {}
         for seg in self.segments.values():
             for etype in sorted(seg.event_types):
                 self.by_event.setdefault(etype, []).append(seg)
         self.by_profile = [s for s in self.segments.values() if s.reads_profile]
+        self.rank = {sid: n for n, sid in enumerate(self.segments)}
+        # Segments whose profile conditions read another's membership: settled again, in
+        # the same pass, when it changes (SegmentEngine's order puts them after it).
+        self.readers: dict[str, list[Segment]] = {}
+        for seg in self.by_profile:
+            for name, _, _ in seg.refs:
+                if name in self.segments and seg not in self.readers.get(name, []):
+                    self.readers.setdefault(name, []).append(seg)
 
     def on_event(self, ws: Workspace, st: UserState, ev: Event) -> list[Event]:
         """Count the event where it matches, update interests, recompute what it and a
@@ -94,7 +103,10 @@ class SegmentEngine:
         current = set(_list(st.profile.get("segments")))
         members = set(current) & set(self.segments)  # a segment that is gone is left
         ctx: dict[str, Any] | None = None
-        for seg in segments:
+        queue = sorted({s.id: s for s in segments}.values(), key=lambda s: self.rank.get(s.id, 0))
+        queued = {s.id for s in queue}
+        while queue:
+            seg = queue.pop(0)
             held = state.get(seg.id)
             if held is not None and held.get("v") != seg.version:
                 state.pop(seg.id)  # redefined: its counts no longer mean the same
@@ -104,16 +116,25 @@ class SegmentEngine:
                 if isinstance(cond, ProfileCondition):
                     if ctx is None:
                         ctx = context(now, st, {}, {})
+                        ctx["user"]["segments"] = sorted(members)
                     results.append(
                         self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
                     )
                 else:
                     results.append(_holds(st, seg, n, cond, now))
             inside = all(results) if seg.require_all else any(results)
+            if inside == (seg.id in members):
+                continue
             if inside:
                 members.add(seg.id)
             else:
                 members.discard(seg.id)
+            if ctx is not None:
+                ctx["user"]["segments"] = sorted(members)
+            for reader in self.readers.get(seg.id, ()):
+                if reader.id not in queued:  # later in the order: settled after this one
+                    queued.add(reader.id)
+                    bisect.insort(queue, reader, key=lambda s: self.rank.get(s.id, 0))
         due = _next_due(st, self.segments, now)
         if touched or due != st.facts_due:
             st.facts_due = due
@@ -199,11 +220,13 @@ def _next_due(st: UserState, segments: dict[str, Segment], now: float) -> float 
             ends = stamps[-cond.at_least] + cond.within_s
             if ends > now and (due is None or ends < due):
                 due = ends
-    last = st.facts.get("int_at")
-    if isinstance(last, int | float) and st.profile.get("interests"):
-        ends = last + INTEREST_WINDOW_S
-        if due is None or ends < due:
-            due = max(ends, now)
+    # Each interest leaves the top 90 days after its last event (not only the last one).
+    if st.profile.get("interests"):
+        for table in (st.facts.get("int") or {}).values():
+            for _, at in table.values():
+                ends = at + INTEREST_WINDOW_S
+                if due is None or ends < due:
+                    due = max(ends, now)
     return due
 
 
@@ -223,8 +246,9 @@ def _values(ev: Event, kind: str) -> list[str]:
         sources.extend(items)
     for src in sources:
         value = src.get(kind) if isinstance(src, dict) else None
-        if isinstance(value, str) and value.strip() and value not in out:
-            out.append(value.strip()[:_INTEREST_VALUE_CHARS])
+        value = value.strip()[:_INTEREST_VALUE_CHARS] if isinstance(value, str) else None
+        if value and value not in out:
+            out.append(value)
     return out
 
 
@@ -248,9 +272,7 @@ def _interests(ws: Workspace, st: UserState, ev: Event) -> bool:
             score, at = table.get(value, (0.0, when))
             table[value] = [_decayed(score, at, now) + weight * _decay(now - when), now]
         if len(table) > _INTEREST_KEEP:
-            ranked = sorted(
-                table, key=lambda v: _decayed(table[v][0], table[v][1], now), reverse=True
-            )
+            ranked = sorted(table, key=lambda v: (-_decayed(table[v][0], table[v][1], now), v))
             for value in ranked[_INTEREST_KEEP:]:
                 del table[value]
         changed = True
@@ -279,11 +301,9 @@ def _publish(st: UserState, now: float) -> bool:
     top: dict[str, list[str]] = {}
     for kind in INTEREST_KINDS:
         table = scores.get(kind) or {}
-        live = [
-            (v, _decayed(score, at, now))
-            for v, (score, at) in table.items()
-            if now - at <= INTEREST_WINDOW_S
-        ]
+        for value in [v for v, (_, at) in table.items() if now - at >= INTEREST_WINDOW_S]:
+            del table[value]  # out of the 90 days: gone from the facts too
+        live = [(v, _decayed(score, at, now)) for v, (score, at) in table.items()]
         live.sort(key=lambda item: (-item[1], item[0]))
         top[kind] = [v for v, _ in live[:INTEREST_TOP]]
     if st.profile.get("interests") == top:

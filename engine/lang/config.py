@@ -157,16 +157,20 @@ def _default_caps() -> list[FrequencyCap]:
     return [FrequencyCap(per="1d", max=2), FrequencyCap(per="7d", max=6)]
 
 
-def share_pct(value: str | float) -> float:
-    """`10%`, "10" or 10 -> 10.0, from 0 to 50; ValueError otherwise."""
-    text = str(value).strip().removesuffix("%")
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"must be a share from 0% to 50%, e.g. 5%, got '{value}'") from None
-    if isinstance(value, bool) or not 0 <= number <= 50:
-        raise ValueError(f"must be a share from 0% to 50%, e.g. 5%, got '{value}'")
-    return number
+_SHARE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+
+
+def share_pct(value: object) -> float:
+    """A share of users, `10%` or `10.5%` -> 10.0, from 0% to 50%; ValueError otherwise.
+    A bare number other than 0 is refused: `0.1` may mean 10% or 0.1%."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    found = _SHARE.fullmatch(value) if isinstance(value, str) else None
+    if found is None or float(found.group(1)) > 50:
+        raise ValueError(
+            f"must be a share from 0% to 50% with its percent sign, e.g. 10%, got '{value}'"
+        )
+    return float(found.group(1))
 
 
 class PoliciesConfig(_Section):
@@ -182,9 +186,9 @@ class PoliciesConfig(_Section):
     # measured across rules), "5%" or 5; 0 to 50.
     global_holdout: str | float = 0
 
-    @field_validator("global_holdout")
+    @field_validator("global_holdout", mode="before")
     @classmethod
-    def _share(cls, value: str | float) -> str | float:
+    def _share(cls, value: object) -> object:
         share_pct(value)
         return value
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from engine.clock import parse_time
+from engine.lang.config import share_pct
 from engine.lang.events import PRODUCT_EVENTS, TYPE_RE
 from engine.lang.expressions import EXPRESSION_NAMES, Expression, TextTemplate
 from engine.lang.localtime import zone
@@ -32,7 +34,6 @@ RULE_KEYS = (
     "priority",
     "steps",
 )
-MAX_HOLDOUT_PCT = 50.0  # SPEC 12: a control group of at most half the users
 TRIGGER_KEYS = ("event", "if", "fan_out", "schedule", "timezone")
 MATCH_KEYS = ("event", "if")
 CATEGORIES = ("marketing", "transactional")
@@ -130,6 +131,8 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
     group = None
     if "group" in doc:
         group = check.string(doc["group"], doc.where("group"), "group")
+        if group is not None and not TYPE_RE.match(group.replace("-", "_")):
+            check.error(doc.where("group"), f"group id '{group}' may use a-z, 0-9, _, - and .")
     priority = 0
     if "priority" in doc:
         value = doc["priority"]
@@ -216,24 +219,14 @@ def _trigger(value: Any, pos: Pos, check: Checker) -> Trigger | None:
 
 
 def _holdout(doc: YDict, check: Checker) -> float:
-    """`holdout: 10%` (or 10) -> 10.0; 0 to 50."""
+    """`holdout: 10%` -> 10.0; 0% to 50% (engine/lang/config.py share_pct)."""
     if "holdout" not in doc:
         return 0.0
-    value = doc["holdout"]
-    text = str(value).strip()
-    number: float | None = None
-    if not isinstance(value, bool) and isinstance(value, int | float | str):
-        try:
-            number = float(text.removesuffix("%"))
-        except ValueError:
-            number = None
-    if number is None or not 0 <= number <= MAX_HOLDOUT_PCT:
-        check.error(
-            doc.where("holdout"),
-            f"holdout must be a share from 0% to {MAX_HOLDOUT_PCT:g}%, e.g. 10%, got '{value}'",
-        )
+    try:
+        return share_pct(doc["holdout"])
+    except ValueError as exc:
+        check.error(doc.where("holdout"), f"holdout {exc}")
         return 0.0
-    return number
 
 
 def _one_off(node: YDict, check: Checker) -> Trigger | None:
@@ -256,10 +249,19 @@ def _one_off(node: YDict, check: Checker) -> Trigger | None:
         return None
     try:
         at = parse_time(text)
+        naive = datetime.fromisoformat(text.strip().removesuffix("Z")).tzinfo is None
     except ValueError:
         check.error(
             spec.where("at"),
             f"schedule.at: '{text}' is not an ISO 8601 time, e.g. 2026-12-24T10:00:00+03:00",
+        )
+        return None
+    if naive and not text.strip().endswith(("Z", "z")):
+        # Whose 10:00? A one-off goes out once: the instant must not depend on a guess.
+        check.error(
+            spec.where("at"),
+            f"schedule.at: '{text}' has no UTC offset: write the instant with one, "
+            "e.g. 2026-12-24T10:00:00+03:00 or 2026-12-24T07:00:00Z",
         )
         return None
     return Trigger(at=at)

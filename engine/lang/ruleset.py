@@ -16,7 +16,7 @@ from engine.lang.events import LIGHT_FIELDS
 from engine.lang.fused import FailHook, fuse_tests
 from engine.lang.program import CascadeEntry, SendOp, WaitForOp
 from engine.lang.rules import Rule, parse_rule
-from engine.lang.segments import Segment, parse_segment, segment_references
+from engine.lang.segments import Segment, parse_segment, segment_order, segment_references
 from engine.lang.templates import Template, parse_template
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, load_yaml, read_text
@@ -59,7 +59,9 @@ class RuleSet:
         fan_out: dict[str, list[Rule]] = defaultdict(list)
         watched: set[str] = set()
         self.scheduled = []
-        for rule in sorted(self.rules.values(), key=lambda r: r.id):
+        # A higher priority first: of two rules of a group that one event triggers, the
+        # lower one is then busy, rather than starting (and sending) to be preempted.
+        for rule in sorted(self.rules.values(), key=lambda r: (-r.priority, r.id)):
             if rule.trigger.scheduled:
                 self.scheduled.append(rule)
             elif rule.trigger.fan_out:
@@ -123,6 +125,7 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
     rule_docs: list[tuple[YDict, Checker, str]] = []
     template_origin: dict[str, Problem] = {}
     broken: dict[str, str] = {}  # template name -> the file that has it, with errors
+    broken_segments: dict[str, str] = {}  # the same for segments
     for file, root in _sources(paths):
         name = _display(file)
         try:
@@ -150,6 +153,8 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
             result.problems.extend(check.problems)
             if segment is not None:
                 _add_segment(result, segment)
+            elif isinstance(doc.get("segment"), str):
+                broken_segments.setdefault(doc["segment"], name)
             continue
         tpl = parse_template(doc, check, file.parent, root)
         result.problems.extend(check.problems)
@@ -171,10 +176,15 @@ def load_ruleset(paths: Iterable[Path]) -> RuleSet:
             continue
         result.templates[tpl.name] = tpl
         template_origin[tpl.name] = Problem(name, tpl.line, 1, "")
+    order, problems = segment_order(result.segments)
+    result.problems.extend(problems)
+    for sid in set(result.segments) - set(order):
+        broken_segments.setdefault(sid, result.segments[sid].path)
+    result.segments = {sid: result.segments[sid] for sid in order}
     for doc, check, text in rule_docs:
         rule = parse_rule(doc, check, text)
         _check_references(rule, doc, result.templates, broken, check)
-        _check_segments(rule, doc, result, check)
+        _check_segments(rule, doc, result, broken_segments, check)
         if check.problems:
             result.problems.extend(check.problems)
             rid = doc.get("rule")
@@ -227,9 +237,16 @@ def _add_segment(result: RuleSet, segment: Segment) -> None:
     result.segments[segment.id] = segment
 
 
-def _check_segments(rule: Rule | None, doc: YDict, result: RuleSet, check: Checker) -> None:
+def _check_segments(
+    rule: Rule | None,
+    doc: YDict,
+    result: RuleSet,
+    broken: dict[str, str],
+    check: Checker,
+) -> None:
     """Segment ids are their own: none may be a rule's or a template's id; and every segment
-    a rule names (`'x' in user.segments`, `event.data.segment == 'x'`) exists."""
+    a rule names (`'x' in user.segments`, `event.data.segment == 'x'`) exists. The rule is
+    named: a deleted segment disables the rules that read it, and only those."""
     rule_id = doc.get("rule")
     seg = result.segments.get(rule_id) if isinstance(rule_id, str) else None
     if seg is not None:
@@ -238,12 +255,15 @@ def _check_segments(rule: Rule | None, doc: YDict, result: RuleSet, check: Check
             f"rule id '{rule_id}' is also a segment ({seg.path}:{seg.line}): "
             "a rule and a segment need different ids",
         )
+    who = f"rule '{rule_id}'" if isinstance(rule_id, str) else "the rule"
     for name, pos in segment_references(doc):
-        if name not in result.segments:
+        if name in broken:
+            check.error(pos, f"segment '{name}' has problems ({broken[name]}); {who} reads it")
+        elif name not in result.segments:
             check.error(
                 pos,
                 f"unknown segment '{name}'{did_you_mean(name, result.segments)}: no segment "
-                "file defines it",
+                f"file defines it; {who} reads it",
             )
 
 

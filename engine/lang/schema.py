@@ -10,7 +10,7 @@ from typing import Any
 
 from channels.kinds import Field, kind_names, kinds
 from engine.lang.program import AWAIT_KINDS
-from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MAX_HOLDOUT_PCT, MODES
+from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MODES
 from engine.lang.segments import MAX_AT_LEAST
 
 _DURATION = {
@@ -148,8 +148,8 @@ def rule_schema() -> dict[str, Any]:
                 "exit_on": {"anyOf": [_match(), {"type": "array", "items": _match()}]},
                 "holdout": {
                     "anyOf": [
-                        {"type": "number", "minimum": 0, "maximum": MAX_HOLDOUT_PCT},
-                        {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+                        {"const": 0},
+                        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"},
                     ]
                 },
                 "group": {"type": "string"},

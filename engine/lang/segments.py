@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.lang.events import STANDARD_TYPES, TYPE_RE
+from engine.errors import Problem
+from engine.lang.events import PRODUCT_EVENTS, STANDARD_TYPES, TYPE_RE
 from engine.lang.expressions import Expression
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, YList
@@ -32,6 +33,10 @@ EVENT_NAMES = frozenset({"event", "user", "now"})
 PROFILE_NAMES = frozenset({"user", "now"})
 # Events kaskad makes itself: a segment may count them too.
 ENGINE_TYPES = frozenset({"segment.entered", "segment.left"})
+# A custom event type is fine (`loyalty.tier_changed`), but one in a namespace kaskad's own
+# types use (`order.placed`, `cart.add`) is a mistake: no such event ever arrives.
+_NAMESPACES = frozenset(t.split(".")[0] for t in STANDARD_TYPES | ENGINE_TYPES)
+ALL = "*"  # a reference to every segment (`user.segments | length`, any segment.entered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,10 @@ class Segment:
     conditions: tuple[Condition, ...]
     require_all: bool = False  # `all:` (every condition) rather than `any:`
     description: str = ""
+    # The segments its conditions read ('x' in user.segments, segment.entered of x), with
+    # where; ALL when a condition reads them all. Cycles are load errors (no endless
+    # entered/left), and segments are settled in the order these references give.
+    refs: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def event_types(self) -> frozenset[str]:
@@ -89,6 +98,7 @@ def parse_segment(doc: YDict, check: Checker, source: str) -> Segment | None:
     mode = modes[0]
     items = check.sequence(doc[mode], doc.where(mode), mode)
     conditions: list[Condition] = []
+    refs: list[tuple[str, int, int]] = []
     if items is not None:
         if not items:
             check.error(doc.where(mode), f"'{mode}' needs at least one condition")
@@ -99,6 +109,7 @@ def parse_segment(doc: YDict, check: Checker, source: str) -> Segment | None:
             condition = _condition(node, check, f"{mode}[{i}]")
             if condition is not None:
                 conditions.append(condition)
+                refs.extend(_condition_refs(node, condition))
     if len(check.problems) > before or seg_id is None:
         return None
     return Segment(
@@ -109,6 +120,7 @@ def parse_segment(doc: YDict, check: Checker, source: str) -> Segment | None:
         conditions=tuple(conditions),
         require_all=mode == "all",
         description=description,
+        refs=tuple(refs),
     )
 
 
@@ -135,14 +147,24 @@ def _condition(node: YDict, check: Checker, what: str) -> Condition | None:
     if not TYPE_RE.match(event):
         check.error(node.where("event"), f"{what}.event: '{event}' is not an event type")
         return None
+    if event in PRODUCT_EVENTS:
+        check.error(
+            node.where("event"),
+            f"{what}.event: {event} is a product event without a user: a segment counts "
+            "a user's own events",
+        )
+        return None
     known = STANDARD_TYPES | ENGINE_TYPES
     if event not in known:
         close = difflib.get_close_matches(event, sorted(known), n=1, cutoff=0.8)
-        if close:
-            check.error(
-                node.where("event"),
-                f"{what}.event: unknown event type '{event}' (did you mean '{close[0]}'?)",
+        if close or event.split(".")[0] in _NAMESPACES:
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"kaskad's '{event.split('.')[0]}.' events are "
+                + ", ".join(sorted(t for t in known if t.split(".")[0] == event.split(".")[0]))
             )
+            check.error(node.where("event"), f"{what}.event: unknown event type '{event}' ({hint})")
             return None
     cond = None
     if "if" in node:
@@ -182,6 +204,113 @@ _REFERENCES = (
     re.compile(r"""\bevent\.data\.segment\s*[!=]=\s*(['"])([A-Za-z0-9_.\-]+)\1"""),
     re.compile(r"""(['"])([A-Za-z0-9_.\-]+)\1\s*[!=]=\s*event\.data\.segment\b"""),
 )
+
+
+_READS_SEGMENTS = re.compile(r"""\buser\s*(?:\.\s*segments\b|\[\s*['"]segments['"]\s*\])""")
+_SEGMENT_IN_LIST = re.compile(r"""\bevent\.data\.segment\s+in\s+\[([^\]]*)\]""")
+_QUOTED = re.compile(r"""(['"])([A-Za-z0-9_.\-]+)\1""")
+
+
+def expression_refs(text: str, *, segment_event: bool) -> list[str]:
+    """The segments an expression reads: the ids it names, or ALL when it reads
+    `user.segments` otherwise than `'x' in user.segments` (or, on a segment.entered/left
+    event, does not name the segment with `event.data.segment == 'x'` or `in [...]`)."""
+    named = [m.group(2) for m in _REFERENCES[0].finditer(text)]
+    out = list(named)
+    if len(_READS_SEGMENTS.findall(text)) > len(named):
+        out.append(ALL)
+    if segment_event:
+        events = [m.group(2) for p in _REFERENCES[1:] for m in p.finditer(text)]
+        for listed in _SEGMENT_IN_LIST.finditer(text):
+            events.extend(m.group(2) for m in _QUOTED.finditer(listed.group(1)))
+        out.extend(events or [ALL])
+    return out
+
+
+def _condition_refs(node: YDict, cond: Condition) -> list[tuple[str, int, int]]:
+    if isinstance(cond, ProfileCondition):
+        key, text = "profile", cond.cond.source
+    else:
+        key, text = (
+            ("if" if cond.cond is not None else "event"),
+            (cond.cond.source if cond.cond is not None else ""),
+        )
+    line, col = node.where(key)
+    segment_event = isinstance(cond, EventCondition) and cond.event in ENGINE_TYPES
+    return [(name, line, col) for name in expression_refs(text, segment_event=segment_event)]
+
+
+def segment_order(segments: dict[str, Segment]) -> tuple[list[str], list[Problem]]:
+    """The segments to keep, in the order to settle them (those read before those reading
+    them), and the problems of their references: unknown segments, and cycles (a segment
+    that, through user.segments or segment.entered/left, depends on itself would enter and
+    leave forever). A segment with such a problem is not kept."""
+    problems: list[Problem] = []
+    deps: dict[str, list[str]] = {}
+    bad: set[str] = set()
+    for seg in segments.values():
+        wanted: set[str] = set()
+        for name, line, col in seg.refs:
+            if name == ALL:
+                message = (
+                    "a segment reads other segments by name ('x' in user.segments, "
+                    "event.data.segment == 'x'), not all of them: it is one of them"
+                )
+                problems.append(Problem(seg.path, line, col, message))
+                bad.add(seg.id)
+            elif name in segments:
+                wanted.add(name)
+            else:
+                close = difflib.get_close_matches(name, sorted(segments), n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                message = f"unknown segment '{name}'{hint}: no segment file defines it"
+                problems.append(Problem(seg.path, line, col, message))
+                bad.add(seg.id)
+        deps[seg.id] = sorted(wanted)
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+
+    def visit(sid: str, trail: list[str]) -> None:
+        if state.get(sid) == 2:
+            return
+        if state.get(sid) == 1:
+            loop = [*trail[trail.index(sid) :], sid]
+            if bad & set(loop):
+                return  # reported once
+            first = segments[sid]
+            problems.append(
+                Problem(
+                    first.path,
+                    first.line,
+                    1,
+                    f"segment '{sid}' depends on itself ({' -> '.join(loop)}): a segment may "
+                    "read other segments (user.segments, segment.entered/left) but not, "
+                    "directly or through others, itself; name the segments it reads",
+                )
+            )
+            bad.update(loop)
+            return
+        state[sid] = 1
+        for dep in deps[sid]:
+            visit(dep, [*trail, sid])
+        state[sid] = 2
+        order.append(sid)
+
+    for sid in sorted(segments):
+        visit(sid, [])
+    # A segment reading a dropped one is dropped too (it would never see it).
+    changed = True
+    while changed:
+        changed = False
+        for sid in order:
+            broken = [d for d in deps[sid] if d in bad]
+            if sid not in bad and broken:
+                seg = segments[sid]
+                message = f"segment '{sid}' reads segment '{broken[0]}', which has problems"
+                problems.append(Problem(seg.path, seg.line, 1, message))
+                bad.add(sid)
+                changed = True
+    return [s for s in order if s not in bad], problems
 
 
 def segment_references(node: Any) -> Iterator[tuple[str, Pos]]:
