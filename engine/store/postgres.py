@@ -33,6 +33,7 @@ from engine.core.model import Instance, Message, UserState, new_profile
 from engine.core.workspace import FACTS
 from engine.store.base import ConcurrentUpdate, JobRow, new_secret
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.postgres_segments import PostgresSegments
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -126,7 +127,7 @@ def _error_text(exc: BaseException, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class PostgresStore(PostgresStats):
+class PostgresStore(PostgresStats, PostgresSegments):
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], dsn: str, namespace: str) -> None:
         self.pool = pool
         self.owner = 0
@@ -327,6 +328,8 @@ class PostgresStore(PostgresStats):
                     "data = EXCLUDED.data, due_at = EXCLUDED.due_at, claimed_by = NULL",
                     [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
                 )
+            if changes.segment_members:
+                await self._save_segment_members(conn, changes.segment_members)
             if changes.messages:
                 await _save_messages(conn, list(changes.messages.values()))
             if changes.orders:
@@ -871,7 +874,7 @@ async def _save_messages(conn: Conn, messages: list[Message]) -> None:
 
 
 async def _erase(conn: Conn, users: list[str]) -> None:
-    for table in ("profiles", "interests", "user_facts"):
+    for table in ("profiles", "interests", "user_facts", "segment_members"):
         await conn.execute(f"DELETE FROM {table} WHERE user_id = ANY($1::text[])", users)
     # Keep counts for stats, drop the personal content.
     await conn.execute(
@@ -894,6 +897,7 @@ def _users_of(changes: Changes) -> set[str]:
     users.update(key[2] for key in changes.interests)
     users.update(o.user_id for o in changes.orders)
     users.update(changes.facts)
+    users.update(uid for uid, _ in changes.segment_members)
     return users
 
 

@@ -40,6 +40,7 @@ from engine.store.rows import (
     stored_json,
     touch_kind,
 )
+from engine.store.sqlite_segments import SqliteSegments
 from engine.store.urls import sqlite_path
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
@@ -74,7 +75,7 @@ def _serialized(
     return locked
 
 
-class SqliteStore:
+class SqliteStore(SqliteSegments):
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
         self._lock = asyncio.Lock()
@@ -222,6 +223,8 @@ class SqliteStore:
                     "due_at = excluded.due_at",
                     [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
                 )
+            if changes.segment_members:
+                await self._save_segment_members(changes.segment_members)
             if changes.messages:
                 await db.executemany(
                     f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
@@ -251,7 +254,7 @@ class SqliteStore:
 
     async def _erase(self, users: set[str]) -> None:
         params = [(u,) for u in users]
-        for table in ("profiles", "interests", "user_facts"):
+        for table in ("profiles", "interests", "user_facts", "segment_members"):
             await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
         # Keep counts for stats, drop the personal content.
         await self.db.executemany(
