@@ -124,7 +124,7 @@ def _rules(into: Path, segments: bool) -> RuleSet:
     return ruleset
 
 
-async def _run(ruleset: RuleSet, events: list[Event], db: Path) -> tuple[float, int, int]:
+async def _run(ruleset: RuleSet, events: list[Event], db: Path) -> tuple[float, int]:
     store = await SqliteStore.open(f"sqlite:///{db}")
     start = time.perf_counter()
     sim = Simulation(ruleset, Config(), store)
@@ -133,11 +133,11 @@ async def _run(ruleset: RuleSet, events: list[Event], db: Path) -> tuple[float, 
         await sim.flush()
         seconds = time.perf_counter() - start
         rows = await store.db.execute_fetchall("SELECT count(*) FROM segment_members")
-        members = int(list(rows)[0][0])
+        members = int(next(iter(rows))[0])
         await store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await sim.close()
-    return seconds, db.stat().st_size, members
+    return seconds, members
 
 
 def run_segments(
@@ -152,7 +152,8 @@ def run_segments(
         for key, with_segments in (("none", False), ("ten", True)):
             root = Path(tmp) / key
             ruleset = _rules(root / "rules", with_segments)
-            seconds, size, members = asyncio.run(_run(ruleset, events, root / "kaskad.db"))
+            seconds, members = asyncio.run(_run(ruleset, events, root / "kaskad.db"))
+            size = (root / "kaskad.db").stat().st_size
             say(f"segments: {len(ruleset.segments)} segments, {seconds:.2f}s, {size} bytes")
             out[key] = {
                 "segments": len(ruleset.segments),
