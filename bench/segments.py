@@ -108,11 +108,12 @@ any:
 
 
 def _rules(into: Path, segments: bool) -> RuleSet:
-    """The shipped rules and templates; with segments: the ten above,
-    without: none (and so without nutrilon_promo, which names baby_0_3)."""
+    """The shipped rules and templates, with the ten segments above or with none."""
     shutil.copytree(RULES / "templates", into / "templates")
     for path in RULES.glob("*.yaml"):
-        if segments or path.name != "nutrilon_promo.yaml":
+        # nutrilon_promo (a broadcast to every user, naming baby_0_3) is left out of both:
+        # the difference between the runs is the segments' work alone.
+        if path.name != "nutrilon_promo.yaml":
             shutil.copy(path, into / path.name)
     if segments:
         (into / "segments").mkdir()
