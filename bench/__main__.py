@@ -1,9 +1,11 @@
 """`python -m bench` (`make bench`): the matcher, replay, ingest and timers benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
-"ingest": {...}, "timers": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0:
+"ingest": {...}, "timers": {...}, "segments": {...}}``. Sizes scale with
+``KASKAD_BENCH_SCALE`` (default 1.0:
 20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay;
-100,000 events for ingest; 1,000,000 pending timers). ``--timers-10m`` (or
+100,000 events for ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90
+days for segments, with 10 segments and with none). ``--timers-10m`` (or
 ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with 10,000,000 pending timers:
 it builds a ~6 GB store and takes several minutes more.
 """
@@ -58,7 +60,9 @@ def _timers(flag: int | None, scale: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", choices=("match", "replay", "ingest", "timers"), help="run one benchmark"
+        "--only",
+        choices=("match", "replay", "ingest", "timers", "segments"),
+        help="run one benchmark",
     )
     parser.add_argument(
         "--timers-10m", action="store_true", help="10,000,000 pending timers (slow)"
@@ -92,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["timers"] = run_timers(timers, log=_log)
         _log(f"timers: {json.dumps(report['timers'])}")
+    if args.only in (None, "segments"):
+        from bench.segments import run_segments
+
+        report["segments"] = run_segments(
+            max(1000, round(100_000 * scale)), max(100, round(10_000 * scale)), log=_log
+        )
+        _log(f"segments: {json.dumps(report['segments'])}")
     print(json.dumps(report))
     return 0
 

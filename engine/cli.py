@@ -73,7 +73,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(line)
     checked = [args.config] if args.config else []
     if paths:
-        checked.append(f"{len(ruleset.rules)} rules, {len(ruleset.templates)} templates")
+        n_seg = len(ruleset.segments)
+        segments = f"{n_seg} segment{'s' * (n_seg != 1)}, " if n_seg else ""
+        checked.append(f"{len(ruleset.rules)} rules, {segments}{len(ruleset.templates)} templates")
     if problems:
         # stdout holds only the problem lines, for the editors and scripts that parse them
         print(f"{', '.join(checked)}, {len(problems)} problems", file=sys.stderr)

@@ -38,8 +38,12 @@ PROBLEM_LINE = re.compile(r"^[^:\n]+:\d+:\d+: \S.*$")
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 
 TEMPLATE_FILES = sorted((RULES / "templates").rglob("*.yaml"))
-RULE_FILES = sorted(set(RULES.rglob("*.yaml")) - set(TEMPLATE_FILES))
-SHIPPED_SUMMARY = f"{len(RULE_FILES)} rules, {len(TEMPLATE_FILES)} templates valid\n"
+SEGMENT_FILES = sorted((RULES / "segments").rglob("*.yaml"))
+RULE_FILES = sorted(set(RULES.rglob("*.yaml")) - set(TEMPLATE_FILES) - set(SEGMENT_FILES))
+SHIPPED_SUMMARY = (
+    f"{len(RULE_FILES)} rules, {len(SEGMENT_FILES)} segment, {len(TEMPLATE_FILES)} templates "
+    "valid\n"
+)
 
 Result = tuple[int, str, str]
 Cli = Callable[..., Result]
@@ -93,7 +97,7 @@ def simulate_args(events: Path, config: Path) -> list[str]:
 
 
 def record(
-    time: str, rule: str, step: str, channel: str, template: str, **kw: Any
+    time: str, rule: str, step: str, channel: str | None, template: str | None, **kw: Any
 ) -> dict[str, Any]:
     return {
         "time": time,
@@ -108,8 +112,19 @@ def record(
     }
 
 
+# The two cart rules are in the group cart_recovery: abandoned_cart (priority 10) runs,
+# abandoned_cart_quick is not started; the one-off nutrilon_promo finds u1 in neither of its
+# variants' audiences.
 EXPECTED_TIMELINE = [
-    record("2026-11-23T10:15:00Z", "abandoned_cart_quick", "1", "email", "cart_reminder_quick"),
+    record(
+        "2026-11-23T10:00:00Z",
+        "abandoned_cart_quick",
+        "trigger",
+        None,
+        None,
+        status="skipped",
+        reason="group_busy",
+    ),
     record(
         "2026-11-23T10:30:00Z",
         "bonus_credited",
@@ -120,7 +135,6 @@ EXPECTED_TIMELINE = [
         reason="no_address",
     ),
     record("2026-11-23T11:00:00Z", "abandoned_cart", "1", "email", "cart_reminder"),
-    record("2026-11-24T10:15:00Z", "abandoned_cart_quick", "3", "email", "cart_similar"),
     record("2026-11-26T11:00:00Z", "abandoned_cart", "3", "email", "cart_promo", variant="A"),
     record(
         "2026-11-27T11:00:00Z",
@@ -131,6 +145,15 @@ EXPECTED_TIMELINE = [
         variant="A",
         status="skipped",
         reason="no_address",
+    ),
+    record(
+        "2026-12-24T07:00:00Z",
+        "nutrilon_promo",
+        "0",
+        None,
+        "nutrilon_promo",
+        status="skipped",
+        reason="no_variant",
     ),
 ]
 
@@ -234,15 +257,15 @@ def test_simulate_text_table(cli: Cli, events_file: Path, quiet_config: Path) ->
     starts = [lines[0].index(k.upper()) for k in RECORD_KEYS]
     for row in rows:
         assert all(row[s] != " " and (s == 0 or row[s - 2 : s] == "  ") for s in starts)
-    assert lines[-2:] == ["", "4 sent, 2 skipped"]
+    assert lines[-2:] == ["", "2 sent, 4 skipped"]
 
 
 @pytest.mark.parametrize(
     ("until", "count"),
     [
         ("+1h", 3),  # the last event is at 10:30: up to 11:30
-        ("2026-11-24T10:15:00Z", 4),  # inclusive
-        ("2026-11-24T10:14:59Z", 3),
+        ("2026-11-26T11:00:00Z", 4),  # inclusive
+        ("2026-11-26T10:59:59Z", 3),
     ],
 )
 def test_simulate_until_cuts_the_timeline(
@@ -331,13 +354,14 @@ def test_simulate_missing_events_file(cli: Cli, tmp_path: Path, quiet_config: Pa
 
 def test_simulate_uses_the_config_policies(cli: Cli, tmp_path: Path, events_file: Path) -> None:
     config = tmp_path / "strict.yaml"
-    config.write_text("policies: {quiet_hours: null, frequency_caps: [{per: 1d, max: 1}]}\n")
+    config.write_text("policies: {quiet_hours: null, frequency_caps: [{per: 7d, max: 1}]}\n")
     code, out, _ = cli(*simulate_args(events_file, config), "--format", "json")
     assert code == 0
-    first_day = [json.loads(line) for line in out.splitlines()][:3]
-    assert [(r["rule"], r["status"], r["reason"]) for r in first_day] == [
-        ("abandoned_cart_quick", "sent", None),
+    first_week = [json.loads(line) for line in out.splitlines()][:4]
+    assert [(r["rule"], r["status"], r["reason"]) for r in first_week] == [
+        ("abandoned_cart_quick", "skipped", "group_busy"),
         ("bonus_credited", "skipped", "no_address"),
+        ("abandoned_cart", "sent", None),
         ("abandoned_cart", "skipped", "frequency_cap"),
     ]
 

@@ -159,10 +159,11 @@ channels:
 def test_validate_the_shipped_config_and_rules(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     code, out, err = cli("validate", "--config", "config.yaml")
-    rules = len(set(RULES.rglob("*.yaml")) - set((RULES / "templates").rglob("*.yaml")))
+    segments = len(list((RULES / "segments").rglob("*.yaml")))
     templates = len(list((RULES / "templates").rglob("*.yaml")))
+    rules = len(list(RULES.rglob("*.yaml"))) - templates - segments
     assert (code, err) == (0, "")
-    assert out == f"config.yaml, {rules} rules, {templates} templates valid\n"
+    assert out == f"config.yaml, {rules} rules, {segments} segment, {templates} templates valid\n"
 
 
 # -- the store and the port -----------------------------------------------------------------

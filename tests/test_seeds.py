@@ -159,15 +159,46 @@ def test_order_during_quiet_hours_deferral_cancels_the_send() -> None:
 
 def test_frequency_cap_across_rules() -> None:
     events = [
-        profile("u1", "2026-11-23T09:00:00Z", email="u1@shop.test"),
-        ev("cart.updated", "u1", "2026-11-23T10:00:00Z", CART),
+        profile("u1", "2026-11-22T09:00:00Z", email="u1@shop.test"),
+        ev("product.viewed", "u1", "2026-11-22T10:00:00Z", {"product_id": "p1"}),
+        ev("cart.updated", "u1", "2026-11-23T10:30:00Z", CART),
     ]
     config = "policies: {quiet_hours: null, frequency_caps: [{per: 1d, max: 1}]}"
-    rules = shipped_rules("abandoned_cart", "abandoned_cart_quick")
+    rules = shipped_rules("abandoned_cart", "viewed_not_bought")
     records = run_simulation(rules, events, config, until=1795500000.0)
     assert brief(records) == [
-        ("2026-11-23T10:15:00Z", "abandoned_cart_quick", "u1", "1", "email", "sent", None),
-        ("2026-11-23T11:00:00Z", "abandoned_cart", "u1", "1", "email", "skipped", "frequency_cap"),
+        ("2026-11-23T10:00:00Z", "viewed_not_bought", "u1", "1", "email", "sent", None),
+        ("2026-11-23T11:30:00Z", "abandoned_cart", "u1", "1", "email", "skipped", "frequency_cap"),
+    ]
+
+
+def test_cart_recovery_group_sends_one_chain_per_cart() -> None:
+    """Both cart rules are in the group cart_recovery: abandoned_cart (priority 10) runs,
+    abandoned_cart_quick is not started (one group_busy per trigger), so a cart gets one
+    reminder, not two."""
+    rules = shipped_rules("abandoned_cart", "abandoned_cart_quick")
+    again = ev("cart.updated", "u1", "2026-11-23T10:30:00Z", CART)
+    records = run_simulation(rules, _cart_a(again), until=1795500000.0)
+    assert brief(records) == [
+        (
+            "2026-11-23T10:00:00Z",
+            "abandoned_cart_quick",
+            "u1",
+            "trigger",
+            None,
+            "skipped",
+            "group_busy",
+        ),
+        (
+            "2026-11-23T10:30:00Z",
+            "abandoned_cart_quick",
+            "u1",
+            "trigger",
+            None,
+            "skipped",
+            "group_busy",
+        ),
+        ("2026-11-23T11:30:00Z", "abandoned_cart", "u1", "1", "email", "sent", None),
     ]
 
 

@@ -796,7 +796,8 @@ def test_the_shipped_rules_load_with_zero_problems() -> None:
     assert ruleset.failed == {}
     assert len(ruleset.rules) == len(list(RULES.glob("*.yaml")))
     assert len(ruleset.templates) == len(list((RULES / "templates").glob("*.yaml")))
-    assert [r.id for r in ruleset.scheduled] == ["weekly_promo"]
+    assert [r.id for r in ruleset.scheduled] == ["nutrilon_promo", "weekly_promo"]
+    assert sorted(ruleset.segments) == ["baby_0_3"]
     assert sorted(ruleset.fan_out) == ["product.back_in_stock", "product.price_dropped"]
 
 

@@ -29,6 +29,7 @@ ADMIN_PREFIXES = (
     "/v1/rules",
     "/v1/stats",
     "/v1/rfm",
+    "/v1/segments",
 )
 
 

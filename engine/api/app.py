@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.api import admin, callbacks, dashboard, ingest, openapi, stats, tracking
+from engine.api import (
+    admin,
+    callbacks,
+    dashboard,
+    ingest,
+    openapi,
+    segments,
+    stats,
+    tracking,
+)
 from engine.api.errors import json_errors
 from engine.api.state import STATE, AppState
 
@@ -25,6 +34,8 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/v1/messages", admin.get_messages)
     r.add_get("/v1/rules", admin.get_rules)
     r.add_post("/v1/rules/reload", admin.reload_rules)
+    r.add_get("/v1/segments", segments.get_segments)
+    r.add_get("/v1/segments/{segment_id}/users", segments.get_segment_users)
     r.add_get("/v1/stats", stats.get_stats)
     r.add_post("/v1/rfm/recompute", stats.post_rfm_recompute)
     r.add_get("/v1/callbacks/{channel}", callbacks.get_callback)

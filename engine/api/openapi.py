@@ -236,6 +236,27 @@ PATHS: dict[str, dict[str, Any]] = {
             ],
         )
     },
+    "/v1/segments": {
+        "get": _admin(
+            "Segments with their current sizes", _json(ref("Segments"), "the loaded segments")
+        )
+    },
+    "/v1/segments/{segment_id}/users": {
+        "parameters": [_path("segment_id", "a segment id (GET /v1/segments)", ID)],
+        "get": _admin(
+            "A segment's members, by user id",
+            _json(ref("SegmentUsers"), "a page of members"),
+            [
+                _query(
+                    "limit",
+                    "page size",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                ),
+                _query("after", "next_after of the previous page: members after this user id"),
+            ],
+            extra={"404": _error("no such segment is loaded")},
+        ),
+    },
     "/v1/rfm/recompute": {"post": _admin("RFM segments now", _json(ref("Rfm"), "ok"))},
     "/v1/callbacks/{channel}": {
         "parameters": [_CHANNEL],

@@ -292,6 +292,41 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "Holdout": _HOLDOUT,
+    "Segments": {
+        "type": "object",
+        "required": ["segments"],
+        "properties": {
+            "segments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "description", "size", "file"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "description": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                        "file": {"type": "string"},
+                    },
+                },
+            }
+        },
+    },
+    "SegmentUsers": {
+        "type": "object",
+        "required": ["segment", "users", "next_after"],
+        "properties": {
+            "segment": {"type": "string"},
+            "users": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["user_id", "since"],
+                    "properties": {"user_id": {"type": "string"}, "since": TIME},
+                },
+            },
+            "next_after": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+    },
     "Rfm": {
         "type": "object",
         "required": ["customers", "changed", "segments"],

@@ -72,6 +72,9 @@ class Changes:
     job: JobProgress | None = None
     # user id -> (segment and interest facts, when their next window runs out)
     facts: dict[str, tuple[dict[str, Any], float | None]] = field(default_factory=dict)
+    # (user id, segment id) -> since when the user is a member, or None: no longer one
+    # (the segment_members index beside profile["segments"], written with the profile)
+    segment_members: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""
@@ -102,4 +105,5 @@ class Changes:
             or self.orders
             or self.job
             or self.facts
+            or self.segment_members
         )

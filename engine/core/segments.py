@@ -143,6 +143,11 @@ class SegmentEngine:
             return []
         st.profile["segments"] = sorted(members)
         ws.save_profile(st)
+        moves = ws.changes.segment_members
+        for seg_id in members - current:
+            moves[(st.user_id, seg_id)] = now
+        for seg_id in current - members:
+            moves[(st.user_id, seg_id)] = None
         events = [_segment_event(SEGMENT_ENTERED, st, s, now) for s in sorted(members - current)]
         events += [_segment_event(SEGMENT_LEFT, st, s, now) for s in sorted(current - members)]
         return events

@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.filters import FILTERS
+from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import (
     ImmutableSandboxedEnvironment,
@@ -322,7 +322,36 @@ def _map(*args: Any, **kwargs: Any) -> Any:
     return _weighed(result) if isinstance(result, Iterator) else result
 
 
+def _by_attr(select: bool) -> Callable[..., Iterator[Any]]:
+    """Jinja's selectattr / rejectattr, where an item without the attribute fails the test
+    instead of raising: `items | selectattr('category', 'equalto', 'baby_food')` over cart
+    items of which some have no category (SPEC 12's segment example) keeps those that have
+    it and match; rejectattr keeps the items without it. `defined` / `undefined` see the
+    missing attribute as Jinja does."""
+    original = FILTERS["selectattr" if select else "rejectattr"]
+
+    @jinja2.pass_context
+    def run(context: Context, value: Iterable[Any], attr: str, *args: Any, **kwargs: Any) -> Any:
+        env = context.environment
+        get = make_attrgetter(env, attr)
+        name, rest = (args[0], args[1:]) if args else (None, ())
+
+        def passes(item: Any) -> bool:
+            found = get(item)
+            if isinstance(found, jinja2.Undefined) and name not in ("defined", "undefined"):
+                return False
+            if name is None:
+                return bool(found)
+            return bool(env.call_test(name, found, rest, kwargs, context))
+
+        return (item for item in value if passes(item) == select)
+
+    return functools.wraps(original)(run)
+
+
 _SIZED_FILTERS: dict[str, Callable[..., Any]] = {
+    "selectattr": _by_attr(True),
+    "rejectattr": _by_attr(False),
     "center": _center("center"),
     "indent": _indent("indent"),
     "format": _format("format"),

@@ -139,6 +139,8 @@ class Processor:
                 self.engine.end(ws, st, inst, "stopped", reason="erased")
             ws.changes.erased_users.add(user_id)
             ws.changes.profiles.pop(user_id, None)
+            for key in [k for k in ws.changes.segment_members if k[0] == user_id]:
+                del ws.changes.segment_members[key]
             # Whatever this unit does for the user after the erasure starts from nothing.
             st.profile = {"user_id": user_id, "created_at": ws.now}
             st.profile_dirty = True

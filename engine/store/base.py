@@ -209,6 +209,18 @@ class Store(Protocol):
         caller, replicas on one database too, gets the same value."""
         ...
 
+    # -- segments (SPEC 12) -------------------------------------------------------------------
+
+    async def segment_sizes(self, segment_ids: list[str]) -> dict[str, int]:
+        """The current member count of each of these segments (0 for one without members)."""
+        ...
+
+    async def segment_users(
+        self, segment_id: str, after: str, limit: int
+    ) -> list[tuple[str, float]]:
+        """(user id, member since) of a segment's members, in user id order after `after`."""
+        ...
+
     # -- stats, orders, RFM ----------------------------------------------------------------
 
     async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:

@@ -394,3 +394,46 @@ POSTGRES_MIGRATIONS.append(
         WHERE holdout IS NOT NULL;
     """
 )
+
+# Segment membership (SPEC 12) as rows beside profile["segments"], written in the same
+# transaction, so a segment's size and members are read from an index instead of every
+# profile. Members already on profiles are filled in (`since`: the profile's last update).
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE segment_members (
+        segment_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (segment_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX segment_members_user ON segment_members (user_id);
+    INSERT OR IGNORE INTO segment_members (segment_id, user_id, since)
+        SELECT s.value, p.user_id, p.updated_at
+        FROM (SELECT user_id, updated_at, CASE WHEN json_valid(data) THEN data ELSE
+            replace(replace(replace(data, 'NaN', 'null'), '-Infinity', 'null'), 'Infinity',
+            'null') END AS data FROM profiles WHERE data LIKE '%"segments"%') p,
+        json_each(CASE WHEN json_valid(p.data) AND json_type(p.data, '$.segments') = 'array'
+            THEN json_extract(p.data, '$.segments') ELSE '[]' END) s
+        WHERE s.type = 'text';
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE segment_members (
+        segment_id TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (segment_id, user_id)
+    );
+    CREATE INDEX segment_members_user ON segment_members (user_id);
+    INSERT INTO segment_members (segment_id, user_id, since)
+        SELECT s.v, p.user_id, p.updated_at
+        FROM (SELECT user_id, updated_at, (CASE WHEN data LIKE '%NaN%' OR data LIKE
+            '%Infinity%' THEN regexp_replace(data, '(?<=[:,\\[])-?(NaN|Infinity)(?=[,}\\]])',
+            'null', 'g') ELSE data END)::jsonb -> 'segments' AS a
+            FROM profiles WHERE data LIKE '%"segments"%') p,
+        LATERAL jsonb_array_elements_text(
+            CASE WHEN jsonb_typeof(p.a) = 'array' THEN p.a ELSE '[]'::jsonb END) s(v)
+        ON CONFLICT DO NOTHING;
+    """
+)

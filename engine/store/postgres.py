@@ -45,6 +45,7 @@ from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
 from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
+from engine.store.postgres_segments import PostgresSegments
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -102,7 +103,13 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 
 class PostgresStore(
-    PostgresStats, PostgresHoldout, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue
+    PostgresStats,
+    PostgresHoldout,
+    PostgresSegments,
+    PostgresJobs,
+    PostgresReads,
+    PostgresInbox,
+    PostgresQueue,
 ):
     @classmethod
     async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:
@@ -274,6 +281,8 @@ class PostgresStore(
                     "data = EXCLUDED.data, due_at = EXCLUDED.due_at, claimed_by = NULL",
                     [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
                 )
+            if changes.segment_members:
+                await self._save_segment_members(conn, changes.segment_members)
             if changes.messages:
                 await _save_messages(conn, list(changes.messages.values()))
             if changes.orders:
@@ -415,7 +424,7 @@ async def _save_messages(conn: Conn, messages: list[Message]) -> None:
 
 
 async def _erase(conn: Conn, users: list[str]) -> None:
-    for table in ("profiles", "interests", "user_facts"):
+    for table in ("profiles", "interests", "user_facts", "segment_members"):
         await conn.execute(f"DELETE FROM {table} WHERE user_id = ANY($1::text[])", users)
     # Keep counts for stats, drop the personal content.
     await conn.execute(
@@ -438,6 +447,7 @@ def _users_of(changes: Changes) -> set[str]:
     users.update(key[2] for key in changes.interests)
     users.update(o.user_id for o in changes.orders)
     users.update(changes.facts)
+    users.update(uid for uid, _ in changes.segment_members)
     return users
 
 

@@ -34,6 +34,7 @@ from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
+from engine.store.sqlite_segments import SqliteSegments
 from engine.store.sqlite_stats import SqliteStats
 from engine.store.urls import sqlite_path
 
@@ -48,7 +49,9 @@ _INSTANCE_UPSERT = (
 )
 
 
-class SqliteStore(SqliteStats, SqliteHoldout, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue):
+class SqliteStore(
+    SqliteStats, SqliteHoldout, SqliteSegments, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
+):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -211,6 +214,8 @@ class SqliteStore(SqliteStats, SqliteHoldout, SqliteJobs, SqliteReads, SqliteInb
                     "due_at = excluded.due_at",
                     [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
                 )
+            if changes.segment_members:
+                await self._save_segment_members(changes.segment_members)
             if changes.messages:
                 await db.executemany(
                     f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
@@ -240,7 +245,7 @@ class SqliteStore(SqliteStats, SqliteHoldout, SqliteJobs, SqliteReads, SqliteInb
 
     async def _erase(self, users: set[str]) -> None:
         params = [(u,) for u in users]
-        for table in ("profiles", "interests", "user_facts"):
+        for table in ("profiles", "interests", "user_facts", "segment_members"):
             await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
         # Keep counts for stats, drop the personal content.
         await self.db.executemany(

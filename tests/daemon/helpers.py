@@ -83,3 +83,15 @@ channels:
   sms: {provider: twilio, base_url: "http://127.0.0.1:9", account_sid: ACxx,
         auth_token: tw-token, from: "+15550001111"}
 """
+
+
+def independent_cart_rules(rules_dir: Path) -> Path:
+    """Take abandoned_cart_quick out of the group cart_recovery in a copy of the shipped
+    rules, so both cart chains run for the same cart (as two shops' rules, or before the
+    group existed): for tests about what two rules sending to the same users look like."""
+    path = rules_dir / "abandoned_cart_quick.yaml"
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith("group:")]
+    assert len(lines) == len(text.splitlines()) - 1, "abandoned_cart_quick has no group"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rules_dir

@@ -27,7 +27,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from engine.lang.config import parse_config
 
-from .helpers import ROOT, Client
+from .helpers import ROOT, Client, independent_cart_rules
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -86,7 +86,7 @@ def browser() -> Iterator[Any]:
 def config(tmp_path: Path, port: int) -> dict[str, Any]:
     rules = tmp_path / "rules"
     if not rules.exists():
-        shutil.copytree(ROOT / "rules", rules)
+        independent_cart_rules(shutil.copytree(ROOT / "rules", rules))
     return {
         "server": {"host": "127.0.0.1", "port": port},
         "storage": {"url": f"sqlite:///{tmp_path / 'kaskad.db'}"},

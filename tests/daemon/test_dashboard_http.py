@@ -17,7 +17,14 @@ from engine.clock import VirtualClock
 from engine.core.preview import sample_trigger
 from engine.daemon import Daemon
 
-from .helpers import ADMIN, ROOT, START, Client, make_config
+from .helpers import ADMIN, ROOT, START, Client, independent_cart_rules, make_config
+
+
+@pytest.fixture
+def rules_dir(rules_dir: Path) -> Path:
+    """Both cart rules send for the same carts here (helpers.independent_cart_rules)."""
+    return independent_cart_rules(rules_dir)
+
 
 HOSTILE_RULE = "<script>alert('rule')</script>"
 HOSTILE_USER = "<script>alert('user')</script>"

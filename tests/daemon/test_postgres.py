@@ -18,7 +18,7 @@ from engine.clock import VirtualClock
 from engine.daemon import Daemon
 from tests.pgdb import pg_schema
 
-from . import test_api
+from . import test_api, test_segments_api
 from .helpers import START, Client, make_config
 from .proc import Daemons, free_port, http_json, http_session, poll, write_config
 
@@ -35,6 +35,7 @@ test_cart_to_message_to_order = test_api.test_cart_to_message_to_order
 test_messages_pagination_and_admin_auth = test_api.test_messages_pagination_and_admin_auth
 test_profiles_read_merge_erase = test_api.test_profiles_read_merge_erase
 test_health_readiness_metrics = test_api.test_health_readiness_metrics
+test_segments_sizes_and_pages = test_segments_api.test_segments_list_sizes_and_pages_of_members
 
 
 async def test_the_store_is_postgres(client: Client) -> None:

@@ -13,7 +13,14 @@ import pytest
 from engine.cli import main as cli_main
 from engine.clock import parse_time
 
-from .helpers import Client
+from .helpers import Client, independent_cart_rules
+
+
+@pytest.fixture
+def rules_dir(rules_dir: Path) -> Path:
+    """Both cart rules send for the same carts here (helpers.independent_cart_rules)."""
+    return independent_cart_rules(rules_dir)
+
 
 HOUR = 3600.0
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}

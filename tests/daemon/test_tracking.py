@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 from multidict import CIMultiDictProxy
 from structlog.testing import capture_logs
 
@@ -18,7 +19,14 @@ from engine.core.model import Message
 from engine.core.tracking import Tracker
 from engine.daemon import Daemon
 
-from .helpers import START, Client, make_config
+from .helpers import START, Client, independent_cart_rules, make_config
+
+
+@pytest.fixture
+def rules_dir(rules_dir: Path) -> Path:
+    """Both cart rules send for the same carts here (helpers.independent_cart_rules)."""
+    return independent_cart_rules(rules_dir)
+
 
 PUBLIC = "https://kaskad.example"
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
