@@ -295,6 +295,27 @@ def test_undefined_is_only_consumed_by_default_and_tests() -> None:
             Expression(source).evaluate(ctx)
 
 
+def test_selectattr_and_rejectattr_treat_an_item_without_the_attribute_as_not_matching() -> None:
+    # SPEC 12's segment example filters cart items of which some have no category.
+    items = [{"category": "baby_food", "id": 1}, {"id": 2}, {"category": "toys", "id": 3}]
+    ctx = {"event": {"data": {"items": items}}}
+
+    def ids(source: str) -> list[int]:
+        return [i["id"] for i in Expression(source).evaluate(ctx)]
+
+    assert ids("event.data['items'] | selectattr('category', 'equalto', 'baby_food') | list") == [1]
+    assert ids("event.data['items'] | rejectattr('category', 'equalto', 'baby_food') | list") == [
+        2,
+        3,
+    ]
+    assert ids("event.data['items'] | selectattr('category') | list") == [1, 3]
+    assert ids("event.data['items'] | selectattr('category', 'defined') | list") == [1, 3]
+    assert ids("event.data['items'] | selectattr('category', 'undefined') | list") == [2]
+    assert Expression(
+        "event.data['items'] | selectattr('category', 'equalto', 'baby_food') | list | length > 0"
+    ).test(ctx)
+
+
 def test_short_circuit_skips_the_missing_side() -> None:
     ctx = CONTEXTS["empty"]
     assert Expression("false and event.data.total > 1").evaluate(ctx) is False
