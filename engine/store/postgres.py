@@ -41,6 +41,7 @@ from engine.store.postgres_core import (
 )
 from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
+from engine.store.postgres_outcomes import PostgresOutcomes
 from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
@@ -100,7 +101,9 @@ def _error_text(exc: BaseException, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue):
+class PostgresStore(
+    PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue, PostgresOutcomes
+):
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
         safe = redact(url)

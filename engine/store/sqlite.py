@@ -30,6 +30,7 @@ from engine.store.rows import (
 from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialized
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
+from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_stats import SqliteStats
@@ -46,7 +47,7 @@ _INSTANCE_UPSERT = (
 )
 
 
-class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue):
+class SqliteStore(SqliteStats, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue, SqliteOutcomes):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
