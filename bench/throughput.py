@@ -297,7 +297,8 @@ def _e2e_events(n: int) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         uid = f"u{i % users:07d}"
-        if i % 5 == 4:
+        if i % 5 == 4:  # each user's one bonus: one send each
+            uid = f"u{i // 5:07d}"
             out.append({"id": f"e{i}", "type": "bonus.credited", "user_id": uid, "data": {}})
         else:
             data = {"product_id": f"p{i % 97}"}
