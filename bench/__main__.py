@@ -1,12 +1,14 @@
-"""`python -m bench` (`make bench`): the matcher, replay, ingest and timers benchmarks.
+"""`python -m bench` (`make bench`): the matcher, replay, ingest, timers and throughput
+benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
-"ingest": {...}, "timers": {...}, "segments": {...}}``. Sizes scale with
-``KASKAD_BENCH_SCALE`` (default 1.0:
-20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay;
-100,000 events for ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90
-days for segments, with 10 segments and with none). ``--timers-10m`` (or
-``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with 10,000,000 pending timers:
+"ingest": {...}, "timers": {...}, "segments": {...}, "fanout": {...}, "dispatch_http": {...},
+"e2e": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the
+matcher; 200,000 events from 20,000 users over 14 days for the replay; 100,000 events for
+ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90 days for segments,
+with 10 segments and with none; 100,000 interested users for the fan-out; 50,000 queued
+messages for the webhook dispatch; 150,000 events with 30,000 sends end to end).
+``--timers-10m`` (or ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with 10,000,000 pending timers:
 it builds a ~6 GB store and takes several minutes more.
 """
 
@@ -24,6 +26,10 @@ REPLAY_EVENTS = 200_000
 REPLAY_USERS = 20_000
 REPLAY_DAYS = 14
 TIMERS = 1_000_000
+FANOUT_USERS = 100_000
+DISPATCH_MESSAGES = 50_000
+E2E_EVENTS = 150_000
+BENCHES = ("match", "replay", "ingest", "timers", "segments", "fanout", "dispatch_http", "e2e")
 
 
 def _log(message: str) -> None:
@@ -59,11 +65,7 @@ def _timers(flag: int | None, scale: float) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "--only",
-        choices=("match", "replay", "ingest", "timers", "segments"),
-        help="run one benchmark",
-    )
+    parser.add_argument("--only", choices=BENCHES, help="run one benchmark")
     parser.add_argument(
         "--timers-10m", action="store_true", help="10,000,000 pending timers (slow)"
     )
@@ -103,6 +105,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             max(1000, round(100_000 * scale)), max(100, round(10_000 * scale)), log=_log
         )
         _log(f"segments: {json.dumps(report['segments'])}")
+    if args.only in (None, "fanout"):
+        from bench.throughput import run_fanout
+
+        report["fanout"] = run_fanout(max(1000, round(FANOUT_USERS * scale)), log=_log)
+        _log(f"fanout: {json.dumps(report['fanout'])}")
+    if args.only in (None, "dispatch_http"):
+        from bench.throughput import run_dispatch_http
+
+        n = max(1000, round(DISPATCH_MESSAGES * scale))
+        report["dispatch_http"] = run_dispatch_http(n, log=_log)
+        _log(f"dispatch_http: {json.dumps(report['dispatch_http'])}")
+    if args.only in (None, "e2e"):
+        from bench.throughput import run_e2e
+
+        report["e2e"] = run_e2e(max(5000, round(E2E_EVENTS * scale)), log=_log)
+        _log(f"e2e: {json.dumps(report['e2e'])}")
     print(json.dumps(report))
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -22,7 +21,7 @@ from engine.clock import VirtualClock, iso, parse_time
 from engine.core.changes import Changes
 from engine.core.model import Record
 from engine.core.runner import Engine
-from engine.core.tracking import Tracker
+from engine.core.tracking import UnsignedTracker
 from engine.core.workspace import Failure, IdGen, Workspace
 from engine.errors import EventError
 from engine.lang.config import Config
@@ -47,8 +46,8 @@ class Simulation:
     def __init__(self, rules: RuleSet, config: Config, store: SqliteStore) -> None:
         self.clock = VirtualClock()
         self.sandbox = {name: SandboxChannel(name) for name in config.channels}
-        # Links are signed with a key of this run: simulate shows no links.
-        tracker = Tracker(config.tracking.base_url, secrets.token_hex(16))
+        # Simulate shows no links: they are built (payload sizes as in the daemon), unsigned.
+        tracker = UnsignedTracker(config.tracking.base_url)
         self.engine = Engine(rules, config, self._outbox, ids=IdGen(), tracker=tracker)
         self.store = store
         self.states = ResidentStates(store)

@@ -23,3 +23,24 @@ def test_an_engine_uses_the_configured_secret() -> None:
     config = parse_config("tracking: {secret: s3cret}", env={})
     tracker = Engine(RuleSet(), config, lambda m: None).tracker
     assert tracker.token("open", {"m": "m1"}) == Tracker("", "s3cret").token("open", {"m": "m1"})
+
+
+def test_simulate_links_are_unsigned_but_as_long_as_signed_ones() -> None:
+    """simulate builds links (payload sizes as in the daemon) without an HMAC per link;
+    nobody can follow them, here or in a daemon."""
+    from engine.core.tracking import Tracker, UnsignedTracker
+
+    signed, unsigned = (
+        Tracker("https://t.example/", "k" * 32),
+        UnsignedTracker("https://t.example/"),
+    )
+    for make in (
+        lambda t: t.click_url("m1", "https://shop.example/p?q=1"),
+        lambda t: t.open_url("m1"),
+        lambda t: t.unsubscribe_url("m1", "email"),
+    ):
+        assert len(make(unsigned)) == len(make(signed))
+        assert make(unsigned) != make(signed)
+    token = unsigned.token("open", {"m": "m1"})
+    assert unsigned.verify("open", token) is None
+    assert signed.verify("open", token) is None

@@ -24,6 +24,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_NO_MAC = bytes(16)
+
+
 class Tracker:
     def __init__(self, base_url: str, secret: str) -> None:
         self.base_url = base_url.rstrip("/")
@@ -32,8 +35,10 @@ class Tracker:
     def token(self, kind: str, payload: dict[str, Any]) -> str:
         """URL-safe as it is: base64url and a dot, nothing for quote() to escape."""
         body = _JSON({"k": _KINDS[kind], **payload}).encode()
-        mac = hmac.digest(self._key, body, "sha256")[:16]
-        return f"{_b64(body)}.{_b64(mac)}"
+        return f"{_b64(body)}.{_b64(self._mac(body))}"
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.digest(self._key, body, "sha256")[:16]
 
     def verify(self, kind: str, token: str) -> dict[str, Any] | None:
         """The payload of a genuine token of this kind, else None."""
@@ -63,3 +68,17 @@ class Tracker:
     def unsubscribe_url(self, message_id: str, channel: str) -> str:
         token = self.token("unsubscribe", {"m": message_id, "c": channel})
         return f"{self.base_url}/t/u/{token}"
+
+
+class UnsignedTracker(Tracker):
+    """Links that nobody can follow (simulate shows none): the same text as signed ones but
+    for a zero MAC of the same length, so payload sizes do not change; no HMAC per link."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, "")
+
+    def _mac(self, body: bytes) -> bytes:
+        return _NO_MAC
+
+    def verify(self, kind: str, token: str) -> dict[str, Any] | None:
+        return None

@@ -13,6 +13,7 @@ import structlog
 from channels.base import Channel, OutboundMessage, Outcome
 from engine.clock import Clock, iso
 from engine.core.model import Message
+from engine.runtime.answers import Answers
 from engine.runtime.channel_state import ChannelState, RateLimiter
 from engine.runtime.tasks import TaskGroup
 from engine.store.base import Store
@@ -44,6 +45,9 @@ class Dispatcher:
         self.tasks = tasks
         self.wake = asyncio.Event()
         self.on_result = on_result
+        # Answers are stored in batches: one transaction for every answer that came in
+        # while the previous batch was being written.
+        self.answers = Answers(store)
         self.channels = {
             name: ChannelState(
                 ch,
@@ -150,7 +154,7 @@ class Dispatcher:
             for message in batch:
                 outcome = Outcome.retry(detail=f"gave up after retry_for: {why}")
                 log.warning("send.gave_up", channel=name, message=message.id, detail=why)
-                await self.store.record_outcome(message.id, outcome.to_json())
+                await self.answers.record(message.id, outcome.to_json())
                 self._final(message, outcome)
             if len(batch) < EXPIRE_BATCH:
                 return
@@ -203,7 +207,7 @@ class Dispatcher:
                 if state is None
                 else f"channel paused: {state.config_error}"
             )
-            await self.store.record_outcome(message.id, outcome.to_json())
+            await self.answers.record(message.id, outcome.to_json())
             return outcome
         outbound = OutboundMessage(
             id=message.id,
@@ -288,7 +292,7 @@ class Dispatcher:
                 self.wake.set()  # its queue goes out now
         # Stored before the engine hears of it: after a crash the answer is replayed, never
         # asked for again (only a call in flight at the crash may repeat).
-        await self.store.record_outcome(message.id, outcome.to_json())
+        await self.answers.record(message.id, outcome.to_json())
         return outcome
 
     async def _retry(

@@ -280,7 +280,9 @@ class Processor:
         if not items:
             return 0
         try:
-            ws = await self.units.workspace([uid for _, uid, _ in items])
+            # An answer moves its instance on, as a timer does: it never starts one, so the
+            # cooldown history need not be read.
+            ws = await self.units.workspace([uid for _, uid, _ in items], starts=False)
 
             def settle() -> None:
                 for message_id, uid, outcome in self.units.each(items):

@@ -170,6 +170,10 @@ class Store(Protocol):
         """Persist a provider's answer (JSON) before the engine applies it."""
         ...
 
+    async def record_outcomes(self, answers: list[tuple[str, str]]) -> None:
+        """record_outcome for each (message id, outcome JSON), in one transaction."""
+        ...
+
     async def answered(self) -> list[tuple[str, str, str]]:
         """(message id, user id, outcome JSON) answered but not yet applied by the engine."""
         ...

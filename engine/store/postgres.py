@@ -43,6 +43,7 @@ from engine.store.postgres_core import (
 from engine.store.postgres_holdout import PostgresHoldout
 from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
+from engine.store.postgres_outcomes import PostgresOutcomes
 from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
 from engine.store.postgres_segments import PostgresSegments
@@ -110,6 +111,7 @@ class PostgresStore(
     PostgresReads,
     PostgresInbox,
     PostgresQueue,
+    PostgresOutcomes,
 ):
     @classmethod
     async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:

@@ -32,6 +32,7 @@ from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialize
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
+from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_segments import SqliteSegments
@@ -50,7 +51,14 @@ _INSTANCE_UPSERT = (
 
 
 class SqliteStore(
-    SqliteStats, SqliteHoldout, SqliteSegments, SqliteJobs, SqliteReads, SqliteInbox, SqliteQueue
+    SqliteStats,
+    SqliteHoldout,
+    SqliteSegments,
+    SqliteJobs,
+    SqliteReads,
+    SqliteInbox,
+    SqliteQueue,
+    SqliteOutcomes,
 ):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
