@@ -214,7 +214,9 @@ class Daemon:
         self.session = aiohttp.ClientSession()
         channels = build_channels(config, self.session)
         try:
-            self.store = await open_store(config.storage.url, exclusive=True)
+            self.store = await open_store(
+                config.storage.url, exclusive=True, lease_s=config.storage.lease_s
+            )
         except (OSError, ValueError, sqlite3.Error) as exc:
             # postgres names the (masked) url itself; say it for the others
             text = str(exc)

@@ -379,3 +379,16 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX orders_user_at ON orders (user_id, at);
     """
 )
+
+# Replicas' leases (PostgreSQL only; SQLite serves one daemon): a claim counts while its
+# owner's session lives AND its lease, renewed by a heartbeat, has not run out, so a hung
+# replica's (SIGSTOP, a frozen VM) inbox rows, timers and sends move on to the others.
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE replicas (
+        owner BIGINT PRIMARY KEY,
+        lease_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX inbox_products ON inbox (seq) WHERE user_id IS NULL;
+    """
+)

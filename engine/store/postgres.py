@@ -35,6 +35,7 @@ from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
     INSTANCE_SQL,
+    LEASE_S,
     LOCK_NS,
     MESSAGE_SQL,
     free,
@@ -102,7 +103,9 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, PostgresQueue):
     @classmethod
-    async def open(cls, url: str) -> PostgresStore:
+    async def open(
+        cls, url: str, *, lease_s: float | None = None, heartbeat: bool = True
+    ) -> PostgresStore:
         safe = redact(url)
         dsn = _dsn(url)
         try:
@@ -121,9 +124,11 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
                 raise ValueError(
                     f"storage.url {safe}: no schema of its search_path exists; create it first"
                 )
-            store = cls(pool, dsn, namespace)
+            store = cls(pool, dsn, namespace, lease_s=lease_s or LEASE_S)
             await store._migrate()
             await store._me()
+            if heartbeat:
+                store.start_heartbeat()
         except BaseException:
             await pool.close()
             raise

@@ -23,10 +23,11 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def open_store(url: str, *, exclusive: bool = False) -> Store:
+async def open_store(url: str, *, exclusive: bool = False, lease_s: float | None = None) -> Store:
     """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
     or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas.
-    exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL)."""
+    exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL,
+    each renewing its lease on its claims every lease_s / 4)."""
     if url.startswith("sqlite:"):
         from engine.store.sqlite import SqliteStore
 
@@ -34,7 +35,7 @@ async def open_store(url: str, *, exclusive: bool = False) -> Store:
     if url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
         from engine.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url)
+        return await PostgresStore.open(url, lease_s=lease_s)
     raise ValueError(
         f"unsupported storage url '{redact(url)}': expected sqlite:///path or "
         "postgresql://user:password@host:5432/database"
