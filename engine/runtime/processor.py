@@ -36,7 +36,7 @@ _RECENT_MESSAGES_S = 30 * 86400
 _IDLE_S = 3600.0
 # On a store other processes write: how often answers stored but never applied (a write
 # that failed after the provider answered, a replica that died) are handed to the engine.
-SWEEP_S = 30.0
+SWEEP_S = 5.0
 T = TypeVar("T")
 
 

@@ -110,7 +110,15 @@ class PostgresStore(PostgresStats, PostgresJobs, PostgresReads, PostgresInbox, P
         dsn = _dsn(url)
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=_POOL_MAX, timeout=CONNECT_TIMEOUT_S
+                dsn,
+                min_size=1,
+                max_size=_POOL_MAX,
+                timeout=CONNECT_TIMEOUT_S,
+                # A replica that hangs inside a transaction (stopped, frozen) must not hold
+                # its row and user locks past its lease: the server ends that session.
+                server_settings={
+                    "idle_in_transaction_session_timeout": str(int(2000 * (lease_s or LEASE_S)))
+                },
             )
         except asyncpg.InterfaceError as exc:  # a malformed DSN, among others
             raise ValueError(f"storage.url {safe}: {_error_text(exc, url)}") from None
