@@ -27,6 +27,7 @@ _KEYS = frozenset(
     | {"unsubscribe_mailto"}
 )
 # The engine owns the MIME structure; a header of the same name would break it.
+_MSGID_SAFE = re.compile(r"[A-Za-z0-9._+-]{1,200}")  # fits a Message-ID's left side as is
 _STRUCTURAL = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
 # RFC 3463 enhanced status code at the start of the reply text ("5.1.1 User unknown").
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
@@ -192,7 +193,13 @@ class SmtpChannel:
         if reply_to:
             mail["Reply-To"] = str(reply_to)
         mail["Date"] = format_datetime(datetime.fromtimestamp(self._now(), UTC))
-        mail["Message-ID"] = make_msgid(domain=domain)
+        # The message id in it: every attempt of this message (a retry, a replica taking
+        # over a send) carries the same Message-ID, which receivers deduplicate on.
+        mail["Message-ID"] = (
+            f"<{message.id}@{domain}>"
+            if _MSGID_SAFE.fullmatch(message.id) and domain
+            else make_msgid(domain=domain)
+        )
         for header, value in message.headers.items():
             if header.lower() in _STRUCTURAL:
                 continue

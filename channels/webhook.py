@@ -26,7 +26,7 @@ _KEYS = frozenset({"url", "secret", "headers"})
 # Set by the adapter on every request; a configured header must not replace them.
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp"}
-    | {"webhook-signature"}
+    | {"webhook-signature", "idempotency-key"}
 )
 
 
@@ -109,6 +109,10 @@ class WebhookChannel:
             **self.config.headers,
             "Content-Type": "application/json",
             "webhook-id": message.id,
+            # The same on every attempt of this message, from any replica: a receiver that
+            # honours it (the IETF Idempotency-Key draft, Standard Webhooks' webhook-id)
+            # drops a repeat after a crash or a replica taking over a send.
+            "Idempotency-Key": message.id,
             "webhook-timestamp": timestamp,
             "webhook-signature": "v1," + sign(self.config.key, message.id, timestamp, body),
         }

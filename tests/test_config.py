@@ -31,7 +31,9 @@ def test_an_empty_config_is_all_defaults(text: str) -> None:
     assert config.storage.event_retention == "7d"
     assert (config.rules.path, config.rules.watch) == ("rules", True)
     assert config.mqtt.url is None and config.mqtt.topics == ["shop/events/#"]
-    assert (config.mqtt.qos, config.mqtt.client_id) == (1, "kaskad")
+    assert (config.mqtt.qos, config.mqtt.client_id) == (1, "kaskad-{host}-{pid}")
+    # Each replica its own MQTT session: the id is the template with its host and pid.
+    assert config.mqtt.resolved_client_id("shop-1", 4242) == "kaskad-shop-1-4242"
     assert config.mqtt.dead_letter_topic == "kaskad/dead-letter"
     assert set(config.channels) == set(CHANNELS)
     assert all(c.provider == "sandbox" for c in config.channels.values())
@@ -299,3 +301,14 @@ def test_load_config_reads_kaskad_config(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_config().server.port == 1234
     monkeypatch.delenv("KASKAD_CONFIG")
     assert load_config() == Config()  # no ./config.yaml either
+
+
+def test_mqtt_client_id_is_a_template_of_host_and_pid() -> None:
+    config = parse_config('mqtt: {client_id: "k-{pid}"}\n', env={})
+    assert config.mqtt.resolved_client_id("h", 7) == "k-7"
+    assert (
+        parse_config("mqtt: {client_id: kaskad-a}\n", env={}).mqtt.resolved_client_id("h", 7)
+        == "kaskad-a"
+    )
+    [problem] = problems('mqtt: {client_id: "k-{zone}"}\n')
+    assert "mqtt.client_id" in problem and "{host} and {pid} only" in problem

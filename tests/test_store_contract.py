@@ -665,18 +665,30 @@ async def test_inbox_claims_keep_each_users_events_in_order(pg_url: str) -> None
         assert await a.enqueue(events, T0) == (5, 0)
         first = await a.inbox_batch(2)  # u1's first event and u2's
         # b may not take u1's second event while a holds u1's first.
+        # Nor the product event (no user): its fan-out must see what every earlier event
+        # did (a watermark: every earlier row applied or claimed by the claimer).
         rest = await b.inbox_batch(10)
-        assert [json.loads(body).get("user_id") for _, body, _ in rest] == ["u3", None]
+        assert [json.loads(body).get("user_id") for _, body, _ in rest] == ["u3"]
         await a.save(Changes(inbox_done=[seq for seq, _, _ in first]))
         again = await b.inbox_batch(10)  # its own claims again, and u1's second event
-        assert [json.loads(body).get("user_id") for _, body, _ in again] == ["u1", "u3", None]
+        assert [json.loads(body).get("user_id") for _, body, _ in again] == ["u1", "u3"]
+        # Every earlier row is b's now: the product event goes to b, after them (the
+        # processor applies it alone, once they are done).
+        assert [json.loads(body).get("user_id") for _, body, _ in await b.inbox_batch(10)] == [
+            "u1",
+            "u3",
+            None,
+        ]
         # A row claimed by another live store cannot be marked done here.
         with pytest.raises(ConcurrentUpdate):
             await a.save(Changes(inbox_done=[again[0][0]]))
         await b.save(Changes(inbox_done=[seq for seq, _, _ in again]))
-        assert await a.inbox_size() == 0
+        assert await a.inbox_size() == 1
         with pytest.raises(ConcurrentUpdate):  # applied already: never twice
             await b.save(Changes(inbox_done=[again[0][0]]))
+        assert await a.inbox_batch(10) == []  # b holds the product event
+        product = await b.inbox_batch(10)
+        assert [json.loads(body).get("user_id") for _, body, _ in product] == [None]
     finally:
         await asyncio.gather(a.close(), b.close())
 
@@ -711,6 +723,76 @@ async def test_a_dead_stores_claims_are_free_at_once(pg_url: str) -> None:
         assert [m.id for m in await b.claim_queued(T0, 10)] == ["m1"]
     finally:
         await b.close()
+
+
+async def test_a_hung_stores_claims_lapse_with_its_lease(pg_url: str) -> None:
+    """A replica that stops renewing its lease (SIGSTOP, a frozen VM: its session lives on)
+    loses its claims to the others; when it comes back, what they took is theirs and its
+    late writes to it are refused, while its lease is renewed for what is left."""
+    a, b = await asyncio.gather(
+        PostgresStore.open(pg_url, heartbeat=False), PostgresStore.open(pg_url)
+    )
+    try:
+        await a.save(
+            Changes(
+                instances={"i1": inst("i1", "u1", due_at=T0)},
+                messages={"m1": msg("m1", "u1"), "m2": msg("m2", "u1", step="2")},
+            )
+        )
+        assert await a.enqueue([(None, json.dumps({"type": "x", "user_id": "u1"}))], T0) == (1, 0)
+        claimed = await a.inbox_batch(10)
+        assert len(claimed) == 1
+        assert len(await a.due_instances(T0, 10)) == 1
+        assert len(await a.claim_queued(T0, 10)) == 2
+        assert (await b.inbox_batch(10), await b.due_instances(T0, 10)) == ([], [])
+        assert await b.claim_queued(T0, 10) == []
+        # a misses its heartbeats: its lease runs out (set so, rather than waited for).
+        await b.pool.execute("UPDATE replicas SET lease_until = 0 WHERE owner = $1", a.owner)
+        assert len(await b.inbox_batch(10)) == 1
+        assert await b.due_instances(T0, 10) == [(T0, "i1", "u1")]
+        assert sorted(m.id for m in await b.claim_queued(T0, 10)) == ["m1", "m2"]
+        # a wakes up: its lease is renewed, it says how long it had lapsed, and the
+        # answer of a call it had out does not overwrite b's claim of the message.
+        assert await a.renew_lease() > 0
+        await a.record_outcome("m1", '{"kind": "accepted"}')
+        assert (await b.message("m1")).status == "sending"  # type: ignore[union-attr]
+        with pytest.raises(ConcurrentUpdate):
+            await a.save(Changes(inbox_done=[seq for seq, _, _ in claimed]))
+        await b.record_outcome("m1", '{"kind": "accepted"}')
+        assert (await b.message("m1")).status == "answered"  # type: ignore[union-attr]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_outcome_writes_survive_a_terminated_connection(pg_url: str) -> None:
+    """pg_terminate_backend on the connection writing a send's answer, mid-statement: the
+    answer is still written (again, on a fresh connection), not left `sending`."""
+    store = await PostgresStore.open(pg_url)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await store.save(Changes(messages={"m1": msg("m1", "u1"), "m2": msg("m2", "u1", step="2")}))
+        assert len(await store.claim_queued(T0, 10)) == 2
+        for write in (
+            store.record_outcome("m1", '{"kind": "accepted"}'),
+            store.reschedule("m2", 1, T0 + 60, "retry"),
+        ):
+            async with admin.transaction():
+                await admin.execute("SELECT 1 FROM messages FOR UPDATE")  # the write waits
+                task = asyncio.ensure_future(write)
+                pid = None
+                while pid is None:  # the write's backend, waiting on the row lock
+                    await admin.execute("SELECT pg_stat_clear_snapshot()")
+                    pid = await admin.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'UPDATE messages%' AND pid <> pg_backend_pid()"
+                    )
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await task
+        assert (await store.message("m1")).status == "answered"  # type: ignore[union-attr]
+        assert (await store.message("m2")).status == "queued"  # type: ignore[union-attr]
+    finally:
+        await admin.close()
+        await store.close()
 
 
 async def test_a_dead_stores_sends_follow_the_channel_filters(pg_url: str) -> None:

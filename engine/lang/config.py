@@ -77,6 +77,21 @@ class StorageConfig(_Section):
             raise ValueError("must be a duration of at least 30d")
         return value
 
+    # PostgreSQL: a replica's claims (inbox rows, timers, sends) lapse this long after its
+    # last heartbeat (every lease / 4), so a hung replica's work moves on to the others.
+    lease: str = "10s"
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, value: str) -> str:
+        if parse_duration(value) < 1:
+            raise ValueError("must be a duration of at least 1s")
+        return value
+
+    @property
+    def lease_s(self) -> float:
+        return parse_duration(self.lease)
+
 
 class RulesConfig(_Section):
     path: str = "rules"
@@ -88,8 +103,27 @@ class MqttConfig(_Section):
     topics: list[str] = Field(default_factory=lambda: ["shop/events/#"])
     qos: Literal[0, 1, 2] = 1
     shared_group: str | None = None
-    client_id: str = "kaskad"
+    # A template: {host} (the host name) and {pid} (the process id) make each replica's id
+    # its own, so replicas never take each other's session over.
+    client_id: str = "kaskad-{host}-{pid}"
     dead_letter_topic: str = "kaskad/dead-letter"
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        try:
+            value.format(host="h", pid=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{value!r}: a template with {{host}} and {{pid}} only ({exc!r})"
+            ) from None
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    def resolved_client_id(self, host: str, pid: int) -> str:
+        """The client id of this process: the template with its host name and pid."""
+        return self.client_id.format(host=host, pid=pid)[:128]
 
 
 class QuietHours(_Section):

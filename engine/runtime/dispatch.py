@@ -22,6 +22,9 @@ log = structlog.get_logger("kaskad.dispatch")
 
 BATCH = 200  # messages claimed at a time
 POLL_S = 1.0  # how often the queue is looked at when nothing wakes the dispatcher
+# How often messages left in flight here by a failed write (no send of this process holds
+# them) go back to the queue.
+SWEEP_S = 30.0
 EXPIRE_BATCH = 500
 # Added to the adapter's own timeout: a guard against an adapter that never returns. It
 # bounds a network call, so it runs on real time whatever the clock.
@@ -70,10 +73,16 @@ class Dispatcher:
         requeued = await self.store.requeue_in_flight()
         if requeued:
             log.warning("dispatch.requeued_in_flight", count=requeued)
+        next_sweep = self.clock.now() + SWEEP_S
         while not self._stopping:
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.wake.clear()
             try:
+                if self.clock.now() >= next_sweep:
+                    next_sweep = self.clock.now() + SWEEP_S
+                    stuck = await self.store.requeue_in_flight(keep=set(self._sends))
+                    if stuck:
+                        log.warning("dispatch.requeued_stuck", count=stuck)
                 claimed, full = await self._claim(BATCH)
             except asyncio.CancelledError:
                 raise

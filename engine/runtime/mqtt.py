@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +117,7 @@ async def run_mqtt(
                 port=url.port or 1883,
                 username=url.username,
                 password=url.password,
-                identifier=config.client_id,
+                identifier=config.resolved_client_id(socket.gethostname(), os.getpid()),
                 clean_session=False,  # persistent session: QoS 1 messages wait for us
             )
             # PUBACK only after the store commit: paho's manual acknowledgement (aiomqtt

@@ -34,6 +34,9 @@ log = structlog.get_logger("kaskad.processor")
 
 _RECENT_MESSAGES_S = 30 * 86400
 _IDLE_S = 3600.0
+# On a store other processes write: how often answers stored but never applied (a write
+# that failed after the provider answered, a replica that died) are handed to the engine.
+SWEEP_S = 5.0
 T = TypeVar("T")
 
 
@@ -82,6 +85,7 @@ class Processor:
         self._calls: list[tuple[list[str], Callable[[Workspace], Any], asyncio.Future[Any]]] = []
         self._inbox_estimate = 0
         self._next_rules: RuleSet | None = None
+        self._next_sweep = 0.0
 
     async def start(self) -> None:
         """Before the loop: what waits in the inbox, and the jobs' schedules."""
@@ -415,6 +419,7 @@ class Processor:
             # Cleared before looking for work: a wake set while we look is not lost.
             self.wake.clear()
             try:
+                await self._sweep()
                 if await self.run_once():
                     continue
                 # Idle: recount what waits in the inbox (another replica on a shared
@@ -439,7 +444,25 @@ class Processor:
                 await self._sleep(1.0)
                 continue
             delay_s = _IDLE_S if next_due is None else max(0.0, next_due - self.clock.now())
+            if self.store.poll_s is not None:
+                # Another replica may leave work at any time (its backlog when it dies, the
+                # claims of a hung one when their lease runs out): look again soon.
+                delay_s = min(delay_s, self.store.poll_s)
             await self._sleep(delay_s)
+
+    async def _sweep(self) -> None:
+        """Now and then, on a shared store: answers stored but not applied by a live
+        process (this one's write of the result failed; the sender died) go to the engine.
+        Applying an answer twice is harmless: the second finds the message settled."""
+        now = self.clock.now()
+        if self.store.poll_s is None or now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_S
+        answers = await self.store.answered()
+        for message_id, user_id, answer in answers:
+            self.deliver(message_id, user_id, Outcome.from_json(answer))
+        if answers:
+            log.info("processor.swept", answers=len(answers))
 
     async def _sleep(self, delay_s: float) -> None:
         await self.clock.wait(self.wake, self.clock.now() + min(delay_s, _IDLE_S))

@@ -61,6 +61,13 @@ class Store(Protocol):
         """A small real write (a row of `secrets`): whether writes go through now."""
         ...
 
+    @property
+    def poll_s(self) -> float | None:
+        """How often a looping processor looks for work other processes left in the store
+        (a shared PostgreSQL: a replica's backlog, a dead one's claims); None when only
+        this process writes it."""
+        ...
+
     async def close(self) -> None: ...
 
     async def load_users(
@@ -162,8 +169,10 @@ class Store(Protocol):
         were (a stop)."""
         ...
 
-    async def requeue_in_flight(self) -> int:
-        """At start-up: messages in flight when the process died go back to the queue."""
+    async def requeue_in_flight(self, keep: Collection[str] = ()) -> int:
+        """Messages in flight here (but those in `keep`, whose sends are under way) or at a
+        store that is gone go back to the queue: at start-up, what was in flight when the
+        process died; later, a periodic sweep of what a failed write left in flight."""
         ...
 
     async def record_outcome(self, message_id: str, outcome: str) -> None:

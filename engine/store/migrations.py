@@ -380,6 +380,19 @@ POSTGRES_MIGRATIONS.append(
     """
 )
 
+# Replicas' leases (PostgreSQL only; SQLite serves one daemon): a claim counts while its
+# owner's session lives AND its lease, renewed by a heartbeat, has not run out, so a hung
+# replica's (SIGSTOP, a frozen VM) inbox rows, timers and sends move on to the others.
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE replicas (
+        owner BIGINT PRIMARY KEY,
+        lease_until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX inbox_products ON inbox (seq) WHERE user_id IS NULL;
+    """
+)
+
 # Stats find the rules that held users out (and the held-out users) without reading every
 # instance: a small index of the control groups' instances only.
 SQLITE_MIGRATIONS.append(

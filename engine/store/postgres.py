@@ -114,7 +114,9 @@ class PostgresStore(
     PostgresOutcomes,
 ):
     @classmethod
-    async def open(cls, url: str, settings: PgSettings | None = None) -> PostgresStore:
+    async def open(
+        cls, url: str, settings: PgSettings | None = None, *, heartbeat: bool = True
+    ) -> PostgresStore:
         safe = redact(url)
         dsn = _dsn(url)
         pg = settings or PgSettings()
@@ -126,7 +128,10 @@ class PostgresStore(
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=pg.command_timeout_s,
                 server_settings={
-                    "statement_timeout": str(max(1, round(pg.statement_timeout_s * 1000)))
+                    "statement_timeout": str(max(1, round(pg.statement_timeout_s * 1000))),
+                    # A replica that hangs inside a transaction (stopped, frozen) must not hold
+                    # its row and user locks past its lease: the server ends that session.
+                    "idle_in_transaction_session_timeout": str(int(2000 * pg.lease_s)),
                 },
             )
         except asyncpg.InterfaceError as exc:  # a malformed DSN, among others
@@ -141,9 +146,11 @@ class PostgresStore(
                 raise ValueError(
                     f"storage.url {safe}: no schema of its search_path exists; create it first"
                 )
-            store = cls(pool, dsn, namespace)
+            store = cls(pool, dsn, namespace, lease_s=pg.lease_s)
             await store._migrate()
             await store._me()
+            if heartbeat:
+                store.start_heartbeat()
         except BaseException:
             await pool.close()
             raise

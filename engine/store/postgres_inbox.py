@@ -57,16 +57,27 @@ class PostgresInbox(PostgresCore):
         return len(bodies), duplicates
 
     async def inbox_batch(self, limit: int) -> list[tuple[int, str, str | None]]:
-        """Claims the oldest free rows; a user's row waits while an earlier row of that user
-        is claimed by another live replica (claims go one at a time, so each sees the last)."""
+        """Claims the oldest free rows (claims go one at a time, so each sees the last):
+
+        - a user's row waits while an earlier row of that user is claimed by another live
+          replica: each user's events are applied in arrival order;
+        - a product event (no user) waits until every earlier row is applied or claimed by
+          this store (a watermark), so its fan-out sees every interest recorded before it,
+          whichever replica took those events; rows after the first product event free to
+          this store wait for it (one replica applies the inbox in order)."""
         me = await self._me()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NS, _INBOX_CLAIM)
             rows = await conn.fetch(
-                "WITH batch AS (SELECT i.seq FROM inbox i "
-                f"WHERE {free('i.claimed_by', '$1')} AND NOT EXISTS (SELECT 1 FROM inbox j "
+                "WITH bar AS (SELECT coalesce(min(seq), 9223372036854775807) AS seq "
+                f"FROM inbox WHERE user_id IS NULL AND {free('claimed_by', '$1')}), "
+                "batch AS (SELECT i.seq FROM inbox i "
+                f"WHERE {free('i.claimed_by', '$1')} AND i.seq <= (SELECT seq FROM bar) "
+                "AND (CASE WHEN i.user_id IS NULL THEN NOT EXISTS (SELECT 1 FROM inbox k "
+                "WHERE k.seq < i.seq AND k.claimed_by IS DISTINCT FROM $1) "
+                "ELSE NOT EXISTS (SELECT 1 FROM inbox j "
                 "WHERE j.user_id = i.user_id AND j.seq < i.seq "
-                f"AND NOT {free('j.claimed_by', '$1')}) "
+                f"AND NOT {free('j.claimed_by', '$1')}) END) "
                 "ORDER BY i.seq LIMIT $2 FOR UPDATE OF i SKIP LOCKED) "
                 "UPDATE inbox SET claimed_by = $1 FROM batch WHERE inbox.seq = batch.seq "
                 "RETURNING inbox.seq, inbox.body, inbox.cursor",

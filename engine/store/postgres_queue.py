@@ -1,5 +1,10 @@
 """PostgresStore's dispatch queue: messages claimed for sending under the owner id (a gone
-replica's messages in flight are taken over), answered, retried."""
+replica's messages in flight are taken over), answered, retried.
+
+The writes that follow a provider call (answer, reschedule, release) are tried again when
+the database connection fails (a terminated backend, a failover): a message must not stay
+`sending` because one connection died. Each is written only while the message is still this
+store's: one a hung replica lost to another is left to the one that took it."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Collection
 import asyncpg
 
 from engine.core.model import Message
-from engine.store.postgres_core import LIVE_OWNERS, PostgresCore, free, row_count
+from engine.store.postgres_core import LIVE_OWNERS, PostgresCore, free, retrying, row_count
 from engine.store.rows import MESSAGE_COLUMNS, message_from
 
 
@@ -64,30 +69,38 @@ class PostgresQueue(PostgresCore):
         return claimed
 
     async def release(self, message_ids: list[str]) -> None:
-        await self.pool.execute(
+        me = await self._me()
+        await retrying(
+            self.pool,
             "UPDATE messages SET status = 'queued', claimed_by = NULL "
-            "WHERE id = ANY($1::text[]) AND status = 'sending'",
+            "WHERE id = ANY($1::text[]) AND status = 'sending' AND claimed_by = $2",
             message_ids,
+            me,
         )
 
-    async def requeue_in_flight(self) -> int:
-        """Messages in flight here or at a store that is gone go back to the queue (those
-        of live replicas stay theirs)."""
+    async def requeue_in_flight(self, keep: Collection[str] = ()) -> int:
+        """Messages in flight here (but `keep`) or at a store that is gone go back to the
+        queue (those of live replicas stay theirs)."""
         me = await self._me()
         return row_count(
             await self.pool.execute(
                 "UPDATE messages SET status = 'queued', claimed_by = NULL "
-                f"WHERE status = 'sending' AND {free('claimed_by', '$1')}",
+                f"WHERE status = 'sending' AND {free('claimed_by', '$1')} "
+                "AND id <> ALL($2::text[])",
                 me,
+                sorted(keep),
             )
         )
 
     async def record_outcome(self, message_id: str, outcome: str) -> None:
-        await self.pool.execute(
+        me = await self._me()
+        await retrying(
+            self.pool,
             "UPDATE messages SET status = 'answered', outcome = $1 "
-            "WHERE id = $2 AND status = 'sending'",
+            "WHERE id = $2 AND status = 'sending' AND claimed_by = $3",
             outcome,
             message_id,
+            me,
         )
 
     async def answered(self) -> list[tuple[str, str, str]]:
@@ -103,13 +116,17 @@ class PostgresQueue(PostgresCore):
     async def reschedule(
         self, message_id: str, attempts: int, next_attempt_at: float, detail: str
     ) -> None:
-        await self.pool.execute(
+        me = await self._me()
+        await retrying(
+            self.pool,
             "UPDATE messages SET status = 'queued', attempts = $1, next_attempt_at = $2, "
-            "detail = $3, claimed_by = NULL WHERE id = $4 AND status = 'sending'",
+            "detail = $3, claimed_by = NULL WHERE id = $4 AND status = 'sending' "
+            "AND claimed_by = $5",
             attempts,
             next_attempt_at,
             detail,
             message_id,
+            me,
         )
 
     async def delete_messages_before(self, when: float, limit: int) -> int:

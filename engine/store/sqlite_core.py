@@ -38,6 +38,7 @@ def serialized(
 class SqliteCore(WriteHealth):
     """The state every part of SqliteStore works on (set by SqliteStore.__init__)."""
 
+    poll_s: float | None = None  # one daemon per file: nobody else leaves work in it
     db: aiosqlite.Connection
     _lock: asyncio.Lock
     _reader: aiosqlite.Connection | None  # stats reads (a file database)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
@@ -51,9 +52,12 @@ class SqliteQueue(SqliteCore):
         )
 
     @serialized
-    async def requeue_in_flight(self) -> int:
+    async def requeue_in_flight(self, keep: Collection[str] = ()) -> int:
+        # One daemon per file: every message in flight is this process's.
         cur = await self.db.execute(
-            "UPDATE messages SET status = 'queued' WHERE status = 'sending'"
+            "UPDATE messages SET status = 'queued' WHERE status = 'sending' "
+            "AND id NOT IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(keep)),),
         )
         return cur.rowcount
 

@@ -17,10 +17,16 @@ class PgSettings:
     pool_size: int = 10
     command_timeout_s: float = 30.0
     statement_timeout_s: float = 30.0
+    lease_s: float = 10.0  # a replica's claims lapse this long after its last heartbeat
 
     @classmethod
     def of(cls, storage: StorageConfig) -> PgSettings:
-        return cls(storage.pool_size, storage.command_timeout_s, storage.statement_timeout_s)
+        return cls(
+            storage.pool_size,
+            storage.command_timeout_s,
+            storage.statement_timeout_s,
+            storage.lease_s,
+        )
 
 
 def redact(url: str) -> str:
@@ -42,7 +48,8 @@ def sqlite_path(url: str) -> str:
 async def open_store(url: str, *, exclusive: bool = False, pg: PgSettings | None = None) -> Store:
     """A store for a SQLAlchemy-style URL: sqlite:///rel, sqlite:////abs, sqlite:///:memory:,
     or postgresql://user:password@host:5432/db (postgres:// too), shared by replicas.
-    exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL)."""
+    exclusive: the daemon's store (one daemon per SQLite file; replicas share PostgreSQL,
+    each renewing its lease on its claims every lease_s / 4)."""
     if url.startswith("sqlite:"):
         from engine.store.sqlite import SqliteStore
 

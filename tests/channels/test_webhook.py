@@ -65,6 +65,7 @@ async def test_posts_signed_json(receiver: FakeReceiver, session: aiohttp.Client
     }
     headers = delivery.headers
     assert headers["webhook-id"] == "m-42"
+    assert headers["Idempotency-Key"] == "m-42"  # the same on every attempt, any replica
     assert headers["webhook-timestamp"] == "1700000000"
     assert headers["webhook-signature"].startswith("v1,")
     assert headers["Content-Type"] == "application/json"
