@@ -113,6 +113,22 @@ CASES = [
         GOOD + "---\nrule: q\n",
         "rules/r.yaml:5:1: invalid YAML: but found another document",
     ),
+    # control characters: the YAML reader refuses them before parsing (a NUL, a BEL, an ESC)
+    case(
+        "control-characters",
+        {
+            "a.yaml": "rule: a\ndescription: nul\x00here\n",
+            "b.yaml": 'rule: b\ndescription: "bell \x07"\n',
+            "c.yaml": "rule: c\n  \x1b[31m\n",
+            "r.yaml": GOOD,
+        },
+        "rules/a.yaml:2:17: invalid YAML: unprintable character U+0000 is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x00")',
+        "rules/b.yaml:2:20: invalid YAML: unprintable character U+0007 is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x07")',
+        "rules/c.yaml:2:3: invalid YAML: unprintable character U+001B is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x1b")',
+    ),
     # -- YAML that kaskad files do without (parsing stays linear in the text) ------------
     case(
         "yaml-anchor",
