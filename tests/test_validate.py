@@ -150,6 +150,28 @@ CASES = [
         "rule: r\nx: " + "[" * 70 + "]" * 70 + "\n",
         "rules/r.yaml:2:67: nested deeper than 64 levels",
     ),
+    # -- text too deep for Jinja's parser and compiler (they recurse once a level) ---------
+    case(
+        "template-nested-too-deeply",
+        {
+            "templates/deep.yaml": "template: deep\nsms:\n  text: '{{ "
+            + "(" * 300
+            + "1"
+            + ")" * 300
+            + " }}'\n",
+            "templates/ops.yaml": "template: ops\nsms:\n  text: '{{ 1" + " + 1" * 3000 + " }}'\n",
+        },
+        "rules/templates/deep.yaml:3:9: sms.text: invalid template: nested too deeply "
+        "(brackets, operators or blocks): split it up, e.g. with {% set %}",
+        "rules/templates/ops.yaml:3:9: sms.text: invalid template: nested too deeply "
+        "(brackets, operators or blocks): split it up, e.g. with {% set %}",
+    ),
+    case(
+        "expression-nested-too-deeply",
+        expr_rule("'" + "not " * 2000 + "true'"),
+        "rules/r.yaml:4:7: 'if': invalid expression: nested too deeply (brackets, operators "
+        "or blocks): split it up, e.g. with {% set %}",
+    ),
     # -- keys ----------------------------------------------------------------------------
     case(
         "typos-at-the-top",
