@@ -29,6 +29,7 @@ sms: {text: Hello}
 HEAD = "rule: r\ntrigger: {event: cart.updated}\nsteps:\n"
 SEND = "  - send: {template: hello, cascade: [email]}\n"
 GOOD = HEAD + SEND
+DURATION_LIMIT = "is over the limit of 10 years (3650d)"
 DURATION_HELP = "expected a number with a unit (s m h d w), e.g. 15m, 1h, 1d12h"
 CHANNEL_CHOICES = "mobile_push, webpush, email, sms, telegram, whatsapp, webhook"
 NAMES = "available: event, now, trigger, user"
@@ -172,6 +173,29 @@ CASES = [
         "rules/r.yaml:4:7: 'if': invalid expression: nested too deeply (brackets, operators "
         "or blocks): split it up, e.g. with {% set %}",
     ),
+    # -- durations: at most 10 years (a longer one is a typo, and past what a calendar holds)
+    case(
+        "absurd-durations",
+        HEAD.replace("steps:", "cooldown: 99999999999999999999999w\nsteps:")
+        + "  - wait: 99999999d\n"
+        + "  - wait: 1.0e+300\n"
+        + "  - wait: .inf\n"
+        + "  - wait: {for: 3651d, offset: -9999999d, until: '{{ now }}'}\n"
+        + "  - wait_for: {event: order.created, timeout: 100000w}\n"
+        + "    on_timeout: [{stop: true}]\n"
+        + "  - send:\n      template: hello\n      cascade:\n"
+        + "        - {channel: email, await: opened, within: 10000000d}\n"
+        + "        - sms\n",
+        "rules/r.yaml:3:11: cooldown: duration '99999999999999999999999w' " + DURATION_LIMIT,
+        "rules/r.yaml:5:11: wait: duration '99999999d' " + DURATION_LIMIT,
+        "rules/r.yaml:6:11: wait: duration '1e+300' " + DURATION_LIMIT,
+        "rules/r.yaml:7:11: wait: duration 'inf' " + DURATION_LIMIT,
+        "rules/r.yaml:8:17: wait.for: duration '3651d' " + DURATION_LIMIT,
+        "rules/r.yaml:8:32: wait.offset: duration '-9999999d' " + DURATION_LIMIT,
+        "rules/r.yaml:9:47: timeout: duration '100000w' " + DURATION_LIMIT,
+        "rules/r.yaml:14:51: within: duration '10000000d' " + DURATION_LIMIT,
+    ),
+    case("ten-years-is-fine", HEAD + "  - wait: 3650d\n" + SEND),
     # -- keys ----------------------------------------------------------------------------
     case(
         "typos-at-the-top",
