@@ -295,6 +295,31 @@ CASES = [
         "rules/r.yaml:2:43: timezone: unknown timezone 'Europe/Moskow' "
         "(expected an IANA name such as Europe/Moscow)",
     ),
+    # zones of the tz database only: not the machine's own, not a file path (ZoneInfo reads
+    # the file its key names), not a zone with no offset of its own
+    case(
+        "timezones-that-are-no-place",
+        {
+            "a.yaml": "rule: a\ntrigger: {schedule: '0 11 * * *', timezone: localtime}\nsteps:\n"
+            + SEND,
+            "b.yaml": "rule: b\ntrigger: {schedule: '0 11 * * *', timezone: ../../etc/passwd}\n"
+            "steps:\n" + SEND,
+            "c.yaml": "rule: c\ntrigger: {schedule: '0 11 * * *', timezone: Factory}\nsteps:\n"
+            + SEND,
+            "d.yaml": "rule: d\ntrigger: {schedule: '0 11 * * *', timezone: posix/Europe/Berlin}"
+            "\nsteps:\n" + SEND,
+            "e.yaml": "rule: e\ntrigger: {schedule: '0 11 * * *', timezone: EST5EDT}\nsteps:\n"
+            + SEND,
+        },
+        "rules/a.yaml:2:45: timezone: timezone 'localtime' is not a place (the machine's own "
+        "zone differs from machine to machine): name an IANA zone such as Europe/Berlin",
+        "rules/b.yaml:2:45: timezone: unknown timezone '../../etc/passwd' (expected an IANA "
+        "name such as Europe/Moscow)",
+        "rules/c.yaml:2:45: timezone: timezone 'Factory' is not a place (the machine's own "
+        "zone differs from machine to machine): name an IANA zone such as Europe/Berlin",
+        "rules/d.yaml:2:45: timezone: unknown timezone 'posix/Europe/Berlin' (expected an IANA "
+        "name such as Europe/Moscow)",
+    ),
     case(
         "cron-hour-25",
         "rule: r\ntrigger: {schedule: '0 25 * * TUE'}\nsteps:\n" + SEND,
