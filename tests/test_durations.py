@@ -120,3 +120,10 @@ def test_ten_years_is_the_longest_duration() -> None:
 def test_nan_is_not_a_duration() -> None:
     with pytest.raises(ValueError, match="got nan"):
         parse_duration(float("nan"))
+
+
+def test_a_window_back_in_time_may_be_longer() -> None:
+    """`since=-99999999w` (stats, dashboard) is all time: uncapped, only past a float fails."""
+    assert parse_duration("99999999d", capped=False) == 99999999 * DAY
+    with pytest.raises(OverflowError, match=r"^duration '9{20}\.\.\.' is too long to count"):
+        parse_duration("9" * 400 + "d", capped=False)

@@ -21,15 +21,19 @@ def _too_long(shown: object) -> ValueError:
     return ValueError(f"duration '{text}' is over the limit of 10 years ({MAX_DURATION})")
 
 
-def parse_duration(text: object) -> float:
+def parse_duration(text: object, *, capped: bool = True) -> float:
     """Seconds in a duration string; a bare number is seconds. Raises ValueError, also for
-    a duration over MAX_DURATION_S either way, or a number that is not finite."""
+    a duration over MAX_DURATION_S either way, or NaN.
+
+    `capped=False` (a window back in time to report on: `since=-99999w` is all time) lets
+    any length through, and raises OverflowError for one longer than a float holds.
+    """
     if isinstance(text, bool):
         raise ValueError("expected a duration such as 1h or 1d12h, got a boolean")
     if isinstance(text, int | float):
         if isinstance(text, float) and math.isnan(text):
             raise ValueError("expected a duration such as 1h or 1d12h, got nan")
-        if abs(text) > MAX_DURATION_S:
+        if capped and abs(text) > MAX_DURATION_S:
             raise _too_long(text)
         return float(text)
     if not isinstance(text, str):
@@ -43,9 +47,14 @@ def parse_duration(text: object) -> float:
             "e.g. 15m, 1h, 1d12h"
         )
     total = sum(int(n) * _UNIT_S[u] for n, u in _PART.findall(compact))
-    if total > MAX_DURATION_S:  # compared as an integer: no float of it may exist
+    if capped and total > MAX_DURATION_S:  # compared as an integer: no float of it may exist
         raise _too_long(compact)
-    return -float(total) if compact.startswith("-") else float(total)
+    try:
+        seconds = float(total)
+    except OverflowError:
+        shown = compact if len(compact) <= 24 else compact[:20] + "..."
+        raise OverflowError(f"duration '{shown}' is too long to count in seconds") from None
+    return -seconds if compact.startswith("-") else seconds
 
 
 def format_duration(seconds: float) -> str:
