@@ -108,8 +108,20 @@ class VirtualClock:
         return wake.is_set()
 
 
+# The times a datetime holds (0001-01-01 .. 9999-12-31T23:59:59Z, as unix seconds).
+MIN_TIME = -62135596800.0
+MAX_TIME = 253402300799.0
+_END = MAX_TIME + 1.0  # (its last second has fractions too)
+
+
 def _iso_datetime(ts: float) -> str:
-    """iso() through datetime: the reference, and the path for times outside the cache."""
+    """iso() through datetime: the reference, and the path for times outside the cache.
+
+    A time past what a datetime holds (a timer set after year 9999: it never fires) shows as
+    the last (or first) second there is, never an OverflowError.
+    """
+    if not MIN_TIME <= ts < _END:
+        ts = MIN_TIME if ts < MIN_TIME else MAX_TIME  # (NaN too: it compares as nothing)
     dt = datetime.fromtimestamp(ts, UTC)
     base = (
         f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ CASES = [
     ("{{ range(10) | join('x' * 100000) }}", VALUE),
     ("{{ ('x' * 1000) | replace('', 'y' * 1000) }}", VALUE),
     ("{{ ([0] * 100000) | map('default', 'x' * 1000, true) | list }}", VALUE),
+    ("{{ [1] | slice(10**9) | list }}", width(10**9)),
+    ("{{ [1] | slice(100000, 'x' * 100000) | list }}", VALUE),
+    # filters that make a few times what they are given, chained: each link is counted (and
+    # Jinja, folding the constant ones at load, stops at the first one over the limit)
+    ("{{ 'a\\\\b'" + " | pprint" * 30 + " }}", VALUE),
+    ("{{ ['a\\\\b']" + " | string | pprint" * 30 + " }}", VALUE),
+    ("{{ ('x' * 250000) | list | string }}", VALUE),
     # strings and structures that double
     (
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
@@ -136,6 +144,59 @@ def test_a_template_over_a_limit_fails_fast_naming_the_limit(
 )
 def test_ordinary_templates_are_untouched(source: str, expected: str) -> None:
     assert TextTemplate(source).render({}) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x'.encode() * 10**9 }}",
+        "{{ ('x' * 1000).encode().ljust(10**9) }}",
+        "{{ (5).to_bytes(10**9, 'big') | length }}",
+    ],
+)
+def test_a_template_gets_no_bytes(source: str) -> None:
+    """bytes repeat as str does (`*`, ljust, zfill, join ...), and none of that is sized:
+    a template has no use for them, so neither str.encode nor int.to_bytes is reachable."""
+    start = time.process_time()
+    with pytest.raises(ExpressionError, match=r"SecurityError: access to attribute '\w+' of"):
+        TextTemplate(source).render({})
+    assert time.process_time() - start < 0.5
+    for fast in (True, False):
+        with pytest.raises(ExpressionError, match="SecurityError"):
+            Expression(source[3:-3], fast=fast).evaluate({})
+
+
+@pytest.mark.parametrize("kind", ["template", "expression"])
+def test_constant_folding_at_load_builds_one_value_at_most(kind: str) -> None:
+    """Jinja folds constant filter calls when it compiles: 400 of them, each just under the
+    value limit, were 100 MB at load. All the folds of one compile share one value's worth;
+    the rest is left to render time, where the render's limits refuse it."""
+    parts = ["('a' | center(262000))"] * 400
+    source = "{{ " + " ~ ".join(parts) + " }}" if kind == "template" else " ~ ".join(parts)
+    tracemalloc.start()
+    try:
+        compiled = TextTemplate(source) if kind == "template" else Expression(source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+    with pytest.raises(ExpressionError, match="render limit: "):
+        compiled.render({}) if isinstance(compiled, TextTemplate) else compiled.evaluate({})
+
+
+def test_a_long_chain_of_filters_loads_at_once() -> None:
+    """Jinja's optimizer, run by its code generator at every level, folds the levels below
+    again: a chain of 180 filters took seconds to load (cubic in its length)."""
+    source = "user.email" + " | trim" * 180
+    start = time.process_time()
+    TextTemplate("{{ " + source + " }}")
+    Expression(source)
+    assert time.process_time() - start < 0.5
+
+
+def test_ordinary_constant_filters_still_fold_at_load() -> None:
+    assert TextTemplate("{{ 'abc' | upper ~ ('x' | center(3)) }}").render({}) == "ABC x "
+    assert Expression("'ab' | upper ~ 'c'").folded == "ABc"
 
 
 def test_lipsum_is_not_a_name() -> None:

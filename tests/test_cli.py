@@ -221,6 +221,19 @@ def test_validate_answers_a_yaml_bomb_at_once(
     assert (code, out, err) == (1, BOMB_PROBLEM + "\n", "0 rules, 0 templates, 1 problems\n")
 
 
+def test_validate_names_a_control_character_instead_of_a_traceback(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("rule: r\ndescription: x\x1b[0m\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("validate", "rules")
+    assert (code, err) == (1, "0 rules, 0 templates, 1 problems\n")
+    assert out.startswith("rules/r.yaml:2:15: invalid YAML: unprintable character U+001B ")
+    assert PROBLEM_LINE.match(out.strip())
+
+
 # -- simulate ------------------------------------------------------------------------------
 
 

@@ -40,3 +40,19 @@ def test_random_times_match_datetime() -> None:
 def test_format() -> None:
     assert iso(1_700_000_000) == "2023-11-14T22:13:20Z"
     assert iso(1_700_000_000.25) == "2023-11-14T22:13:20.250Z"
+
+
+@pytest.mark.parametrize(
+    ("ts", "text"),
+    [
+        (1e300, "9999-12-31T23:59:59Z"),
+        (float("inf"), "9999-12-31T23:59:59Z"),
+        (float("nan"), "9999-12-31T23:59:59Z"),
+        (8.64e12, "9999-12-31T23:59:59Z"),  # a timer set 99999999 days on
+        (-1e20, "0001-01-01T00:00:00Z"),
+        (-float("inf"), "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_a_time_past_the_calendar_shows_as_its_last_second(ts: float, text: str) -> None:
+    """A due time no datetime holds (it never comes) is shown, never an OverflowError."""
+    assert iso(ts) == text

@@ -214,6 +214,14 @@ def test_consent_default() -> None:
             ],
         ),
         (
+            "policies:\n  timezone: localtime\n",
+            [
+                "config.yaml:2:3: policies.timezone: timezone 'localtime' is not a place (the "
+                "machine's own zone differs from machine to machine): name an IANA zone such "
+                "as Europe/Berlin"
+            ],
+        ),
+        (
             "channels:\n  emial: {provider: smtp}\n",
             ["config.yaml:1:1: channels: unknown channel 'emial' (did you mean 'email'?)"],
         ),

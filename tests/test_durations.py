@@ -92,8 +92,38 @@ def test_a_non_text_value_is_a_value_error(value: object) -> None:
         parse_duration(value)  # type: ignore[arg-type]
 
 
-def test_a_duration_past_any_float_names_itself() -> None:
-    with pytest.raises(
-        OverflowError, match=r"^duration '9{20}\.\.\.' is too long to count in seconds$"
-    ):
-        parse_duration("9" * 400 + "d")
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("9" * 400 + "d", "9" * 20 + "..."),
+        ("99999999d", "99999999d"),
+        ("3651d", "3651d"),
+        ("-3651d", "-3651d"),
+        ("522w", "522w"),
+        (1e300, "1e+300"),
+        (float("inf"), "inf"),
+        (-float("inf"), "-inf"),
+        (10**400, "1" + "0" * 19 + "..."),
+    ],
+)
+def test_a_duration_over_ten_years_is_refused_naming_itself(value: object, shown: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration(value)
+    assert str(info.value) == f"duration '{shown}' is over the limit of 10 years (3650d)"
+
+
+def test_ten_years_is_the_longest_duration() -> None:
+    assert parse_duration("3650d") == parse_duration("-3650d") * -1 == 3650 * DAY
+    assert parse_duration(3650 * DAY) == 3650 * DAY
+
+
+def test_nan_is_not_a_duration() -> None:
+    with pytest.raises(ValueError, match="got nan"):
+        parse_duration(float("nan"))
+
+
+def test_a_window_back_in_time_may_be_longer() -> None:
+    """`since=-99999999w` (stats, dashboard) is all time: uncapped, only past a float fails."""
+    assert parse_duration("99999999d", capped=False) == 99999999 * DAY
+    with pytest.raises(OverflowError, match=r"^duration '9{20}\.\.\.' is too long to count"):
+        parse_duration("9" * 400 + "d", capped=False)

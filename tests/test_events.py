@@ -151,6 +151,18 @@ SUBSCRIPTION = "must be {endpoint, keys: {p256dh, auth}}"
             "unknown timezone 'Mars/Olympus' (expected an IANA name such as Europe/Moscow)",
         ),
         (
+            profile_update(timezone="localtime"),
+            "data.timezone",
+            "timezone 'localtime' is not a place (the machine's own zone differs from machine "
+            "to machine): name an IANA zone such as Europe/Berlin",
+        ),
+        (
+            profile_update(timezone="Europe/" + "x" * 300),
+            "data.timezone",
+            f"unknown timezone 'Europe/{'x' * 57}...' (expected an IANA name such as "
+            "Europe/Moscow)",
+        ),
+        (
             profile_update(telegram_chat_id=True),
             "data.telegram_chat_id",
             "must be a string or an integer",

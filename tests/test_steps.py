@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from engine.clock import parse_time
+from engine.core.model import UserState
+from engine.core.policies import Policies
+from engine.core.workspace import Workspace
 from engine.lang.config import parse_config
 from engine.lang.events import parse_event
 from engine.lang.ruleset import RuleSet, load_ruleset
@@ -760,3 +764,134 @@ def test_a_broadcast_starts_exactly_its_audience(
     records = run_simulation(rules, users, config=QUIET_CONFIG, until=1795600000.0)
     first = [r for r in records if r["time"] == "2026-11-24T11:00:00Z"]
     assert [r["user_id"] for r in first] == expected
+
+
+# -- daylight saving: one instant for every wall-clock time ----------------------------------
+# A time in the gap of a change moves forward by the gap; a time that happens twice is the
+# first of the two (README, "Local times and daylight saving").
+
+WAIT_AT_NIGHT = """\
+    rule: r
+    trigger: {event: search.performed}
+    steps:
+      - wait: {for: 12h, at: "AT"}
+      - send: {template: note, cascade: [email]}
+    """
+
+
+@pytest.mark.parametrize(
+    ("timezone", "at", "trigger_at", "expected"),
+    [
+        # Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST. 02:30 is 03:30 CEST.
+        ("Europe/Berlin", "02:30", "2026-03-28T12:00:00Z", "2026-03-29T01:30:00Z"),
+        # Berlin, 2026-10-25: 03:00 CEST goes back to 02:00 CET. 02:30 is the first one...
+        ("Europe/Berlin", "02:30", "2026-10-24T12:00:00Z", "2026-10-25T00:30:00Z"),
+        # ...so at 02:20 CET (the second pass) it is gone: tomorrow's, not one in the past
+        ("Europe/Berlin", "02:30", "2026-10-24T13:20:00Z", "2026-10-26T01:30:00Z"),
+        # New York, 2026-03-08 (02:00 EST -> 03:00 EDT) and 2026-11-01 (02:00 EDT -> 01:00 EST)
+        ("America/New_York", "02:30", "2026-03-07T18:00:00Z", "2026-03-08T07:30:00Z"),
+        ("America/New_York", "01:30", "2026-10-31T17:10:00Z", "2026-11-01T05:30:00Z"),
+        ("America/New_York", "01:30", "2026-10-31T18:10:00Z", "2026-11-02T06:30:00Z"),
+        ("America/New_York", "01:30", "2026-10-31T18:40:00Z", "2026-11-02T06:30:00Z"),
+    ],
+)
+def test_wait_at_a_local_time_over_a_dst_change(
+    load: Load, timezone: str, at: str, trigger_at: str, expected: str
+) -> None:
+    events = [
+        profile("u1", "2026-03-01T00:00:00Z", email="u1@shop.test", timezone=timezone),
+        search(trigger_at),
+    ]
+    rule = WAIT_AT_NIGHT.replace("AT", at)
+    assert brief(run_simulation(load(rule), events)) == [sent(expected, "1")]
+
+
+@pytest.mark.parametrize(
+    ("quiet", "timezone", "at", "expected"),
+    [
+        # 02:20 CET, the second pass: the quiet hours ended at the first 02:30 (00:30Z)
+        (("21:00", "02:30"), "Europe/Berlin", "2026-10-25T01:20:00Z", None),
+        (("21:00", "02:30"), "Europe/Berlin", "2026-10-25T00:20:00Z", "2026-10-25T00:30:00Z"),
+        # 01:45 CET on the night 02:30 does not exist: quiet until 03:30 CEST
+        (("21:00", "02:30"), "Europe/Berlin", "2026-03-29T00:45:00Z", "2026-03-29T01:30:00Z"),
+        # New York leaves summer time overnight: 09:00 EST
+        (("21:00", "09:00"), "America/New_York", "2026-11-01T05:30:00Z", "2026-11-01T14:00:00Z"),
+        (("21:00", "09:00"), "America/New_York", "2026-11-01T06:30:00Z", "2026-11-01T14:00:00Z"),
+    ],
+)
+def test_quiet_hours_over_a_dst_change(
+    load: Load, quiet: tuple[str, str], timezone: str, at: str, expected: str | None
+) -> None:
+    config = (
+        f"policies: {{frequency_caps: [], quiet_hours: {{from: '{quiet[0]}', to: '{quiet[1]}'}}}}"
+    )
+    events = [
+        profile("u1", "2026-03-01T00:00:00Z", phone="+15550001111", timezone=timezone),
+        search(at),
+    ]
+    records = run_simulation(load(send_rule("[sms]")), events, config)
+    if expected is None:
+        assert brief(records) == [(at, "r", "u1", "0", "sms", "sent", None)]
+    else:
+        assert brief(records) == [(expected, "r", "u1", "0", "sms", "sent", "quiet_hours_deferred")]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "timezone", "start", "expected"),
+    [
+        # once on the night clocks go back, at the first 02:30 (CEST)
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-10-24T12:00:00Z",
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+        ),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2026-10-31T12:00:00Z",
+            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
+        ),
+        # every hour: through both passes of the repeated one, as the hours they are
+        (
+            "15 * * * *",
+            "Europe/Berlin",
+            "2026-10-24T23:50:00Z",
+            [f"2026-10-25T{h:02d}:15:00Z" for h in range(0, 4)],
+        ),
+    ],
+)
+def test_a_schedule_runs_once_when_the_clocks_go_back(
+    load: Load, schedule: str, timezone: str, start: str, expected: list[str]
+) -> None:
+    rules = load(
+        f"""\
+        rule: r
+        category: transactional
+        trigger: {{schedule: "{schedule}", timezone: {timezone}}}
+        steps:
+          - send: {{template: note, cascade: [email]}}
+        """
+    )
+    users = [profile("u1", start, email="u1@shop.test")]
+    until = parse_time(expected[-1]) + 60
+    records = run_simulation(rules, users, config=QUIET_CONFIG, until=until)
+    assert [r["time"] for r in records] == expected
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["localtime", "Europe/" + "x" * 300, "../../etc/localtime", 3, {"zone": "UTC"}, ["UTC"]],
+)
+def test_a_profile_timezone_that_is_no_zone_is_passed_over_and_counted(stored: Any) -> None:
+    """Intake refuses such a timezone, but a profile kept from before (when 'localtime'
+    passed) or written otherwise may hold anything: the shop's zone then, and a count."""
+    policies = Policies(parse_config("policies: {timezone: Asia/Tokyo}"))
+    ws = Workspace(now=0.0)
+    st = UserState("u1", {"user_id": "u1", "timezone": stored})
+    assert policies.zone(st, ws).key == "Asia/Tokyo"
+    assert policies.zone(UserState("u2", {"timezone": "Europe/Berlin"}), ws).key == (
+        "Europe/Berlin"
+    )
+    assert policies.zone(UserState("u3", {"timezone": None}), ws).key == "Asia/Tokyo"
+    assert ws.zones_ignored == 1

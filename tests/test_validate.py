@@ -29,6 +29,7 @@ sms: {text: Hello}
 HEAD = "rule: r\ntrigger: {event: cart.updated}\nsteps:\n"
 SEND = "  - send: {template: hello, cascade: [email]}\n"
 GOOD = HEAD + SEND
+DURATION_LIMIT = "is over the limit of 10 years (3650d)"
 DURATION_HELP = "expected a number with a unit (s m h d w), e.g. 15m, 1h, 1d12h"
 CHANNEL_CHOICES = "mobile_push, webpush, email, sms, telegram, whatsapp, webhook"
 NAMES = "available: event, now, trigger, user"
@@ -113,6 +114,22 @@ CASES = [
         GOOD + "---\nrule: q\n",
         "rules/r.yaml:5:1: invalid YAML: but found another document",
     ),
+    # control characters: the YAML reader refuses them before parsing (a NUL, a BEL, an ESC)
+    case(
+        "control-characters",
+        {
+            "a.yaml": "rule: a\ndescription: nul\x00here\n",
+            "b.yaml": 'rule: b\ndescription: "bell \x07"\n',
+            "c.yaml": "rule: c\n  \x1b[31m\n",
+            "r.yaml": GOOD,
+        },
+        "rules/a.yaml:2:17: invalid YAML: unprintable character U+0000 is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x00")',
+        "rules/b.yaml:2:20: invalid YAML: unprintable character U+0007 is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x07")',
+        "rules/c.yaml:2:3: invalid YAML: unprintable character U+001B is not allowed (remove "
+        'it; inside a double-quoted string write it as the escape "\\x1b")',
+    ),
     # -- YAML that kaskad files do without (parsing stays linear in the text) ------------
     case(
         "yaml-anchor",
@@ -134,6 +151,51 @@ CASES = [
         "rule: r\nx: " + "[" * 70 + "]" * 70 + "\n",
         "rules/r.yaml:2:67: nested deeper than 64 levels",
     ),
+    # -- text too deep for Jinja's parser and compiler (they recurse once a level) ---------
+    case(
+        "template-nested-too-deeply",
+        {
+            "templates/deep.yaml": "template: deep\nsms:\n  text: '{{ "
+            + "(" * 300
+            + "1"
+            + ")" * 300
+            + " }}'\n",
+            "templates/ops.yaml": "template: ops\nsms:\n  text: '{{ 1" + " + 1" * 3000 + " }}'\n",
+        },
+        "rules/templates/deep.yaml:3:9: sms.text: invalid template: nested too deeply "
+        "(brackets, operators or blocks): split it up, e.g. with {% set %}",
+        "rules/templates/ops.yaml:3:9: sms.text: invalid template: nested too deeply "
+        "(brackets, operators or blocks): split it up, e.g. with {% set %}",
+    ),
+    case(
+        "expression-nested-too-deeply",
+        expr_rule("'" + "not " * 2000 + "true'"),
+        "rules/r.yaml:4:7: 'if': invalid expression: nested too deeply (brackets, operators "
+        "or blocks): split it up, e.g. with {% set %}",
+    ),
+    # -- durations: at most 10 years (a longer one is a typo, and past what a calendar holds)
+    case(
+        "absurd-durations",
+        HEAD.replace("steps:", "cooldown: 99999999999999999999999w\nsteps:")
+        + "  - wait: 99999999d\n"
+        + "  - wait: 1.0e+300\n"
+        + "  - wait: .inf\n"
+        + "  - wait: {for: 3651d, offset: -9999999d, until: '{{ now }}'}\n"
+        + "  - wait_for: {event: order.created, timeout: 100000w}\n"
+        + "    on_timeout: [{stop: true}]\n"
+        + "  - send:\n      template: hello\n      cascade:\n"
+        + "        - {channel: email, await: opened, within: 10000000d}\n"
+        + "        - sms\n",
+        "rules/r.yaml:3:11: cooldown: duration '99999999999999999999999w' " + DURATION_LIMIT,
+        "rules/r.yaml:5:11: wait: duration '99999999d' " + DURATION_LIMIT,
+        "rules/r.yaml:6:11: wait: duration '1e+300' " + DURATION_LIMIT,
+        "rules/r.yaml:7:11: wait: duration 'inf' " + DURATION_LIMIT,
+        "rules/r.yaml:8:17: wait.for: duration '3651d' " + DURATION_LIMIT,
+        "rules/r.yaml:8:32: wait.offset: duration '-9999999d' " + DURATION_LIMIT,
+        "rules/r.yaml:9:47: timeout: duration '100000w' " + DURATION_LIMIT,
+        "rules/r.yaml:14:51: within: duration '10000000d' " + DURATION_LIMIT,
+    ),
+    case("ten-years-is-fine", HEAD + "  - wait: 3650d\n" + SEND),
     # -- keys ----------------------------------------------------------------------------
     case(
         "typos-at-the-top",
@@ -232,6 +294,31 @@ CASES = [
         "(minute hour day month weekday), e.g. '0 11 * * TUE'",
         "rules/r.yaml:2:43: timezone: unknown timezone 'Europe/Moskow' "
         "(expected an IANA name such as Europe/Moscow)",
+    ),
+    # zones of the tz database only: not the machine's own, not a file path (ZoneInfo reads
+    # the file its key names), not a zone with no offset of its own
+    case(
+        "timezones-that-are-no-place",
+        {
+            "a.yaml": "rule: a\ntrigger: {schedule: '0 11 * * *', timezone: localtime}\nsteps:\n"
+            + SEND,
+            "b.yaml": "rule: b\ntrigger: {schedule: '0 11 * * *', timezone: ../../etc/passwd}\n"
+            "steps:\n" + SEND,
+            "c.yaml": "rule: c\ntrigger: {schedule: '0 11 * * *', timezone: Factory}\nsteps:\n"
+            + SEND,
+            "d.yaml": "rule: d\ntrigger: {schedule: '0 11 * * *', timezone: posix/Europe/Berlin}"
+            "\nsteps:\n" + SEND,
+            "e.yaml": "rule: e\ntrigger: {schedule: '0 11 * * *', timezone: EST5EDT}\nsteps:\n"
+            + SEND,
+        },
+        "rules/a.yaml:2:45: timezone: timezone 'localtime' is not a place (the machine's own "
+        "zone differs from machine to machine): name an IANA zone such as Europe/Berlin",
+        "rules/b.yaml:2:45: timezone: unknown timezone '../../etc/passwd' (expected an IANA "
+        "name such as Europe/Moscow)",
+        "rules/c.yaml:2:45: timezone: timezone 'Factory' is not a place (the machine's own "
+        "zone differs from machine to machine): name an IANA zone such as Europe/Berlin",
+        "rules/d.yaml:2:45: timezone: unknown timezone 'posix/Europe/Berlin' (expected an IANA "
+        "name such as Europe/Moscow)",
     ),
     case(
         "cron-hour-25",

@@ -104,7 +104,7 @@ class Cascade:
                 continue
             if marketing:
                 if not deferred:
-                    end = self.policies.quiet_until(st, ws.now)
+                    end = self.policies.quiet_until(st, ws)
                     if end is not None:
                         inst.state, inst.due_at = Deferred(idx, after_await), end
                         ws.save_instance(inst)

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from engine.core.model import UserState
 from engine.core.reach import consent_reason, valid_addresses
+from engine.core.workspace import Workspace
 from engine.lang.config import Config
 from engine.lang.durations import parse_duration
 from engine.lang.localtime import parse_time_of_day, quiet_until, zone
@@ -26,13 +27,22 @@ class Policies:
             else (parse_time_of_day(quiet.start), parse_time_of_day(quiet.end))
         )
 
-    def zone(self, st: UserState) -> ZoneInfo:
-        """The user's timezone, else the shop's (policies.timezone)."""
-        name = st.profile.get("timezone") or self._config.timezone
-        try:
-            return zone(name)
-        except ValueError:
+    def zone(self, st: UserState, ws: Workspace | None = None) -> ZoneInfo:
+        """The user's timezone, else the shop's (policies.timezone). A profile's timezone
+        that is no IANA name (any value at all: profiles are the shop's data) is ignored for
+        the shop's, and counted in `ws.zones_ignored` (the metric
+        kaskad_profile_timezones_ignored_total)."""
+        name = st.profile.get("timezone")
+        if name is None or name == "":
             return zone(self._config.timezone)
+        if isinstance(name, str):
+            try:
+                return zone(name)
+            except ValueError:
+                pass
+        if ws is not None:
+            ws.zones_ignored += 1
+        return zone(self._config.timezone)
 
     def reach(
         self, st: UserState, channel: str, *, marketing: bool
@@ -45,11 +55,11 @@ class Policies:
         )
         return ([], reason) if reason else (addresses, None)
 
-    def quiet_until(self, st: UserState, now: float) -> float | None:
-        """The end of the user's quiet hours when `now` falls inside them, else None."""
+    def quiet_until(self, st: UserState, ws: Workspace) -> float | None:
+        """The end of the user's quiet hours when `ws.now` falls inside them, else None."""
         if self.quiet is None:
             return None
-        return quiet_until(now, self.quiet[0], self.quiet[1], self.zone(st))
+        return quiet_until(ws.now, self.quiet[0], self.quiet[1], self.zone(st, ws))
 
     def capped(self, st: UserState, now: float) -> bool:
         """Whether one more marketing message would break a frequency cap."""

@@ -121,7 +121,7 @@ class Steps:
                 detail = f"wait.until: '{text[:100]}' is not an ISO 8601 time"
                 return self._error(ws, st, inst, rule, op.path, "invalid_time", detail, ctx)
         if op.at is not None:
-            due = next_local_time(max(due, ws.now), op.at, self.policies.zone(st))
+            due = next_local_time(max(due, ws.now), op.at, self.policies.zone(st, ws))
         if due > ws.now:
             return self._wait(ws, inst, Waiting(), due)
         inst.pc += 1

@@ -61,6 +61,8 @@ class Workspace:
     # Instances started (per rule) and ended (per rule and how) here, for the metrics.
     started: Counter[str] = field(default_factory=Counter)
     ended: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Profiles' timezones that are no zone, passed over for policies.timezone here.
+    zones_ignored: int = 0
 
     def save_instance(self, inst: Instance) -> None:
         self.changes.instances[inst.id] = inst

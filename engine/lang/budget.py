@@ -7,8 +7,9 @@ method or macro, each join of output, and the filters that take a size. Every li
 render (one field of a message, or one expression), except the output one, which holds for
 every string and list built along the way as well.
 
-Without a render under way (a fast-path expression, constant folding at load) only the
-per-value checks apply: there is no loop, and no state to keep.
+Without a render under way (a fast-path expression) only the per-value checks apply: there
+is no loop, and no state to keep. Constant folding at load runs under a budget of its own
+(`folding`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 import re
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from time import perf_counter, thread_time
 from typing import Any, TypeVar
@@ -64,9 +66,10 @@ def _over(what: str) -> RenderLimitError:
 class Budget:
     """What one render has spent so far."""
 
-    __slots__ = ("built", "cpu_start", "deadline", "iterations", "weights")
+    __slots__ = ("built", "cpu_start", "deadline", "iterations", "max_built", "weights")
 
-    def __init__(self) -> None:
+    def __init__(self, max_built: int = MAX_BUILT_CHARS) -> None:
+        self.max_built = max_built
         # CPU time is what the limit is about: a render the OS pauses (a loaded machine)
         # must not fail for it. The wall clock is the cheap gate (~50 ns against ~700 ns):
         # until it passes the deadline, the CPU time cannot have either.
@@ -81,6 +84,8 @@ class Budget:
     def tick(self) -> None:
         if perf_counter() > self.deadline:
             self._check_cpu()
+        if self.built > self.max_built:  # over already: folding at load goes on past a refusal
+            raise _over(f"over {self.max_built} characters built in one render")
 
     def _check_cpu(self) -> None:
         used = thread_time() - _gc_time() - self.cpu_start
@@ -90,8 +95,8 @@ class Budget:
 
     def spend(self, chars: int) -> None:
         self.built += chars
-        if self.built > MAX_BUILT_CHARS:
-            raise _over(f"over {MAX_BUILT_CHARS} characters built in one render")
+        if self.built > self.max_built:
+            raise _over(f"over {self.max_built} characters built in one render")
         self.tick()
 
     def iterate(self, iterator: Iterator[T]) -> Iterator[T]:
@@ -118,6 +123,22 @@ def run(fn: Any, arg: Any) -> Any:
     token = _CURRENT.set(Budget())
     try:
         return fn(arg)
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def folding() -> Iterator[None]:
+    """Around compiling a template or expression. Jinja folds the constant parts of it at
+    load by calling their filters (`'a' | center(200000)`, `'\\\\' | pprint | pprint ...`);
+    these are then counted as in a render, with all of them together allowed no more than
+    one value's worth of characters. A fold over that, or over the render time, fails, and
+    Jinja leaves the expression to render time, where the render's own limits refuse it:
+    loading costs neither memory nor time whatever the template says.
+    """
+    token = _CURRENT.set(Budget(max_built=MAX_VALUE_CHARS))
+    try:
+        yield
     finally:
         _CURRENT.reset(token)
 

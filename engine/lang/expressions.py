@@ -22,9 +22,19 @@ EXPRESSION_NAMES = frozenset({"event", "trigger", "user", "now"})
 TEMPLATE_NAMES = EXPRESSION_NAMES | {"message", "track", "unsubscribe_url", "variant", "rule"}
 
 
+def _undeclared(ast: nodes.Template) -> set[str]:
+    """meta.find_undeclared_variables, without the optimizer its code generator runs (as
+    ENV's own does, see engine/lang/sandbox.py): that one folds again at every level, a
+    cost cubic in the depth of the expression."""
+    codegen = meta.TrackingCodeGenerator(ast.environment)  # type: ignore[arg-type]
+    codegen.optimizer = None
+    codegen.visit(ast)
+    return codegen.undeclared_identifiers
+
+
 def _check_names(ast: nodes.Template, allowed: Iterable[str]) -> None:
     allowed = frozenset(allowed)
-    for name in sorted(meta.find_undeclared_variables(ast)):
+    for name in sorted(_undeclared(ast)):
         if name not in allowed:
             raise ValueError(
                 f"unknown name '{name}'{did_you_mean(name, allowed)}; "
@@ -42,6 +52,12 @@ def _error_text(exc: jinja2.TemplateError) -> str:
 
 _NOT_CONSTANT = object()
 
+# Jinja's parser and compiler recurse once per level of brackets, operators or blocks: a
+# few hundred levels run out of Python's stack (RecursionError), or of its compiler's limits
+# on the code Jinja generates (SyntaxError, MemoryError). One error for that text, then.
+_TOO_COMPLEX = (RecursionError, SyntaxError, MemoryError)
+TOO_DEEP = "nested too deeply (brackets, operators or blocks): split it up, e.g. with {% set %}"
+
 
 class Expression:
     """A compiled expression such as `event.data.total > 0`.
@@ -57,17 +73,20 @@ class Expression:
     ) -> None:
         self.source = source
         try:
-            # Compile the source as written first, so syntax errors speak of what the
-            # author wrote; the wrapped parse below is only for names and the fast path.
-            self._jinja = ENV.compile_expression(source, undefined_to_none=False)
-            ast = ENV.parse("{{ (" + source + ") }}")
-            _check_names(ast, allowed)
+            with budget.folding():
+                # Compile the source as written first, so syntax errors speak of what the
+                # author wrote; the wrapped parse below is only for names and the fast path.
+                self._jinja = ENV.compile_expression(source, undefined_to_none=False)
+                ast = ENV.parse("{{ (" + source + ") }}")
+                _check_names(ast, allowed)
+                folded = expression_node(ast)
         except jinja2.TemplateSyntaxError as exc:
             text = _error_text(exc).replace("end of template", "end of expression")
             raise ValueError(f"invalid expression: {text}") from None
         except jinja2.TemplateError as exc:
             raise ValueError(f"invalid expression: {_error_text(exc)}") from None
-        folded = expression_node(ast)
+        except _TOO_COMPLEX:
+            raise ValueError(f"invalid expression: {TOO_DEEP}") from None
         # A constant after Jinja's folding (`false`, `1 > 2`): its value, else a marker.
         self.folded: Any = folded.value if isinstance(folded, nodes.Const) else _NOT_CONSTANT
         node = folded if fast else None
@@ -152,14 +171,17 @@ class TextTemplate:
         # Plain text needs no rendering: the common case of a literal stays cheap.
         self.constant: str | None = None if ("{" in source) else source
         try:
-            ast = env.parse(source)
-            _check_names(ast, allowed)
-            self._template = env.from_string(source)
+            with budget.folding():
+                ast = env.parse(source)
+                _check_names(ast, allowed)
+                self._template = env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             line = f" (template line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
             raise ValueError(f"invalid template{line}: {_error_text(exc)}") from None
         except jinja2.TemplateError as exc:
             raise ValueError(f"invalid template: {_error_text(exc)}") from None
+        except _TOO_COMPLEX:
+            raise ValueError(f"invalid template: {TOO_DEEP}") from None
         self._render = _renderer(self._template)
 
     def render(self, context: Mapping[str, Any]) -> str:

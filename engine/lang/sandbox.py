@@ -6,9 +6,13 @@ Where Jinja offers a hook, the limits use it: `intercepted_binops`/`call_binop` 
 call a template makes, the str.format wrapper for format widths, `concat` for every join of
 output. Loops and literals have no hook; the code generator below wraps them: a `for` loop
 iterates `environment.loop_items(...)`, a built list, tuple or dict and a `~` go through
-`environment.checked(...)`. Filters that take a size are wrapped to check it first; Jinja
-folds a filter with constant arguments at load by calling it, and a check that fails there
-leaves the call to render time.
+`environment.checked(...)`. Filters that take a size are wrapped to check it first, every
+other filter has its result counted. Jinja folds a filter with constant arguments at load by
+calling it: that runs under budget.folding(), and a check that fails there leaves the call
+to render time. Jinja's optimizer is off: the code generator ran it again at every level of
+an expression, folding the levels below each time (a chain of 180 filters took seconds);
+output and literals are still folded once. Templates get no bytes (no str.encode, no
+int.to_bytes): their methods repeat as str's do, and none of them is sized.
 """
 
 from __future__ import annotations
@@ -120,6 +124,15 @@ class Environment(ImmutableSandboxedEnvironment):
     code_generator_class = _CodeGenerator
     intercepted_binops = budget.INTERCEPTED_BINOPS
     concat = staticmethod(budget.join)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # bytes have every repeating method str has (ljust, zfill, join ...), none of them
+        # sized here: a template has no use for bytes, so it gets none
+        if (attr == "encode" and isinstance(obj, str)) or (
+            attr == "to_bytes" and isinstance(obj, int)
+        ):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):
@@ -289,10 +302,11 @@ def _batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
 
 @_sized
 def _slice(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    count = _arg(args, kwargs, 1, "slices", 0)
+    # (eval_ctx, value, slices, fill_with): Jinja's slice takes the eval context first
+    count = _arg(args, kwargs, 2, "slices", 0)
     if isinstance(count, int) and count > budget.MAX_ITERATIONS:  # Jinja loops over them
-        budget.width(budget.MAX_VALUE_CHARS + 1)
-    fill = _arg(args, kwargs, 2, "fill_with", None)
+        budget.width(count)
+    fill = _arg(args, kwargs, 3, "fill_with", None)
     if fill is not None and isinstance(count, int):
         budget.expect(budget.weight(fill) * count)
 
@@ -367,6 +381,19 @@ _SIZED_FILTERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _counted(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Any other filter: a tick, and its result counted. `string`, `pprint`, `forceescape`,
+    `urlencode` ... make a few times what they are given, so a chain of them doubles: each
+    link is refused once it is over the limit (at load too, where Jinja folds them)."""
+
+    @functools.wraps(original)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        budget.tick()
+        return budget.checked(original(*args, **kwargs))
+
+    return counted
+
+
 def as_datetime(value: Any) -> datetime:
     """`"2026-11-30T00:00:00Z" | as_datetime` for date arithmetic in expressions."""
     if isinstance(value, datetime):
@@ -389,7 +416,8 @@ def days_until(context: Context, value: Any, now: Any = None) -> int:
 
 
 def make_env(*, autoescape: bool) -> Environment:
-    env = Environment(undefined=jinja2.StrictUndefined, autoescape=autoescape)
+    env = Environment(undefined=jinja2.StrictUndefined, autoescape=autoescape, optimized=False)
+    env.filters.update({name: _counted(fn) for name, fn in FILTERS.items()})
     env.filters.update(_SIZED_FILTERS)
     env.filters["as_datetime"] = as_datetime
     env.filters["days_until"] = days_until

@@ -182,7 +182,7 @@ class StepCompiler:
             timeout = self.check.duration(spec["timeout"], spec.where("timeout"), "timeout")
         # on_event / on_timeout stand beside wait_for; inside it is accepted too.
         branches = {k: (spec if k in spec else node) for k in ("on_event", "on_timeout")}
-        if "on_timeout" in branches["on_timeout"] and timeout is None:
+        if "on_timeout" in branches["on_timeout"] and "timeout" not in spec:
             self.check.error(spec.where(), "on_timeout needs a 'timeout'")
         at = len(self.program)
         self.program.append(StopOp(path))

@@ -13,6 +13,7 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.reader import ReaderError
 
 from engine.errors import LoadError, Problem
 
@@ -162,6 +163,22 @@ def _too_big(path: str, size: int) -> LoadError:
     return LoadError([Problem(path, 1, 1, f"file is {size} bytes, over the {limit} limit")])
 
 
+def _unprintable(text: str, path: str, exc: ReaderError) -> Problem:
+    """A character YAML does not allow in a file (NUL, BEL, ESC ...), at its line:col."""
+    at = exc.position if 0 <= exc.position < len(text) else 0
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(text[at])
+    escape = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return Problem(
+        path,
+        line,
+        col,
+        f"invalid YAML: unprintable character U+{code:04X} is not allowed (remove it; inside "
+        f'a double-quoted string write it as the escape "{escape}")',
+    )
+
+
 def load_yaml(text: str, path: str = "<string>") -> Any:
     """Parse YAML text into YDict/YList; raises LoadError with the position of a syntax error.
 
@@ -170,7 +187,10 @@ def load_yaml(text: str, path: str = "<string>") -> Any:
     """
     if len(text) > MAX_FILE_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise _too_big(path, len(text.encode("utf-8", "surrogatepass")))
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here, before parsing
+    except ReaderError as exc:
+        raise LoadError([_unprintable(text, path, exc)]) from None
     loader.source_path = path
     try:
         return loader.get_single_data()

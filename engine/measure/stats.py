@@ -37,7 +37,7 @@ def parse_bound(text: str, now: float, name: str) -> float:
         raise ValueError(f"{name}: empty; expected an ISO time or a duration such as -7d")
     if re.fullmatch(r"-?(\d+[smhdw])+", value):
         try:
-            ago = parse_duration(value.lstrip("-"))
+            ago = parse_duration(value.lstrip("-"), capped=False)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         return clamp(now - ago)

@@ -52,6 +52,11 @@ class Metrics:
             ["rule", "reason"],
             registry=r,
         )
+        self.profile_timezones_ignored = Counter(
+            "kaskad_profile_timezones_ignored",
+            "Profile timezones that are no IANA zone, passed over for policies.timezone",
+            registry=r,
+        )
         self.active_instances = Gauge("kaskad_instances_active", "Active instances", registry=r)
         self.pending_timers = Gauge("kaskad_timers_pending", "Pending timers", registry=r)
         self.queued_messages = Gauge(

@@ -93,6 +93,7 @@ class Units:
         ws.errors.clear()
         ws.started.clear()
         ws.ended.clear()
+        ws.zones_ignored = 0
 
     def _observe(self, ws: Workspace) -> None:
         """Metrics of a committed unit (starts, ends, errors), and its failures tallied for
@@ -103,6 +104,8 @@ class Units:
                 metrics.instances_started.labels(rule).inc(count)
             for (rule, status), count in ws.ended.items():
                 metrics.instances_ended.labels(rule, status).inc(count)
+            if ws.zones_ignored:
+                metrics.profile_timezones_ignored.inc(ws.zones_ignored)
         tally = self._tally if self._tally is not None else {}
         for failure in ws.errors:
             key = (failure.rule, failure.kind, failure.stopped)

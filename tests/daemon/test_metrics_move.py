@@ -21,6 +21,8 @@ import aiomqtt
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.clock import VirtualClock
+from engine.core.changes import Changes
+from engine.core.model import new_profile
 from engine.daemon import Daemon
 from tests.fakes.webhook_receiver import FakeReceiver, Reply
 
@@ -48,6 +50,10 @@ RULES = {
     # A condition that cannot be evaluated on this user's data: an expression error.
     "picky": "rule: picky\ntrigger: {event: thing.happened}\nsteps:\n"
     "  - if: event.data.n + 1 > 5\n    then:\n      - send: {template: note, cascade: [email]}\n",
+    # A time of day in the user's zone, for a profile whose zone is none (kept from before
+    # timezones were checked): policies.timezone instead, counted.
+    "morning": "rule: morning\ncategory: transactional\ntrigger: {event: wake.up}\nsteps:\n"
+    "  - wait: {at: '10:00'}\n  - send: {template: note, cascade: [email]}\n",
     # A provider that answers 503: the webhook channel pauses.
     "hook": "rule: hook\ntrigger: {event: hook.ping}\nsteps:\n"
     "  - send: {template: note, cascade: [webhook]}\n",
@@ -113,6 +119,8 @@ async def test_every_metric_family_moves(tmp_path: Path, broker: Broker) -> None
             scrapes.append(families(text))
 
         await scrape()
+        stale = {**new_profile("zed", clock.now()), "timezone": "localtime"}
+        await daemon.store.save(Changes(profiles={"zed": stale}))
         profile = {"type": "profile.updated", "user_id": "ann", "data": {"email": "a@shop.test"}}
         events: list[dict[str, Any]] = [
             {**profile, "id": "e-profile"},
@@ -121,6 +129,7 @@ async def test_every_metric_family_moves(tmp_path: Path, broker: Broker) -> None
             {"type": "points.accrued", "user_id": "ann", "data": {"expires_at": "01.04.2027"}},
             {"type": "thing.happened", "user_id": "ann", "data": {"n": "many"}},
             {"type": "hook.ping", "user_id": "ann"},
+            {"type": "wake.up", "user_id": "zed"},
         ]
         assert (await client.post_events(events))[0] == 202
         assert (await client.post_events([{**profile, "id": "e-profile"}]))[1] == {

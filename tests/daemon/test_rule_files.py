@@ -96,6 +96,30 @@ async def test_a_bomb_written_over_a_rule_is_refused_and_the_previous_version_ru
     assert [m["status"] for m in body["messages"]] == ["sent"]
 
 
+async def test_a_control_character_costs_its_own_file_only_on_reload(
+    small: Client, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    path = rules / "r.yaml"
+    path.write_text(RULE.replace("TEMPLATE", "old").replace("1h", "\x00h"))
+    (rules / "r2.yaml").write_text(RULE.replace("rule: r", "rule: r2").replace("TEMPLATE", "old"))
+    status, body = await small.admin("POST", "/v1/rules/reload")
+    assert status == 200
+    problem = (
+        f"{path}:5:11: invalid YAML: unprintable character U+0000 is not allowed (remove it; "
+        'inside a double-quoted string write it as the escape "\\x00")'
+    )
+    states = {r["id"]: (r["state"], r["errors"]) for r in body["rules"]}
+    assert states == {"r": ("stale", [problem]), "r2": ("active", [])}
+    await order(small, "u1")  # both run: r at its previous version, r2 as just loaded
+    await small.advance(3600)
+    _, body = await small.admin("GET", "/v1/messages")
+    assert sorted((m["rule"], m["status"]) for m in body["messages"]) == [
+        ("r", "sent"),
+        ("r2", "sent"),
+    ]
+
+
 async def test_a_deleted_template_stays_for_the_running_instances_of_an_older_version(
     small: Client, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ def parse_since(text: str | None, now: float) -> tuple[float | None, str | None]
     if not text or text == "all":
         return None, None
     try:
-        since = now - parse_duration(text.lstrip("-"))  # 7d and -7d: 7 days back
+        since = now - parse_duration(text.lstrip("-"), capped=False)  # 7d and -7d: 7 days back
     except OverflowError:
         return None, None  # further back than a float reaches
     except ValueError:
