@@ -58,7 +58,7 @@ async def run_daemon(
             "server": ServerConfig(host="127.0.0.1", port=0),
             # The timeline is read from the store after running up to 400 days past the last
             # event: keep every message (the retention job would delete the oldest).
-            "storage": StorageConfig(url=f"sqlite:///{tmp}/kaskad.db", message_retention="36500d"),
+            "storage": StorageConfig(url=f"sqlite:///{tmp}/kaskad.db", message_retention="3650d"),
             "rules": RulesConfig(path=str(_rules_dir(ruleset, tmp / "rules")), watch=False),
         }
     )
