@@ -6,7 +6,7 @@ import re
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"(\d+)([smhdw])")
-_WHOLE = re.compile(r"^-?(\d+[smhdw])+$")
+_WHOLE = re.compile(r"-?(\d+[smhdw])+")
 
 
 def parse_duration(text: object) -> float:
@@ -20,7 +20,7 @@ def parse_duration(text: object) -> float:
         kind = "nothing" if text is None else type(text).__name__
         raise ValueError(f"expected a duration such as 1h or 1d12h, got {kind}")
     compact = text.strip().replace(" ", "")
-    if not _WHOLE.match(compact):
+    if not _WHOLE.fullmatch(compact):
         raise ValueError(
             f"invalid duration '{text}': expected a number with a unit (s m h d w), "
             "e.g. 15m, 1h, 1d12h"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,7 +12,15 @@ from typing import Any
 from engine.clock import iso, parse_time
 from engine.errors import EventError
 
-TYPE_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+# Event types (and rule, segment ids): always `fullmatch`, never `match` with `$`, which
+# takes a trailing newline ("cart.updated\n").
+TYPE_RE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+# Money fields (order totals, amounts, balances, prices) at most this far from 0: far past
+# any shop's figure, far below where sums of them stop being exact or finite.
+MAX_MONEY = 1e15
+MONEY_FIELDS = ("total", "amount", "balance", "price", "old_price", "new_price")
+MONEY_RANGE = "must be a number from -1e15 to 1e15"
+NOT_FINITE = "must be a finite number (NaN and Infinity are not JSON numbers)"
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 200  # event ids and user ids
 # Levels of objects and arrays in one event, the event itself the first: far more than any
@@ -119,8 +128,13 @@ def check_id(value: str, field: str) -> None:
 
 
 def check_text(value: Any, path: str = "", depth: int = 1) -> None:
-    """Every string and key in `value` can be kept and it nests at most MAX_NESTING levels;
-    else EventError naming the first place that fails (`data.items[0].name`)."""
+    """Every string and key in `value` can be kept, every number is finite (the stdlib
+    parser reads NaN, Infinity and 1e999) and it nests at most MAX_NESTING levels; else
+    EventError naming the first place that fails (`data.items[0].name`)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EventError(path or "(event)", NOT_FINITE)
+        return
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
@@ -132,14 +146,14 @@ def check_text(value: Any, path: str = "", depth: int = 1) -> None:
         raise EventError(path or "(event)", f"nests deeper than {MAX_NESTING} levels")
     if isinstance(value, list):
         for i, item in enumerate(value):
-            if isinstance(item, str | dict | list):
+            if isinstance(item, str | dict | list | float):
                 check_text(item, f"{path}[{i}]", depth + 1)
         return
     for key, item in value.items():
         problem = text_problem(key)
         if problem is not None:
             raise EventError(path or "(event)", f"has a key that {problem}")
-        if isinstance(item, str | dict | list):
+        if isinstance(item, str | dict | list | float):
             check_text(item, f"{path}.{key}" if path else key, depth + 1)
 
 
@@ -162,10 +176,14 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
                 raise EventError(f"data.items[{i}]", "must be an object")
             if "product_id" in item and not isinstance(item["product_id"], str | int):
                 raise EventError(f"data.items[{i}].product_id", "must be a string")
-    for money in ("total", "amount", "balance", "price", "old_price", "new_price"):
+    for money in MONEY_FIELDS:
         value = data.get(money)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise EventError(f"data.{money}", "must be a number")
+        if value is not None:
+            _check_money(value, f"data.{money}")
+    if etype in ("cart.updated", "order.created") and isinstance(data.get("items"), list):
+        for i, item in enumerate(data["items"]):
+            if isinstance(item, dict) and item.get("price") is not None:
+                _check_money(item["price"], f"data.items[{i}].price")
     if etype == "profile.updated":
         _check_profile(data)
     if (
@@ -174,6 +192,16 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
         and not (isinstance(data.get("rule"), str) and isinstance(data.get("channel"), str))
     ):
         raise EventError("data", "needs 'message_id', or 'rule' and 'channel'")
+
+
+def _check_money(value: Any, field: str) -> None:
+    """A money figure: a finite number at most MAX_MONEY from 0 (stats sum them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(field, "must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError(field, NOT_FINITE)
+    if not -MAX_MONEY <= value <= MAX_MONEY:
+        raise EventError(field, MONEY_RANGE)
 
 
 def _require_id(data: dict[str, Any], name: str) -> None:
@@ -254,7 +282,7 @@ def parse_event(
     etype = obj.get("type")
     if etype is None:
         raise EventError("type", "is required")
-    if not isinstance(etype, str) or (etype not in STANDARD_TYPES and not TYPE_RE.match(etype)):
+    if not isinstance(etype, str) or (etype not in STANDARD_TYPES and not TYPE_RE.fullmatch(etype)):
         raise EventError("type", "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated")
     eid = obj.get("id")
     if eid is not None:

@@ -34,6 +34,9 @@ NESTED_100 = b"[" * 100 + b"]" * 100  # parsed fine, but past 64 levels in an ev
 SURROGATE = "holds a lone surrogate (\\ud800), which is not text"
 NUL = "holds a NUL character (\\u0000)"
 TOO_LONG = "must be a non-empty string of at most 200 characters"
+NOT_FINITE = "must be a finite number (NaN and Infinity are not JSON numbers)"
+MONEY_RANGE = "must be a number from -1e15 to 1e15"
+TYPE_PATTERN = "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated"
 CURSOR_NAN = base64.urlsafe_b64encode(b'["nan", "x"]').decode().rstrip("=")
 
 
@@ -178,6 +181,83 @@ CASES = [
         headers=INGEST + JSON,
         body=event(user_id="u" * 201),
         detail=invalid(0, "user_id", TOO_LONG),
+    ),
+    # h. numbers JSON has not (the stdlib parser reads them), money past any shop's figure
+    *(
+        case(
+            f"{literal.decode()} as an order total",
+            "POST",
+            "/v1/events",
+            400,
+            "invalid_events",
+            headers=INGEST + JSON,
+            body=b'{"type":"order.created","user_id":"u1","data":{"total":%s}}' % literal,
+            detail=invalid(0, "data.total", NOT_FINITE),
+        )
+        for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999")
+    ),
+    case(
+        "Infinity deep in the data of the second event",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=b'[{"type":"a.b","user_id":"u1"},{"type":"a.b","user_id":"u1","data":{"x":[1,Infinity]}}]',
+        detail=invalid(1, "data.x[1]", NOT_FINITE),
+    ),
+    case(
+        "NaN on an NDJSON line",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + NDJSON,
+        body=event() + b"\n" + b'{"type":"a.b","user_id":"u1","data":{"score":NaN}}\n',
+        detail=invalid(1, "data.score", NOT_FINITE),
+    ),
+    case(
+        "NaN in a profile",
+        "PUT",
+        "/v1/profiles/u1",
+        400,
+        "invalid_profile",
+        headers=ADMIN + JSON,
+        body=b'{"attributes": {"ltv": NaN}}',
+        detail={"field": "data.attributes.ltv", "message": NOT_FINITE},
+    ),
+    *(
+        case(
+            f"order total {literal[:12].decode()}",
+            "POST",
+            "/v1/events",
+            400,
+            "invalid_events",
+            headers=INGEST + JSON,
+            body=b'{"type":"order.created","user_id":"u1","data":{"total":%s}}' % literal,
+            detail=invalid(0, "data.total", MONEY_RANGE),
+        )
+        for literal in (b"1e16", b"1.7e308", b"-1e300", b"1" + b"0" * 400)
+    ),
+    case(
+        "an item price of 1e300",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=b'{"type":"cart.updated","user_id":"u1","data":{"items":[{"price":1e300}]}}',
+        detail=invalid(0, "data.items[0].price", MONEY_RANGE),
+    ),
+    case(
+        "a type with a trailing newline",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=event(type="shop.visited\n"),
+        detail=invalid(0, "type", TYPE_PATTERN),
     ),
     # d. nesting: past any parser, or past 64 levels in an event
     case(

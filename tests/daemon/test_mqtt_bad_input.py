@@ -55,6 +55,23 @@ BAD: dict[str, tuple[bytes, str]] = {
         f"over the limit of {MAX_BODY}",
     ),
     "a non-object": (b"42", "[0] (event): must be a JSON object"),
+    # numbers JSON has not (Python's parser reads them), money past 1e15, a type with "\n"
+    "NaN as an order total": (
+        b'{"type": "order.created", "user_id": "u1", "data": {"total": NaN}}',
+        "[0] data.total: must be a finite number",
+    ),
+    "1e999 deep in the data of the second event": (
+        b'[{"type": "x", "user_id": "u1"}, {"type": "x", "user_id": "u1", "data": {"a": [1e999]}}]',
+        "[1] data.a[0]: must be a finite number",
+    ),
+    "an order total of 1e16": (
+        b'{"type": "order.created", "user_id": "u1", "data": {"total": 1e16}}',
+        "[0] data.total: must be a number from -1e15 to 1e15",
+    ),
+    "a type with a trailing newline": (
+        b'{"type": "shop.visited\\n", "user_id": "u1"}',
+        "[0] type: must match",
+    ),
     "a valid event beside an invalid one": (
         json.dumps([profile("beside"), {"type": "Bad", "user_id": "x"}]).encode(),
         "[1] type:",
