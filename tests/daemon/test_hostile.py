@@ -644,3 +644,29 @@ async def test_a_bad_request_never_fails_a_good_one_beside_it(hostile: Client) -
     status, profile = await hostile.admin("GET", "/v1/profiles/u2")
     assert (status, profile["email"]) == (200, "a@b.c")
     assert (await hostile.admin("GET", "/v1/profiles/u1"))[0] == 404
+
+
+async def test_tokens_are_compared_as_bytes_whatever_they_hold(client: Client) -> None:
+    """The config refuses tokens a header cannot carry; should one reach the server anyway,
+    a request with any credentials is answered 401 or let in, never 500."""
+    auth = client.daemon.state.config.auth
+    auth.admin_token, auth.metrics_token, auth.ingest_tokens = "tökén", "mé", ["ïn"]
+    port = client.daemon.port
+
+    async def status(method: str, target: str, token: bytes, body: bytes = b"") -> int:
+        headers = ((b"Authorization", b"Bearer " + token), *JSON)
+        return (await raw(port, method, target, headers, body))[0]
+
+    for token in (b"abc", "tök".encode(), b"\xff", "tökén".encode("latin-1")):
+        assert await status("GET", "/v1/messages", token) == 401, token
+        assert await status("GET", "/metrics", token) == 401, token
+        assert await status("POST", "/v1/events", token, event()) == 401, token
+        assert await status("GET", "/", token) == 401, token
+    assert await status("GET", "/v1/messages", "tökén".encode()) == 200
+    assert await status("GET", "/metrics", "mé".encode()) == 200
+    assert await status("POST", "/v1/events", "ïn".encode(), event()) == 202
+    assert await status("GET", "/", "tökén".encode()) == 200
+    form = ((b"Content-Type", b"application/x-www-form-urlencoded"),)
+    for token, expected in ((b"abc", 401), (b"t%C3%B6k%C3%A9n", 303), (b"%FF%ED%A0%80", 401)):
+        answer = await raw(port, "POST", "/ui/login", form, b"token=" + token + b"&next=/")
+        assert answer[0] == expected, token

@@ -153,25 +153,6 @@ async def test_a_bad_message_alone_leaves_the_daemon_healthy(run: Run, name: str
     assert await daemon.terminate() == 0, daemon.tail()
 
 
-async def test_a_dead_letter_topic_paho_refuses_does_not_end_ingest(run: Run) -> None:
-    """`mqtt.dead_letter_topic: .../#` (a wildcard: no message can be published there): the
-    bad payload's dead letter goes to the log instead, it is acked, and the stream goes on."""
-    daemon = await run.start("wild", f"{run.base}-wild", dead_letter_topic=f"{run.base}/dead/#")
-    async with run.client() as mq, http_session() as session:
-        await mq.publish(run.topic, b"junk", qos=1)
-        await mq.publish(run.topic, json.dumps(profile("after")), qos=1)
-        await wait_profile(session, daemon, "after")
-        ready = await get(session, daemon, "/readyz")
-        assert ready["checks"]["broker"] == "ok", ready
-        text = await metrics(session, daemon)
-    assert metric(text, "kaskad_mqtt_dead_letters_total") == 1.0
-    (line,) = daemon.events("mqtt.dead_letter_failed")
-    assert line["payload"] == "junk" and "invalid JSON" in line["error"], line
-    assert "wildcards" in line["why"], line
-    assert daemon.events("task.failed") == [] and daemon.events("mqtt.failed") == []
-    assert await daemon.terminate() == 0, daemon.tail()
-
-
 async def test_a_store_that_cannot_write_keeps_the_message_until_it_can(run: Run) -> None:
     """Another writer holds the SQLite database's write lock (as a backup, a migration or a
     stray second process would) past the store's busy timeout: the store cannot take the
