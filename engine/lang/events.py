@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any
 
 from engine.clock import iso, parse_time
@@ -146,15 +147,19 @@ def check_text(value: Any, path: str = "", depth: int = 1) -> None:
         raise EventError(path or "(event)", f"nests deeper than {MAX_NESTING} levels")
     if isinstance(value, list):
         for i, item in enumerate(value):
-            if isinstance(item, str | dict | list | float):
+            if isinstance(item, str | dict | list):
                 check_text(item, f"{path}[{i}]", depth + 1)
+            elif isinstance(item, float) and not isfinite(item):
+                raise EventError(f"{path}[{i}]", NOT_FINITE)
         return
     for key, item in value.items():
         problem = text_problem(key)
         if problem is not None:
             raise EventError(path or "(event)", f"has a key that {problem}")
-        if isinstance(item, str | dict | list | float):
+        if isinstance(item, str | dict | list):
             check_text(item, f"{path}.{key}" if path else key, depth + 1)
+        elif isinstance(item, float) and not isfinite(item):
+            raise EventError(f"{path}.{key}" if path else key, NOT_FINITE)
 
 
 def _check_data(etype: str, data: dict[str, Any]) -> None:
@@ -178,12 +183,13 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
                 raise EventError(f"data.items[{i}].product_id", "must be a string")
     for money in MONEY_FIELDS:
         value = data.get(money)
-        if value is not None:
+        if value is not None and not _plain_money(value):
             _check_money(value, f"data.{money}")
     if etype in ("cart.updated", "order.created") and isinstance(data.get("items"), list):
         for i, item in enumerate(data["items"]):
-            if isinstance(item, dict) and item.get("price") is not None:
-                _check_money(item["price"], f"data.items[{i}].price")
+            price = item.get("price") if isinstance(item, dict) else None
+            if price is not None and not _plain_money(price):
+                _check_money(price, f"data.items[{i}].price")
     if etype == "profile.updated":
         _check_profile(data)
     if (
@@ -192,6 +198,13 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
         and not (isinstance(data.get("rule"), str) and isinstance(data.get("channel"), str))
     ):
         raise EventError("data", "needs 'message_id', or 'rule' and 'channel'")
+
+
+def _plain_money(value: Any) -> bool:
+    """The usual money figure, checked fast: an int or float within MAX_MONEY of 0 (NaN
+    fails the comparison); anything else is for _check_money to name."""
+    kind = value.__class__
+    return (kind is int or kind is float) and -MAX_MONEY <= value <= MAX_MONEY
 
 
 def _check_money(value: Any, field: str) -> None:
