@@ -275,7 +275,15 @@ class Daemon:
             rfm=self.rfm,
             started_at=clock.now(),
         )
-        self.runner = web.AppRunner(make_app(self.state), access_log=None, handle_signals=False)
+        # Headers that do not arrive within server.read_timeout_s close the connection (as
+        # aiohttp's keep-alive timeout does to a connection with no whole request in it);
+        # a body that does not gets 408 (engine/api/body.py).
+        self.runner = web.AppRunner(
+            make_app(self.state),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=config.server.read_timeout_s,
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, config.server.host, config.server.port)
         try:

@@ -10,12 +10,14 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from engine.clock import VirtualClock, parse_time
 from engine.core.runner import Engine
 from engine.core.workspace import IdGen
 from engine.lang.config import parse_config
 from engine.lang.ruleset import load_ruleset
+from engine.runtime.metrics import Metrics
 from engine.runtime.processor import Processor
 from engine.store.sqlite import SqliteStore
 
@@ -143,3 +145,39 @@ def test_favourite_then_unfavourite_in_one_batch_leaves_no_interest(tmp_path: Pa
     ]
     state = asyncio.run(_state(tmp_path, events, batch=True))
     assert state["interests"] == []
+
+
+UNREADABLE = [
+    '{"type": "cart.updated", "user_id": "u1", "data": {"total": NaN}}',  # an older version
+    '{"type": "cart.updated", "user_id": "u1", "data": {"x": Infinity}}',
+    "not JSON",
+    "[1, 2]",
+    '{"type": "cart.updated"}',
+    '{"type": "profile.updated", "user_id": "u1", "data": {"consent": []}}',
+]
+
+
+async def test_an_unreadable_inbox_row_is_logged_counted_and_skipped() -> None:
+    store = await SqliteStore.open("sqlite:///:memory:")
+    try:
+        config = parse_config("policies: {quiet_hours: null, frequency_caps: []}")
+        engine = Engine(load_ruleset([]), config, lambda m: None, ids=IdGen())
+        metrics = Metrics()
+        processor = Processor(engine, store, VirtualClock(START), metrics=metrics)
+        good = [
+            json.dumps({"type": "profile.updated", "user_id": u, "data": {"email": f"{u}@x.t"}})
+            for u in USERS
+        ]
+        rows = [(None, text) for text in [good[0], *UNREADABLE, good[1]]]
+        await store.enqueue(rows, START)
+        with capture_logs() as logs:
+            await processor.drain()
+        assert await store.inbox_size() == 0
+        profiles = await store.db.execute_fetchall("SELECT user_id FROM profiles ORDER BY 1")
+        assert [r[0] for r in profiles] == list(USERS)
+        unreadable = [e for e in logs if e["event"] == "inbox.unreadable"]
+        assert len(unreadable) == len(UNREADABLE), logs
+        assert all(e["log_level"] == "error" and e["error"] for e in unreadable)
+        assert metrics.registry.get_sample_value("kaskad_inbox_unreadable_total") == len(UNREADABLE)
+    finally:
+        await store.close()

@@ -116,6 +116,29 @@ def test_run_with_a_bad_config_exits_at_once_with_every_problem(bad_config: Path
     assert done.stdout == ""
 
 
+def test_run_refuses_tokens_a_header_cannot_carry_and_topics_no_message_can_go_to(
+    tmp_path: Path,
+) -> None:
+    """Before: a wildcard dead-letter topic was found only when the first bad payload came
+    (its dead letter could not be published), a non-ASCII admin token on the first request
+    (a 500)."""
+    path = tmp_path / "k.yaml"
+    path.write_text(
+        f'storage: {{url: "sqlite:///{tmp_path}/k.db"}}\n'
+        'auth: {admin_token: "s\u00e9same"}\n'
+        "mqtt: {url: 'mqtt://127.0.0.1:9', dead_letter_topic: 'kaskad/dead/#'}\n",
+        encoding="utf-8",
+    )
+    done = kaskad("run", "--config", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}:2:8: auth.admin_token: must be printable ASCII without spaces (a token "
+        "travels in an HTTP header), e.g. from `openssl rand -hex 32`",
+        f"{path}:3:35: mqtt.dead_letter_topic: 'kaskad/dead/#' holds a wildcard ('+' or "
+        "'#'): no message can be published to it",
+    ]
+
+
 def test_validate_config_lists_every_problem(cli: Cli, bad_config: Path) -> None:
     code, out, err = cli("validate", "--config", str(bad_config))
     assert code == 1

@@ -8,7 +8,7 @@ import pytest
 
 from channels.kinds import CHANNELS
 from engine.errors import LoadError
-from engine.lang.config import Config, load_config, parse_config
+from engine.lang.config import TOKEN_RULE, Config, load_config, parse_config
 from tests.helpers import ROOT
 
 
@@ -243,6 +243,54 @@ def test_consent_default() -> None:
                 "Input should be greater than or equal to 0",
             ],
         ),
+        # issue 9: what a header cannot carry, topics no message can go to, a deadline of 0
+        (
+            "auth:\n  admin_token: tökén\n  metrics_token: 'a b'\n"
+            '  ingest_tokens: [ok, "x\\u00e9"]\n',
+            [
+                f"config.yaml:2:3: auth.admin_token: {TOKEN_RULE}",
+                f"config.yaml:3:3: auth.metrics_token: {TOKEN_RULE}",
+                f"config.yaml:4:3: auth.ingest_tokens: token 2: {TOKEN_RULE}",
+            ],
+        ),
+        (
+            "mqtt:\n  dead_letter_topic: kaskad/dead/#\n",
+            [
+                "config.yaml:2:3: mqtt.dead_letter_topic: 'kaskad/dead/#' holds a wildcard "
+                "('+' or '#'): no message can be published to it"
+            ],
+        ),
+        (
+            "mqtt:\n  dead_letter_topic: shop/+/dead\n",
+            [
+                "config.yaml:2:3: mqtt.dead_letter_topic: 'shop/+/dead' holds a wildcard "
+                "('+' or '#'): no message can be published to it"
+            ],
+        ),
+        (
+            "mqtt:\n  dead_letter_topic: ''\n",
+            ["config.yaml:2:3: mqtt.dead_letter_topic: '' is empty"],
+        ),
+        (
+            "mqtt:\n  topics: [shop/events/#, 'shop/#/x']\n  shared_group: a/b\n",
+            [
+                "config.yaml:2:3: mqtt.topics: topic 2 'shop/#/x' has '#' other than as its "
+                "whole last level, e.g. shop/events/#",
+                "config.yaml:3:3: mqtt.shared_group: 'a/b' must be a name without '/', '+', "
+                "'#' or NUL",
+            ],
+        ),
+        (
+            "mqtt:\n  topics: ['shop/events+']\n",
+            [
+                "config.yaml:2:3: mqtt.topics: topic 1 'shop/events+' has '+' other than as a "
+                "whole level, e.g. shop/+/events"
+            ],
+        ),
+        (
+            "server: {read_timeout_s: 0}\n",
+            ["config.yaml:1:10: server.read_timeout_s: Input should be greater than 0"],
+        ),
         ("- server\n", ["config.yaml:1:1: config must be a mapping of sections"]),
         (
             "server: {port: [1}\n",
@@ -320,3 +368,17 @@ def test_mqtt_client_id_is_a_template_of_host_and_pid() -> None:
     )
     [problem] = problems('mqtt: {client_id: "k-{zone}"}\n')
     assert "mqtt.client_id" in problem and "{host} and {pid} only" in problem
+
+
+def test_tokens_topics_and_the_read_timeout_that_are_fine() -> None:
+    config = parse_config(
+        "auth: {admin_token: 'A-z_0.9~+/=!', ingest_tokens: ['', t1], metrics_token: ''}\n"
+        "mqtt: {topics: ['#', 'shop/+/events', '$share/x/a/#'], dead_letter_topic: a/b,"
+        " shared_group: ''}\n"
+        "server: {read_timeout_s: 2.5}\n",
+        env={},
+    )
+    assert config.auth.ingest_tokens == ["t1"]
+    assert config.mqtt.shared_group is None
+    assert config.server.read_timeout_s == 2.5
+    assert Config().server.read_timeout_s == 30.0

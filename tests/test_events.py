@@ -33,6 +33,8 @@ def error_of(obj: Any, max_bytes: int | None = None) -> tuple[str, str]:
 TYPE_PATTERN = "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated"
 MESSAGE_DATA = "needs 'message_id', or 'rule' and 'channel'"
 SUBSCRIPTION = "must be {endpoint, keys: {p256dh, auth}}"
+NOT_FINITE = "must be a finite number (NaN and Infinity are not JSON numbers)"
+MONEY_RANGE = "must be a number from -1e15 to 1e15"
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,8 @@ SUBSCRIPTION = "must be {endpoint, keys: {p256dh, auth}}"
         ({"type": "Cart.Updated", "user_id": "u1"}, "type", TYPE_PATTERN),
         ({"type": "cart..updated", "user_id": "u1"}, "type", TYPE_PATTERN),
         ({"type": "cart-updated", "user_id": "u1"}, "type", TYPE_PATTERN),
+        ({"type": "shop.visited\n", "user_id": "u1"}, "type", TYPE_PATTERN),
+        ({"type": "cart.updated\n", "user_id": "u1"}, "type", TYPE_PATTERN),
         ({"type": 5, "user_id": "u1"}, "type", TYPE_PATTERN),
         ({"type": "cart.updated"}, "user_id", "is required"),
         ({"type": "cart.updated", "user_id": ""}, "user_id", "must be a non-empty string"),
@@ -104,6 +108,24 @@ SUBSCRIPTION = "must be {endpoint, keys: {p256dh, auth}}"
         (user_event(total="10"), "data.total", "must be a number"),
         (user_event("order.created", total=True), "data.total", "must be a number"),
         (user_event("bonus.credited", amount="5"), "data.amount", "must be a number"),
+        # money: finite, at most 1e15 either side of 0 (stats sum it)
+        (user_event("order.created", total=float("nan")), "data.total", NOT_FINITE),
+        (user_event("order.created", total=float("inf")), "data.total", NOT_FINITE),
+        (user_event("bonus.credited", amount=float("-inf")), "data.amount", NOT_FINITE),
+        (user_event("order.created", total=1e16), "data.total", MONEY_RANGE),
+        (user_event("order.created", total=10**400), "data.total", MONEY_RANGE),
+        (user_event("points.accrued", balance=-1.7e308), "data.balance", MONEY_RANGE),
+        (user_event(items=[{"price": 1}, {"price": 1e300}]), "data.items[1].price", MONEY_RANGE),
+        (
+            user_event("order.created", items=[{"price": float("nan")}]),
+            "data.items[0].price",
+            NOT_FINITE,
+        ),
+        (
+            user_event("order.created", items=[{"price": "9.90"}]),
+            "data.items[0].price",
+            "must be a number",
+        ),
         (user_event("product.viewed"), "data.product_id", "is required"),
         (user_event("favorite.added", product_id=True), "data.product_id", "must be a string"),
         (
@@ -393,6 +415,10 @@ NUL = "holds a NUL character (\\u0000)"
         ({**user_event(), "time": "2026\ud800"}, "time", SURROGATE),
         ({**user_event(), "type": "a\x00"}, "type", NUL),
         (user_event(deep=nested(63)), "data.deep" + "[0]" * 62, "nests deeper than 64 levels"),
+        # numbers the stdlib parser reads (NaN, Infinity, 1e999) and JSON has not
+        (user_event(score=float("nan")), "data.score", NOT_FINITE),
+        (user_event(scores=[1.5, float("inf")]), "data.scores[1]", NOT_FINITE),
+        (user_event(a={"b": [{"c": float("-inf")}]}), "data.a.b[0].c", NOT_FINITE),
     ],
 )
 def test_the_deep_check_names_the_string_a_store_cannot_keep(
@@ -420,3 +446,11 @@ def test_a_batch_checks_deep_by_default() -> None:
     bad = user_event(items=[{"product_id": "p1", "name": "\ud800"}])
     _, problems = parse_batch([user_event(), bad], received_at=RECEIVED)
     assert problems == [BatchProblem(1, "data.items[0].name", SURROGATE)]
+
+
+def test_money_up_to_1e15_is_kept() -> None:
+    event = parse_event(
+        user_event("order.created", total=1e15, items=[{"price": -1e15}]), received_at=RECEIVED
+    )
+    assert event.data["total"] == 1e15
+    assert parse_event(user_event(score=1e300), received_at=RECEIVED, deep=True)

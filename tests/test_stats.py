@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.clock import parse_time
-from engine.errors import Problem
+from engine.errors import EventError, Problem
 from engine.lang.config import Config, parse_config
 from engine.lang.events import parse_event
 from engine.lang.ruleset import RuleSet, load_ruleset
@@ -315,24 +315,37 @@ async def test_offline_orders_and_bad_totals_are_counted_without_revenue(run: An
         order("u1", at("01:00:00"), "shop-1", 30, source="offline", currency="EUR"),
         order("u1", at("02:00:00"), "neg", -10),
         order("u1", at("03:00:00"), "none", None),
-        order("u1", at("04:00:00"), "nan", math.nan),
         order("u1", at("05:00:00"), None, 7.5),  # no order id: the event counts
         order("u1", at("06:00:00"), "web", 0, source="online"),
     ]
+    # A total that is not a finite number never gets this far: the event is refused.
+    with pytest.raises(EventError, match=r"data\.total: must be a finite number"):
+        parse_event(order("u1", at("04:00:00"), "nan", math.nan), received_at=0.0)
     r = await run(events)
     stats = await r.stats()
     assert stats["orders"] == {
-        "count": 6,
+        "count": 5,
         "revenue": 37.5,
         "attributed": 0,
         "attributed_revenue": 0.0,
         "by_source": {
-            "online": {"count": 5, "revenue": 7.5},
+            "online": {"count": 4, "revenue": 7.5},
             "offline": {"count": 1, "revenue": 30.0},
         },
     }
-    assert (r.profile("u1")["orders_count"], r.profile("u1")["revenue"]) == (6, 37.5)
+    assert (r.profile("u1")["orders_count"], r.profile("u1")["revenue"]) == (5, 37.5)
     assert r.profile("u1")["last_order_at"] == at("06:00:00")
+
+
+async def test_revenue_of_orders_at_the_money_limit_stays_finite(run: Any) -> None:
+    """Money is at most 1e15 an event (larger is refused), so sums stay finite and exact."""
+    with pytest.raises(EventError, match=r"data\.total: must be a number from -1e15 to 1e15"):
+        parse_event(order("u1", at("00:00:00"), "big", 1.7e308), received_at=0.0)
+    events = [order("u1", at(f"0{i}:00:00"), f"o{i}", 1e15) for i in range(1, 4)]
+    r = await run([profile("u1", at("00:00:00"), email="u1@x.test"), *events])
+    orders = (await r.stats())["orders"]
+    assert (orders["count"], orders["revenue"]) == (3, 3e15)
+    assert r.profile("u1")["revenue"] == 3e15
 
 
 async def test_rules_deleted_invalid_or_unknown_keep_their_data(run: Any) -> None:

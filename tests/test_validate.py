@@ -246,6 +246,13 @@ CASES = [
         "rules/r.yaml:2:18: trigger event 'Cart.Updated' is not an event type such as cart.updated",
     ),
     case(
+        "ids-with-a-trailing-newline",
+        'rule: "cart\\n"\ntrigger: {event: "cart.updated\\n"}\nsteps:\n' + SEND,
+        "rules/r.yaml:1:7: rule id 'cart\n' may use a-z, 0-9, _, - and .",
+        "rules/r.yaml:2:18: trigger event 'cart.updated\n' is not an event type such as "
+        "cart.updated",
+    ),
+    case(
         "exit-on-entry-not-a-mapping",
         GOOD + "exit_on:\n  - cart.cleared\n",
         "rules/r.yaml:6:5: exit_on must be a mapping, got 'cart.cleared'",

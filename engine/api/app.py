@@ -14,13 +14,14 @@ from engine.api import (
     stats,
     tracking,
 )
+from engine.api.body import read_body
 from engine.api.errors import json_errors
 from engine.api.state import STATE, AppState
 
 
 def make_app(state: AppState) -> web.Application:
     app = web.Application(
-        middlewares=[json_errors, admin.admin_auth],
+        middlewares=[json_errors, admin.admin_auth, read_body],
         # The body limit is checked by the ingest handler with a clear 413 message.
         client_max_size=state.config.server.max_body_bytes + 1024,
     )

@@ -21,15 +21,10 @@ def _bearer_text(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _bearer(request: web.Request) -> str | None:
-    """The Bearer token, if it is ASCII: compare_digest raises on other text, and a header
-    holding other bytes (read as surrogate escapes) matches no configured token."""
-    token = _bearer_text(request)
-    return token if token is not None and token.isascii() else None
-
-
-def _same(given: str, expected: str) -> bool:
-    """Constant-time equality of any two strings (header text may be anything)."""
+def same_text(given: str, expected: str) -> bool:
+    """Constant-time equality of any two strings, compared as bytes: header and form text
+    may be anything (non-ASCII, or bytes that are not UTF-8, which aiohttp reads as
+    surrogate escapes), and compare_digest raises on non-ASCII str."""
     return hmac.compare_digest(
         given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
     )
@@ -47,7 +42,7 @@ def ingest_auth(request: web.Request, body: bytes, auth: AuthConfig, now: float)
     if not auth.ingest_tokens and not auth.ingest_hmac_secret:
         return IngestAuth()  # open ingest, warned at start-up
     token = _bearer_text(request)
-    if token is not None and any(_same(token, t) for t in auth.ingest_tokens):
+    if token is not None and any(same_text(token, t) for t in auth.ingest_tokens):
         return IngestAuth()
     signature = request.headers.get("X-Kaskad-Signature")
     if auth.ingest_hmac_secret and signature:
@@ -74,7 +69,7 @@ def _signed(
             f"X-Kaskad-Timestamp is more than {HMAC_SKEW_S:.0f} s ahead of the server's clock"
         )
     expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
-    if not _same(signature.removeprefix("sha256="), expected.hexdigest()):
+    if not same_text(signature.removeprefix("sha256="), expected.hexdigest()):
         return IngestAuth("X-Kaskad-Signature does not match")
     # Replays within the tolerance are the same batch: the store remembers the key.
     return IngestAuth(batch_key="sig:" + expected.hexdigest())
@@ -88,15 +83,15 @@ def ingest_denied(request: web.Request, body: bytes, auth: AuthConfig, now: floa
 def admin_denied(request: web.Request, auth: AuthConfig) -> bool:
     if not auth.admin_token:
         return False
-    token = _bearer(request)
-    return token is None or not hmac.compare_digest(token, auth.admin_token)
+    token = _bearer_text(request)
+    return token is None or not same_text(token, auth.admin_token)
 
 
 def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
     """GET /metrics takes auth.metrics_token or the admin token; open only with neither."""
-    accepted = [t.encode() for t in (auth.metrics_token, auth.admin_token) if t]
+    accepted = [t for t in (auth.metrics_token, auth.admin_token) if t]
     if not accepted:
         return False
-    token = _bearer(request)
-    given = token.encode() if token is not None else None
-    return given is None or not any(hmac.compare_digest(given, t) for t in accepted)
+    token = _bearer_text(request)
+    # Every token is compared (no early exit), so the time says nothing of which matched.
+    return token is None or not any([same_text(token, t) for t in accepted])

@@ -40,6 +40,16 @@ def error(
     return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
+def client_gone(request: web.Request, exc: BaseException) -> web.Response:
+    """The answer to a client that left mid-request (ConnectionResetError, aiohttp's
+    ClientConnectionResetError): nobody reads it, and it is no server error, so one info
+    line and no traceback (re-raised, aiohttp would log it as an error)."""
+    log.info("api.client_gone", path=request.path, error=f"{type(exc).__name__}: {exc}")
+    response = web.Response(status=400, text="client closed the connection")
+    response.force_close()
+    return response
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -66,6 +76,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             message,
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")},
         )
+    except ConnectionError as exc:  # the client left mid-request: no error of ours
+        return client_gone(request, exc)
     except Exception:
         log.exception("api.failed", path=request.path)
         return error(500, "internal", "internal error; see the server log")

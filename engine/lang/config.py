@@ -34,6 +34,20 @@ class ServerConfig(_Section):
     # On SIGTERM, how long provider calls in flight may take to answer before the process
     # exits anyway (an unanswered call may then be repeated after the restart).
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    # How long a request's headers, then its body, may take to arrive (a body that does
+    # not: 408); also how long an idle keep-alive connection stays open.
+    read_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+
+TOKEN_RULE = (
+    "must be printable ASCII without spaces (a token travels in an HTTP header), "
+    "e.g. from `openssl rand -hex 32`"
+)
+
+
+def header_safe(token: str) -> bool:
+    """Whether a token can be sent as `Authorization: Bearer <token>`: visible ASCII."""
+    return all(33 <= ord(c) <= 126 for c in token)
 
 
 class AuthConfig(_Section):
@@ -49,7 +63,17 @@ class AuthConfig(_Section):
     @classmethod
     def _drop_empty(cls, value: list[str]) -> list[str]:
         # "${KASKAD_INGEST_TOKEN}" with the variable unset means no token, not "".
+        for i, token in enumerate(value):
+            if token and not header_safe(token):
+                raise ValueError(f"token {i + 1}: {TOKEN_RULE}")
         return [t for t in value if t]
+
+    @field_validator("admin_token", "metrics_token")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        if value and not header_safe(value):
+            raise ValueError(TOKEN_RULE)
+        return value
 
 
 class StorageConfig(_Section):
@@ -124,6 +148,55 @@ class MqttConfig(_Section):
     def resolved_client_id(self, host: str, pid: int) -> str:
         """The client id of this process: the template with its host name and pid."""
         return self.client_id.format(host=host, pid=pid)[:128]
+
+    @field_validator("topics")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for i, topic in enumerate(value):
+            problem = topic_problem(topic, wildcards=True)
+            if problem:
+                raise ValueError(f"topic {i + 1} '{topic}' {problem}")
+        return value
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _publishable(cls, value: str) -> str:
+        problem = topic_problem(value, wildcards=False)
+        if problem:
+            raise ValueError(f"'{value}' {problem}")
+        return value
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if not value:  # "${KASKAD_MQTT_GROUP:-}" unset: no shared subscription
+            return None
+        if any(c in value for c in "/+#\0"):
+            raise ValueError(f"'{value}' must be a name without '/', '+', '#' or NUL")
+        return value
+
+
+def topic_problem(topic: str, *, wildcards: bool) -> str | None:
+    """Why an MQTT topic (a filter, with `wildcards`) is not one, else None (MQTT 3.1.1,
+    4.7): non-empty, no NUL, at most 65535 UTF-8 bytes; a topic to publish to has no '+'
+    or '#'; in a filter '#' is last and alone in its level, '+' alone in its level."""
+    if not topic:
+        return "is empty"
+    if "\0" in topic:
+        return "holds a NUL character"
+    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        return "is longer than 65535 bytes"
+    levels = topic.split("/")
+    if not wildcards:
+        if "+" in topic or "#" in topic:
+            return "holds a wildcard ('+' or '#'): no message can be published to it"
+        return None
+    for n, level in enumerate(levels):
+        if "#" in level and (level != "#" or n != len(levels) - 1):
+            return "has '#' other than as its whole last level, e.g. shop/events/#"
+        if "+" in level and level != "+":
+            return "has '+' other than as a whole level, e.g. shop/+/events"
+    return None
 
 
 class QuietHours(_Section):

@@ -7,7 +7,7 @@ import re
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"(\d+)([smhdw])")
-_WHOLE = re.compile(r"^-?(\d+[smhdw])+$")
+_WHOLE = re.compile(r"-?(\d+[smhdw])+")
 
 # No rule waits for longer (nor a config window): a longer one is a typo (99999999d), and
 # times that far off are past what a calendar (or a datetime) holds.
@@ -40,7 +40,7 @@ def parse_duration(text: object, *, capped: bool = True) -> float:
         kind = "nothing" if text is None else type(text).__name__
         raise ValueError(f"expected a duration such as 1h or 1d12h, got {kind}")
     compact = text.strip().replace(" ", "")
-    if not _WHOLE.match(compact):
+    if not _WHOLE.fullmatch(compact):
         shown = text if len(text) <= 40 else text[:36] + "..."
         raise ValueError(
             f"invalid duration '{shown}': expected a number with a unit (s m h d w), "

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any
 
 from channels.kinds import kinds
 from engine.clock import iso, parse_time
 from engine.errors import EventError
 
-TYPE_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+# Event types (and rule, segment ids): always `fullmatch`, never `match` with `$`, which
+# takes a trailing newline ("cart.updated\n").
+TYPE_RE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+# Money fields (order totals, amounts, balances, prices) at most this far from 0: far past
+# any shop's figure, far below where sums of them stop being exact or finite.
+MAX_MONEY = 1e15
+MONEY_FIELDS = ("total", "amount", "balance", "price", "old_price", "new_price")
+MONEY_RANGE = "must be a number from -1e15 to 1e15"
+NOT_FINITE = "must be a finite number (NaN and Infinity are not JSON numbers)"
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 200  # event ids and user ids
 # Levels of objects and arrays in one event, the event itself the first: far more than any
@@ -120,8 +130,13 @@ def check_id(value: str, field: str) -> None:
 
 
 def check_text(value: Any, path: str = "", depth: int = 1) -> None:
-    """Every string and key in `value` can be kept and it nests at most MAX_NESTING levels;
-    else EventError naming the first place that fails (`data.items[0].name`)."""
+    """Every string and key in `value` can be kept, every number is finite (the stdlib
+    parser reads NaN, Infinity and 1e999) and it nests at most MAX_NESTING levels; else
+    EventError naming the first place that fails (`data.items[0].name`)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EventError(path or "(event)", NOT_FINITE)
+        return
     if isinstance(value, str):
         problem = text_problem(value)
         if problem is not None:
@@ -135,6 +150,8 @@ def check_text(value: Any, path: str = "", depth: int = 1) -> None:
         for i, item in enumerate(value):
             if isinstance(item, str | dict | list):
                 check_text(item, f"{path}[{i}]", depth + 1)
+            elif isinstance(item, float) and not isfinite(item):
+                raise EventError(f"{path}[{i}]", NOT_FINITE)
         return
     for key, item in value.items():
         problem = text_problem(key)
@@ -142,6 +159,8 @@ def check_text(value: Any, path: str = "", depth: int = 1) -> None:
             raise EventError(path or "(event)", f"has a key that {problem}")
         if isinstance(item, str | dict | list):
             check_text(item, f"{path}.{key}" if path else key, depth + 1)
+        elif isinstance(item, float) and not isfinite(item):
+            raise EventError(f"{path}.{key}" if path else key, NOT_FINITE)
 
 
 def _check_data(etype: str, data: dict[str, Any]) -> None:
@@ -163,10 +182,15 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
                 raise EventError(f"data.items[{i}]", "must be an object")
             if "product_id" in item and not isinstance(item["product_id"], str | int):
                 raise EventError(f"data.items[{i}].product_id", "must be a string")
-    for money in ("total", "amount", "balance", "price", "old_price", "new_price"):
+    for money in MONEY_FIELDS:
         value = data.get(money)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise EventError(f"data.{money}", "must be a number")
+        if value is not None and not _plain_money(value):
+            _check_money(value, f"data.{money}")
+    if etype in ("cart.updated", "order.created") and isinstance(data.get("items"), list):
+        for i, item in enumerate(data["items"]):
+            price = item.get("price") if isinstance(item, dict) else None
+            if price is not None and not _plain_money(price):
+                _check_money(price, f"data.items[{i}].price")
     if etype == "profile.updated":
         _check_profile(data)
     if (
@@ -175,6 +199,23 @@ def _check_data(etype: str, data: dict[str, Any]) -> None:
         and not (isinstance(data.get("rule"), str) and isinstance(data.get("channel"), str))
     ):
         raise EventError("data", "needs 'message_id', or 'rule' and 'channel'")
+
+
+def _plain_money(value: Any) -> bool:
+    """The usual money figure, checked fast: an int or float within MAX_MONEY of 0 (NaN
+    fails the comparison); anything else is for _check_money to name."""
+    kind = value.__class__
+    return (kind is int or kind is float) and -MAX_MONEY <= value <= MAX_MONEY
+
+
+def _check_money(value: Any, field: str) -> None:
+    """A money figure: a finite number at most MAX_MONEY from 0 (stats sum them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(field, "must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError(field, NOT_FINITE)
+    if not -MAX_MONEY <= value <= MAX_MONEY:
+        raise EventError(field, MONEY_RANGE)
 
 
 def _require_id(data: dict[str, Any], name: str) -> None:
@@ -240,7 +281,7 @@ def parse_event(
     etype = obj.get("type")
     if etype is None:
         raise EventError("type", "is required")
-    if not isinstance(etype, str) or (etype not in STANDARD_TYPES and not TYPE_RE.match(etype)):
+    if not isinstance(etype, str) or (etype not in STANDARD_TYPES and not TYPE_RE.fullmatch(etype)):
         raise EventError("type", "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated")
     eid = obj.get("id")
     if eid is not None:

@@ -99,7 +99,7 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
     before = len(check.problems)
     check.keys(doc, RULE_KEYS, ("rule", "trigger", "steps"), what="rule")
     rule_id = check.string(doc.get("rule"), doc.where("rule"), "rule")
-    if rule_id is not None and not TYPE_RE.match(rule_id.replace("-", "_")):
+    if rule_id is not None and not TYPE_RE.fullmatch(rule_id.replace("-", "_")):
         check.error(doc.where("rule"), f"rule id '{rule_id}' may use a-z, 0-9, _, - and .")
     category = "marketing"
     if "category" in doc:

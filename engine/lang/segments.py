@@ -85,7 +85,7 @@ def parse_segment(doc: YDict, check: Checker, source: str) -> Segment | None:
     before = len(check.problems)
     check.keys(doc, SEGMENT_KEYS, ("segment",), what="segment")
     seg_id = check.string(doc.get("segment"), doc.where("segment"), "segment")
-    if seg_id is not None and not TYPE_RE.match(seg_id.replace("-", "_")):
+    if seg_id is not None and not TYPE_RE.fullmatch(seg_id.replace("-", "_")):
         check.error(doc.where("segment"), f"segment id '{seg_id}' may use a-z, 0-9, _, - and .")
     description = doc.get("description") or ""
     if not isinstance(description, str):
@@ -144,7 +144,7 @@ def _condition(node: YDict, check: Checker, what: str) -> Condition | None:
     event = check.string(node.get("event"), node.where("event"), f"{what}.event")
     if event is None:
         return None
-    if not TYPE_RE.match(event):
+    if not TYPE_RE.fullmatch(event):
         check.error(node.where("event"), f"{what}.event: '{event}' is not an event type")
         return None
     if event in PRODUCT_EVENTS:

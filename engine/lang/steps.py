@@ -62,7 +62,7 @@ def expression(node: YDict, key: str, check: Checker) -> Expression | None:
 def event_type(node: YDict, check: Checker, what: str) -> str | None:
     """node['event'] when it is an event type such as cart.updated, else None (reported)."""
     value = check.string(node.get("event"), node.where("event"), f"{what} event")
-    if value is not None and not TYPE_RE.match(value):
+    if value is not None and not TYPE_RE.fullmatch(value):
         check.error(
             node.where("event"), f"{what} event '{value}' is not an event type such as cart.updated"
         )

@@ -21,6 +21,11 @@ class Metrics:
         self.processed = Counter(
             "kaskad_events_processed", "Events the engine processed", registry=r
         )
+        self.inbox_unreadable = Counter(
+            "kaskad_inbox_unreadable",
+            "Stored events the engine could not read back (logged as inbox.unreadable, skipped)",
+            registry=r,
+        )
         self.timers_fired = Counter("kaskad_timers_fired", "Timers fired", registry=r)
         self.timer_lateness = Histogram(
             "kaskad_timer_lateness_seconds",

@@ -171,8 +171,9 @@ async def _one(
         except aiomqtt.MqttError:
             raise  # the connection is gone: no ack, the message comes again
         except Exception as exc:
-            # A topic paho refuses to publish to (a wildcard in mqtt.dead_letter_topic):
-            # the log keeps the dead letter, and the stream goes on.
+            # A publish paho refuses (the config refuses a dead_letter_topic with a
+            # wildcard, but not every refusal can be foreseen): the log keeps the dead
+            # letter, and the stream goes on.
             log.error(
                 "mqtt.dead_letter_failed",
                 dead_letter_topic=config.dead_letter_topic,

@@ -20,7 +20,6 @@ from channels.base import Outcome
 from engine.clock import Clock
 from engine.core.runner import Engine
 from engine.core.workspace import FACTS, Workspace
-from engine.errors import EventError
 from engine.lang.events import Event, parse_event
 from engine.lang.ruleset import RuleSet
 from engine.runtime.audiences import broadcast, fan_out
@@ -192,9 +191,12 @@ class Processor:
         for seq, body, cursor in rows:
             try:
                 event = parse_event(orjson.loads(body), received_at=self.clock.now())
-            except (ValueError, EventError, RecursionError) as exc:
-                # Validated at ingest; a row that no longer parses must not block the queue.
-                log.error("inbox.unreadable", seq=seq, error=str(exc))
+            except Exception as exc:
+                # Validated at ingest; a row that no longer parses (NaN written by an older
+                # version, a hand-edited row...) must neither block the queue nor end the loop.
+                log.error("inbox.unreadable", seq=seq, error=f"{type(exc).__name__}: {exc}")
+                if self.metrics:
+                    self.metrics.inbox_unreadable.inc()
                 done.append(seq)
                 continue
             if event.user_id is None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
+from structlog.testing import capture_logs
 
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
+from engine.runtime.logs import configure
 
 from .helpers import ADMIN, START, Client, make_config
+from .proc import poll
 
 CART = {"items": [{"product_id": "p1", "name": "Kettle", "price": 30, "qty": 1}], "total": 30}
 
@@ -284,3 +292,79 @@ async def test_a_queued_send_wakes_the_dispatcher(client: Client) -> None:
     assert (await client.post_events([bonus]))[0] == 202
     await client.daemon.processor.run_once()
     assert wake.is_set()
+
+
+# -- slow clients and clients that leave (issue 9) ------------------------------------------
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """All the server sends until it closes; a server that never does fails the test."""
+    return await asyncio.wait_for(reader.read(), timeout=10)
+
+
+async def test_a_body_that_does_not_arrive_in_time_gets_408(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    config = make_config(tmp_path, rules_dir)
+    config.server.read_timeout_s = 0.3  # the wall clock: a network deadline, not engine time
+    daemon = Daemon(config, VirtualClock(START), background=False)
+    await daemon.start()
+    try:
+        # The headers, then 10 of the 1000 bytes promised, then nothing (slowloris).
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(
+            b"POST /v1/events HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer ingest-token\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"type": "'
+        )
+        answer = await _answer(reader)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout" and "server.read_timeout_s" in error["message"]
+        # Headers that never end: the connection is closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(b"POST /v1/events HTTP/1.1\r\nHost: k\r\nX-Slow: ")
+        assert await _answer(reader) == b""
+        writer.close()
+        assert await daemon.store.inbox_size() == 0
+        # Requests in time are served as ever.
+        async with aiohttp.ClientSession() as session:
+            client = Client(daemon, session)
+            assert (await client.post_events(cart("u1")))[0] == 202
+    finally:
+        await daemon.stop()
+
+
+@pytest.fixture
+def info_logs() -> Iterator[None]:
+    """Info lines are kept for the test (the suite keeps warnings and above)."""
+    configure(level="info", fmt="console")
+    yield
+    configure(level="warning", fmt="console")
+
+
+@pytest.mark.usefixtures("info_logs")
+async def test_a_client_that_leaves_mid_request_is_no_server_error(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with capture_logs() as logs:
+        _, writer = await asyncio.open_connection("127.0.0.1", client.daemon.port)
+        writer.write(
+            b"PUT /v1/profiles/u1 HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admin-token\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"email": '
+        )
+        await writer.drain()
+        writer.transport.abort()  # a reset, mid-body
+
+        async def gone() -> list[dict[str, Any]] | None:
+            await asyncio.sleep(0)  # lets the server run; no timer is waited for
+            return [e for e in logs if e["event"] == "api.client_gone"] or None
+
+        (line,) = await poll(gone, within=10, what="the server to see the client leave")
+    assert line["log_level"] == "info" and line["path"] == "/v1/profiles/u1", line
+    assert "exc_info" not in line and "exception" not in line
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    # The server goes on.
+    assert (await client.post_events(cart("u1")))[0] == 202

@@ -34,6 +34,9 @@ NESTED_100 = b"[" * 100 + b"]" * 100  # parsed fine, but past 64 levels in an ev
 SURROGATE = "holds a lone surrogate (\\ud800), which is not text"
 NUL = "holds a NUL character (\\u0000)"
 TOO_LONG = "must be a non-empty string of at most 200 characters"
+NOT_FINITE = "must be a finite number (NaN and Infinity are not JSON numbers)"
+MONEY_RANGE = "must be a number from -1e15 to 1e15"
+TYPE_PATTERN = "must match [a-z0-9_]+(.[a-z0-9_]+)*, e.g. cart.updated"
 CURSOR_NAN = base64.urlsafe_b64encode(b'["nan", "x"]').decode().rstrip("=")
 
 
@@ -178,6 +181,83 @@ CASES = [
         headers=INGEST + JSON,
         body=event(user_id="u" * 201),
         detail=invalid(0, "user_id", TOO_LONG),
+    ),
+    # h. numbers JSON has not (the stdlib parser reads them), money past any shop's figure
+    *(
+        case(
+            f"{literal.decode()} as an order total",
+            "POST",
+            "/v1/events",
+            400,
+            "invalid_events",
+            headers=INGEST + JSON,
+            body=b'{"type":"order.created","user_id":"u1","data":{"total":%s}}' % literal,
+            detail=invalid(0, "data.total", NOT_FINITE),
+        )
+        for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999")
+    ),
+    case(
+        "Infinity deep in the data of the second event",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=b'[{"type":"a.b","user_id":"u1"},{"type":"a.b","user_id":"u1","data":{"x":[1,Infinity]}}]',
+        detail=invalid(1, "data.x[1]", NOT_FINITE),
+    ),
+    case(
+        "NaN on an NDJSON line",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + NDJSON,
+        body=event() + b"\n" + b'{"type":"a.b","user_id":"u1","data":{"score":NaN}}\n',
+        detail=invalid(1, "data.score", NOT_FINITE),
+    ),
+    case(
+        "NaN in a profile",
+        "PUT",
+        "/v1/profiles/u1",
+        400,
+        "invalid_profile",
+        headers=ADMIN + JSON,
+        body=b'{"attributes": {"ltv": NaN}}',
+        detail={"field": "data.attributes.ltv", "message": NOT_FINITE},
+    ),
+    *(
+        case(
+            f"order total {literal[:12].decode()}",
+            "POST",
+            "/v1/events",
+            400,
+            "invalid_events",
+            headers=INGEST + JSON,
+            body=b'{"type":"order.created","user_id":"u1","data":{"total":%s}}' % literal,
+            detail=invalid(0, "data.total", MONEY_RANGE),
+        )
+        for literal in (b"1e16", b"1.7e308", b"-1e300", b"1" + b"0" * 400)
+    ),
+    case(
+        "an item price of 1e300",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=b'{"type":"cart.updated","user_id":"u1","data":{"items":[{"price":1e300}]}}',
+        detail=invalid(0, "data.items[0].price", MONEY_RANGE),
+    ),
+    case(
+        "a type with a trailing newline",
+        "POST",
+        "/v1/events",
+        400,
+        "invalid_events",
+        headers=INGEST + JSON,
+        body=event(type="shop.visited\n"),
+        detail=invalid(0, "type", TYPE_PATTERN),
     ),
     # d. nesting: past any parser, or past 64 levels in an event
     case(
@@ -564,3 +644,29 @@ async def test_a_bad_request_never_fails_a_good_one_beside_it(hostile: Client) -
     status, profile = await hostile.admin("GET", "/v1/profiles/u2")
     assert (status, profile["email"]) == (200, "a@b.c")
     assert (await hostile.admin("GET", "/v1/profiles/u1"))[0] == 404
+
+
+async def test_tokens_are_compared_as_bytes_whatever_they_hold(client: Client) -> None:
+    """The config refuses tokens a header cannot carry; should one reach the server anyway,
+    a request with any credentials is answered 401 or let in, never 500."""
+    auth = client.daemon.state.config.auth
+    auth.admin_token, auth.metrics_token, auth.ingest_tokens = "tökén", "mé", ["ïn"]
+    port = client.daemon.port
+
+    async def status(method: str, target: str, token: bytes, body: bytes = b"") -> int:
+        headers = ((b"Authorization", b"Bearer " + token), *JSON)
+        return (await raw(port, method, target, headers, body))[0]
+
+    for token in (b"abc", "tök".encode(), b"\xff", "tökén".encode("latin-1")):
+        assert await status("GET", "/v1/messages", token) == 401, token
+        assert await status("GET", "/metrics", token) == 401, token
+        assert await status("POST", "/v1/events", token, event()) == 401, token
+        assert await status("GET", "/", token) == 401, token
+    assert await status("GET", "/v1/messages", "tökén".encode()) == 200
+    assert await status("GET", "/metrics", "mé".encode()) == 200
+    assert await status("POST", "/v1/events", "ïn".encode(), event()) == 202
+    assert await status("GET", "/", "tökén".encode()) == 200
+    form = ((b"Content-Type", b"application/x-www-form-urlencoded"),)
+    for token, expected in ((b"abc", 401), (b"t%C3%B6k%C3%A9n", 303), (b"%FF%ED%A0%80", 401)):
+        answer = await raw(port, "POST", "/ui/login", form, b"token=" + token + b"&next=/")
+        assert answer[0] == expected, token

@@ -138,9 +138,13 @@ async def test_every_metric_family_moves(tmp_path: Path, broker: Broker) -> None
         }
         assert (await client.post_events([{"type": "Bad", "user_id": "ann"}]))[0] == 400
         await scrape()  # accepted, duplicate, rejected; the inbox holds the events
+        # A stored row the engine cannot read back (NaN, as an older version wrote it).
+        nan = '{"type": "cart.updated", "user_id": "ann", "data": {"total": NaN}}'
+        assert await daemon.store.enqueue([(None, nan)], clock.now()) == (1, 0)
+        daemon.processor.accepted(1)
 
         await client.advance(0)
-        await scrape()  # processed, started, ended, errors, skips, active, timers, paused
+        await scrape()  # processed, unreadable, started, ended, errors, skips, active, timers...
 
         clock.advance_to(clock.now() + 3600)
         await daemon.processor.drain()

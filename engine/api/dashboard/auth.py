@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from engine.api.auth import admin_denied
+from engine.api.auth import admin_denied, same_text
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
 from engine.api.state import STATE
@@ -74,8 +74,17 @@ def page(handler: Page) -> Page:
 
 
 def _safe_next(target: str) -> str:
-    """Only a path on this site: never `//host` or a scheme (no open redirect)."""
-    if target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Only a path on this site, else the dashboard's root (no open redirect): it starts
+    with one slash (two, or a slash and a backslash, name another host to a browser) and
+    holds visible ASCII only, no backslash: browsers drop tabs and newlines from a URL (a
+    tab between two slashes would name another host), and a newline would end the header.
+    """
+    if (
+        target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and all(33 <= ord(c) <= 126 for c in target)
+    ):
         return target
     return "/"
 
@@ -88,7 +97,7 @@ async def login(request: web.Request) -> web.Response:
     response = web.Response(status=303, headers={"Location": target, **HEADERS})
     if not admin:
         return response
-    if not hmac.compare_digest(token.encode(), admin.encode()):
+    if not same_text(token, admin):
         return _login_form(request, "That token is not valid.")
     response.set_cookie(
         COOKIE,
