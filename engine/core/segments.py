@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.core.context import context
@@ -23,6 +23,7 @@ from engine.core.model import UserState
 from engine.core.workspace import Failure, Workspace
 from engine.errors import ExpressionError
 from engine.lang.events import Event
+from engine.lang.expressions import Expression
 from engine.lang.fused import fuse_tests
 from engine.lang.segments import EventCondition, ProfileCondition, Segment
 
@@ -60,6 +61,40 @@ class _Plan:
         self.light = fused.names is not None and fused.names <= {"event"}
 
 
+class _SegmentPlan:
+    """A segment's conditions as _settle reads them: its profile conditions tested together
+    (their indexes in `profile_at`), its event conditions with their facts keys."""
+
+    def __init__(self, seg: Segment) -> None:
+        self.size = len(seg.conditions)
+        self.profile_at = [
+            n for n, c in enumerate(seg.conditions) if isinstance(c, ProfileCondition)
+        ]
+        exprs: list[Expression | None] = []
+        for n in self.profile_at:
+            cond = seg.conditions[n]
+            assert isinstance(cond, ProfileCondition)
+            exprs.append(cond.cond)
+        self.profile = fuse_tests(exprs) if exprs else None
+        self.events = [
+            (n, str(n), c) for n, c in enumerate(seg.conditions) if isinstance(c, EventCondition)
+        ]
+
+
+def _failing(
+    ws: Workspace, st: UserState, seg: Segment, at: list[int]
+) -> Callable[[int, ExpressionError], None]:
+    """The failure hook of a segment's fused tests: `at` maps a test to its condition."""
+
+    def fail(index: int, exc: ExpressionError) -> None:
+        where = f"{seg.id}: condition {at[index]}"
+        ws.errors.append(
+            Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
+        )
+
+    return fail
+
+
 class SegmentEngine:
     """The live segments of a rule set: what each event type and each profile change can
     change, and the work of changing it."""
@@ -86,10 +121,7 @@ class SegmentEngine:
         # type every condition of that type with their tests fused (engine/lang/fused.py).
         self._all_ids = frozenset(self.segments)
         self._profile_ids = frozenset(s.id for s in self.by_profile)
-        self._order = [
-            (seg, [(n, str(n), cond) for n, cond in enumerate(seg.conditions)])
-            for seg in self.segments.values()
-        ]
+        self._order = [(seg, _SegmentPlan(seg)) for seg in self.segments.values()]
         self._windows = {
             seg.id: {
                 str(n): (c.at_least, c.within_s)
@@ -150,7 +182,7 @@ class SegmentEngine:
         queued = set(wanted)
         # In the rule set's order; a reader of a segment comes after it, so one queued when
         # that segment changes is still ahead.
-        for seg, conds in self._order:
+        for seg, plan in self._order:
             if seg.id not in queued:
                 continue
             held = state.get(seg.id)
@@ -159,18 +191,18 @@ class SegmentEngine:
                 held = None
                 touched = True
             counts = held["c"] if held is not None else None
-            results = []
-            for n, key, cond in conds:
-                if isinstance(cond, ProfileCondition):
-                    if ctx is None:
-                        ctx = context(now, st, {}, {})
-                        ctx["user"]["segments"] = sorted(members)
-                    results.append(
-                        self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
-                    )
-                else:
-                    stamps = counts.get(key) if counts is not None else None
-                    results.append(_holds(stamps, cond, now) if stamps else False)
+            results = [False] * plan.size
+            if plan.profile is not None:
+                if ctx is None:
+                    ctx = context(now, st, {}, {})
+                    ctx["user"]["segments"] = sorted(members)
+                fail = _failing(ws, st, seg, plan.profile_at)
+                for index in plan.profile.test(ctx, fail):
+                    results[plan.profile_at[index]] = True
+            for n, key, cond in plan.events:
+                stamps = counts.get(key) if counts is not None else None
+                if stamps:
+                    results[n] = _holds(stamps, cond, now)
             inside = all(results) if seg.require_all else any(results)
             if inside == (seg.id in members):
                 continue
@@ -221,32 +253,14 @@ class SegmentEngine:
                 if ends > now and (due is None or ends < due):
                     due = ends
         # Each interest leaves the top 90 days after its last event (not only the last one).
+        # (the earliest of them matters: the first to leave, or now when one is overdue)
         if st.profile.get("interests"):
             for table in (st.facts.get("int") or {}).values():
-                for _, at in table.values():
-                    ends = at + INTEREST_WINDOW_S
+                if table:
+                    ends = min(at for _, at in table.values()) + INTEREST_WINDOW_S
                     if due is None or ends < due:
                         due = max(ends, now)
         return due
-
-    @staticmethod
-    def _test(
-        ws: Workspace,
-        st: UserState,
-        seg: Segment,
-        expr: Any,
-        ctx: dict[str, Any],
-        where: str,
-    ) -> bool:
-        if expr is None:
-            return True
-        try:
-            return bool(expr.test(ctx))
-        except ExpressionError as exc:
-            ws.errors.append(
-                Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
-            )
-            return False
 
 
 def _list(value: Any) -> list[str]:
