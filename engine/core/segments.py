@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.core.context import context
@@ -23,6 +23,8 @@ from engine.core.model import UserState
 from engine.core.workspace import Failure, Workspace
 from engine.errors import ExpressionError
 from engine.lang.events import Event
+from engine.lang.expressions import Expression
+from engine.lang.fused import fuse_tests
 from engine.lang.segments import EventCondition, ProfileCondition, Segment
 
 SEGMENT_ENTERED = "segment.entered"
@@ -40,6 +42,57 @@ INTEREST_HALF_LIFE_S = 30 * 86400
 INTEREST_TOP = 5
 _INTEREST_KEEP = 30  # values kept per kind (the top 5 of 30 is stable enough)
 _INTEREST_VALUE_CHARS = 100
+
+
+class _Plan:
+    """The event conditions of one event type, in the segments' order, tested together."""
+
+    def __init__(self, etype: str, segments: list[Segment]) -> None:
+        self.conds = [
+            (seg, n, cond)
+            for seg in segments
+            for n, cond in enumerate(seg.conditions)
+            if isinstance(cond, EventCondition) and cond.event == etype
+        ]
+        self.segments = frozenset(seg.id for seg in segments)
+        fused = fuse_tests([cond.cond for _, _, cond in self.conds])
+        self.test = fused.test
+        # Only the event read: the user's part of the context is not built.
+        self.light = fused.names is not None and fused.names <= {"event"}
+
+
+class _SegmentPlan:
+    """A segment's conditions as _settle reads them: its profile conditions tested together
+    (their indexes in `profile_at`), its event conditions with their facts keys."""
+
+    def __init__(self, seg: Segment) -> None:
+        self.size = len(seg.conditions)
+        self.profile_at = [
+            n for n, c in enumerate(seg.conditions) if isinstance(c, ProfileCondition)
+        ]
+        exprs: list[Expression | None] = []
+        for n in self.profile_at:
+            cond = seg.conditions[n]
+            assert isinstance(cond, ProfileCondition)
+            exprs.append(cond.cond)
+        self.profile = fuse_tests(exprs) if exprs else None
+        self.events = [
+            (n, str(n), c) for n, c in enumerate(seg.conditions) if isinstance(c, EventCondition)
+        ]
+
+
+def _failing(
+    ws: Workspace, st: UserState, seg: Segment, at: list[int]
+) -> Callable[[int, ExpressionError], None]:
+    """The failure hook of a segment's fused tests: `at` maps a test to its condition."""
+
+    def fail(index: int, exc: ExpressionError) -> None:
+        where = f"{seg.id}: condition {at[index]}"
+        ws.errors.append(
+            Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
+        )
+
+    return fail
 
 
 class SegmentEngine:
@@ -62,66 +115,94 @@ class SegmentEngine:
             for name, _, _ in seg.refs:
                 if name in self.segments and seg not in self.readers.get(name, []):
                     self.readers.setdefault(name, []).append(seg)
+        self.reader_ids = {sid: [r.id for r in seg] for sid, seg in self.readers.items()}
+        # What the hot path reads, worked out once: the segments in order with their
+        # conditions (and facts keys), each condition's window by facts key, and per event
+        # type every condition of that type with their tests fused (engine/lang/fused.py).
+        self._all_ids = frozenset(self.segments)
+        self._profile_ids = frozenset(s.id for s in self.by_profile)
+        self._order = [(seg, _SegmentPlan(seg)) for seg in self.segments.values()]
+        self._windows = {
+            seg.id: {
+                str(n): (c.at_least, c.within_s)
+                for n, c in enumerate(seg.conditions)
+                if isinstance(c, EventCondition)
+            }
+            for seg in self.segments.values()
+        }
+        self._plans = {etype: _Plan(etype, segs) for etype, segs in self.by_event.items()}
 
     def on_event(self, ws: Workspace, st: UserState, ev: Event) -> list[Event]:
         """Count the event where it matches, update interests, recompute what it and a
         changed profile can change; the segment.entered/left events it caused."""
         touched = _interests(ws, st, ev)
-        candidates: dict[str, Segment] = {}
-        matching = self.by_event.get(ev.type, ())
-        if matching:
-            ctx = context(ws.now, st, ev.context, ev.context)
+        plan = self._plans.get(ev.type)
+        candidates: frozenset[str] = frozenset()
+        if plan is not None:
+            if plan.light:
+                ctx: dict[str, Any] = {"event": ev.context}
+            else:
+                ctx = context(ws.now, st, ev.context, ev.context)
             when = min(ev.time, ws.now)
-            for seg in matching:
-                for n, cond in enumerate(seg.conditions):
-                    if (
-                        isinstance(cond, EventCondition)
-                        and cond.event == ev.type
-                        and self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
-                    ):
-                        _count(st, seg, n, cond, when)
-                        touched = True
-                candidates[seg.id] = seg
+            conds = plan.conds
+
+            def fail(index: int, exc: ExpressionError) -> None:
+                seg, n, _ = conds[index]
+                where = f"{seg.id}: condition {n}"
+                ws.errors.append(
+                    Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
+                )
+
+            # Every condition of the event's type, fused (in order, errors in order).
+            for index in plan.test(ctx, fail):
+                seg, n, cond = conds[index]
+                _count(st, seg, n, cond, when)
+                touched = True
+            candidates = plan.segments
         if st.user_id in ws.changes.profiles or st.profile_dirty:
-            for seg in self.by_profile:
-                candidates.setdefault(seg.id, seg)
+            candidates = candidates | self._profile_ids
         if not candidates and not touched:
             return []
-        return self._settle(ws, st, candidates.values(), touched)
+        return self._settle(ws, st, candidates, touched)
 
     def on_due(self, ws: Workspace, st: UserState) -> list[Event]:
         """A window ran out (the facts' timer): interests age, every segment is recomputed."""
         if refresh_interests(st, ws.now):
             ws.save_profile(st)
-        return self._settle(ws, st, self.segments.values(), True)
+        return self._settle(ws, st, self._all_ids, True)
 
     def _settle(
-        self, ws: Workspace, st: UserState, segments: Iterable[Segment], touched: bool
+        self, ws: Workspace, st: UserState, wanted: Iterable[str], touched: bool
     ) -> list[Event]:
         now = ws.now
         state = _segment_state(st)
         current = set(_list(st.profile.get("segments")))
-        members = set(current) & set(self.segments)  # a segment that is gone is left
+        members = current & self._all_ids  # a segment that is gone is left
         ctx: dict[str, Any] | None = None
-        queue = sorted({s.id: s for s in segments}.values(), key=lambda s: self.rank.get(s.id, 0))
-        queued = {s.id for s in queue}
-        while queue:
-            seg = queue.pop(0)
+        queued = set(wanted)
+        # In the rule set's order; a reader of a segment comes after it, so one queued when
+        # that segment changes is still ahead.
+        for seg, plan in self._order:
+            if seg.id not in queued:
+                continue
             held = state.get(seg.id)
             if held is not None and held.get("v") != seg.version:
                 state.pop(seg.id)  # redefined: its counts no longer mean the same
+                held = None
                 touched = True
-            results = []
-            for n, cond in enumerate(seg.conditions):
-                if isinstance(cond, ProfileCondition):
-                    if ctx is None:
-                        ctx = context(now, st, {}, {})
-                        ctx["user"]["segments"] = sorted(members)
-                    results.append(
-                        self._test(ws, st, seg, cond.cond, ctx, f"{seg.id}: condition {n}")
-                    )
-                else:
-                    results.append(_holds(st, seg, n, cond, now))
+            counts = held["c"] if held is not None else None
+            results = [False] * plan.size
+            if plan.profile is not None:
+                if ctx is None:
+                    ctx = context(now, st, {}, {})
+                    ctx["user"]["segments"] = sorted(members)
+                fail = _failing(ws, st, seg, plan.profile_at)
+                for index in plan.profile.test(ctx, fail):
+                    results[plan.profile_at[index]] = True
+            for n, key, cond in plan.events:
+                stamps = counts.get(key) if counts is not None else None
+                if stamps:
+                    results[n] = _holds(stamps, cond, now)
             inside = all(results) if seg.require_all else any(results)
             if inside == (seg.id in members):
                 continue
@@ -131,11 +212,8 @@ class SegmentEngine:
                 members.discard(seg.id)
             if ctx is not None:
                 ctx["user"]["segments"] = sorted(members)
-            for reader in self.readers.get(seg.id, ()):
-                if reader.id not in queued:  # later in the order: settled after this one
-                    queued.add(reader.id)
-                    bisect.insort(queue, reader, key=lambda s: self.rank.get(s.id, 0))
-        due = _next_due(st, self.segments, now)
+            queued.update(self.reader_ids.get(seg.id, ()))
+        due = self._next_due(st, now)
         if touched or due != st.facts_due:
             st.facts_due = due
             ws.save_facts(st)
@@ -152,24 +230,37 @@ class SegmentEngine:
         events += [_segment_event(SEGMENT_LEFT, st, s, now) for s in sorted(current - members)]
         return events
 
-    @staticmethod
-    def _test(
-        ws: Workspace,
-        st: UserState,
-        seg: Segment,
-        expr: Any,
-        ctx: dict[str, Any],
-        where: str,
-    ) -> bool:
-        if expr is None:
-            return True
-        try:
-            return bool(expr.test(ctx))
-        except ExpressionError as exc:
-            ws.errors.append(
-                Failure(f"segment:{seg.id}", "expression_error", where, str(exc), st.user_id)
-            )
-            return False
+    def _next_due(self, st: UserState, now: float) -> float | None:
+        """When the next condition that holds stops holding, or the interests age out."""
+        due: float | None = None
+        state = _segment_state(st)
+        windows = self._windows
+        for seg_id, entry in list(state.items()):
+            known = windows.get(seg_id)
+            if known is None:
+                del state[seg_id]  # the segment is gone, and so are its counts
+                continue
+            for key, stamps in entry["c"].items():
+                window = known.get(key)
+                if window is None:
+                    window = _window(self.segments[seg_id], key)
+                    if window is None:
+                        continue
+                at_least, within_s = window
+                if len(stamps) < at_least:
+                    continue
+                ends = stamps[-at_least] + within_s
+                if ends > now and (due is None or ends < due):
+                    due = ends
+        # Each interest leaves the top 90 days after its last event (not only the last one).
+        # (the earliest of them matters: the first to leave, or now when one is overdue)
+        if st.profile.get("interests"):
+            for table in (st.facts.get("int") or {}).values():
+                if table:
+                    ends = min(at for _, at in table.values()) + INTEREST_WINDOW_S
+                    if due is None or ends < due:
+                        due = max(ends, now)
+        return due
 
 
 def _list(value: Any) -> list[str]:
@@ -197,42 +288,22 @@ def _count(st: UserState, seg: Segment, n: int, cond: EventCondition, when: floa
     del stamps[: max(0, len(stamps) - cond.at_least)]
 
 
-def _holds(st: UserState, seg: Segment, n: int, cond: EventCondition, now: float) -> bool:
-    entry = _segment_state(st).get(seg.id)
-    stamps = entry["c"].get(str(n)) if entry else None
-    if not stamps:
-        return False
+def _holds(stamps: list[float], cond: EventCondition, now: float) -> bool:
+    """Whether a condition's kept times (not empty) make it hold now."""
     # Times out of the window are of no use again: the window only moves forward.
-    keep = [t for t in stamps if t > now - cond.within_s]
+    cut = now - cond.within_s
+    keep = [t for t in stamps if t > cut]
     if len(keep) != len(stamps):
         stamps[:] = keep
-    return len(stamps) >= cond.at_least and stamps[-cond.at_least] > now - cond.within_s
+    return len(stamps) >= cond.at_least and stamps[-cond.at_least] > cut
 
 
-def _next_due(st: UserState, segments: dict[str, Segment], now: float) -> float | None:
-    """When the next condition that holds stops holding, or the interests age out."""
-    due: float | None = None
-    state = _segment_state(st)
-    for seg_id, entry in list(state.items()):
-        seg = segments.get(seg_id)
-        if seg is None:
-            del state[seg_id]  # the segment is gone, and so are its counts
-            continue
-        for key, stamps in entry["c"].items():
-            cond = seg.conditions[int(key)] if int(key) < len(seg.conditions) else None
-            if not isinstance(cond, EventCondition) or len(stamps) < cond.at_least:
-                continue
-            ends = stamps[-cond.at_least] + cond.within_s
-            if ends > now and (due is None or ends < due):
-                due = ends
-    # Each interest leaves the top 90 days after its last event (not only the last one).
-    if st.profile.get("interests"):
-        for table in (st.facts.get("int") or {}).values():
-            for _, at in table.values():
-                ends = at + INTEREST_WINDOW_S
-                if due is None or ends < due:
-                    due = max(ends, now)
-    return due
+def _window(seg: Segment, key: str) -> tuple[int, float] | None:
+    """(at_least, within_s) of the event condition a facts key names, if any."""
+    cond = seg.conditions[int(key)] if int(key) < len(seg.conditions) else None
+    if not isinstance(cond, EventCondition):
+        return None
+    return cond.at_least, cond.within_s
 
 
 def _segment_event(etype: str, st: UserState, segment: str, now: float) -> Event:

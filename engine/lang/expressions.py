@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.runtime import new_context
+from jinja2.utils import consume
 
 from engine.errors import ExpressionError, did_you_mean
 from engine.lang import budget
@@ -95,10 +96,10 @@ class Expression:
         # The compiled subset's AST, for compilers that fuse several expressions (matcher).
         self.node = node if compiled is not None else None
         if compiled is None:
-            jinja_fn = self._jinja
+            jinja_fn = _caller(self._jinja)
 
             def evaluate(context: Mapping[str, Any]) -> Any:
-                return jinja_fn(**context)
+                return jinja_fn(context)
 
             def compiled(context: Mapping[str, Any]) -> Any:
                 return budget.run(evaluate, context)
@@ -135,6 +136,22 @@ class Expression:
             return ExpressionError(f"{_error_text(exc)} in '{self.source}'")
         # a bad comparison or a sandbox refusal: the rule's fault
         return ExpressionError(f"{type(exc).__name__}: {exc} in '{self.source}'")
+
+
+def _caller(expression: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """`TemplateExpression.__call__` (undefined_to_none off) minus its per-call copy of the
+    globals ChainMap, as _renderer below: the same Context, the value as it is."""
+    template = expression._template
+    env, name, blocks = template.environment, template.name, template.blocks
+    root = template.root_render_func
+    globals_ = dict(template.globals)
+
+    def call(context: Mapping[str, Any]) -> Any:
+        ctx = new_context(env, name, blocks, dict(context), False, globals_)
+        consume(root(ctx))
+        return ctx.vars["result"]
+
+    return call
 
 
 def _renderer(template: jinja2.Template) -> Callable[[Mapping[str, Any]], str]:
