@@ -191,7 +191,7 @@ def test_a_long_chain_of_filters_loads_at_once() -> None:
     start = time.process_time()
     TextTemplate("{{ " + source + " }}")
     Expression(source)
-    assert time.process_time() - start < 0.5
+    assert time.process_time() - start < 1.5
 
 
 def test_ordinary_constant_filters_still_fold_at_load() -> None:
