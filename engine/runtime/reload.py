@@ -75,6 +75,7 @@ class RuleManager:
             "rules.loaded",
             rules=len(merged.rules),
             templates=len(merged.templates),
+            segments=len(merged.segments),
             problems=len(merged.problems),
         )
         return merged
