@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.lang.config import PoliciesConfig
+from engine.lang.policies_config import PoliciesConfig
 from engine.measure.stats import compute_stats
 from engine.store.rows import INSTANCE_COLUMNS, MESSAGE_COLUMNS, ORDER_COLUMNS
 from engine.store.sqlite import SqliteStore

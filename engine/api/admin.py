@@ -18,8 +18,8 @@ from engine.clock import iso
 from engine.core.changes import Order
 from engine.core.model import Instance, Message, profile_context
 from engine.errors import EventError
-from engine.lang.config import Attribution
 from engine.lang.events import parse_event, text_problem
+from engine.lang.policies_config import Attribution
 from engine.store.base import Store
 
 ADMIN_PREFIXES = (

@@ -15,17 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from channels.kinds import kind_names
 from engine.errors import LoadError, Problem, did_you_mean
 from engine.lang.durations import parse_duration
-from engine.lang.localtime import parse_time_of_day, zone
+from engine.lang.policies_config import PoliciesConfig
+from engine.lang.sections import Section
 from engine.lang.yamlfile import YDict, YList, load_yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class ServerConfig(_Section):
+class ServerConfig(Section):
     host: str = "0.0.0.0"
     port: int = 8080
     max_body_bytes: int = 8 * 1024 * 1024
@@ -50,7 +47,7 @@ def header_safe(token: str) -> bool:
     return all(33 <= ord(c) <= 126 for c in token)
 
 
-class AuthConfig(_Section):
+class AuthConfig(Section):
     ingest_tokens: list[str] = Field(default_factory=list)
     ingest_hmac_secret: str | None = None
     admin_token: str | None = None
@@ -76,7 +73,7 @@ class AuthConfig(_Section):
         return value
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     url: str = "sqlite:///data/kaskad.db"
     event_retention: str = "7d"
     message_retention: str = "400d"
@@ -117,12 +114,12 @@ class StorageConfig(_Section):
         return parse_duration(self.lease)
 
 
-class RulesConfig(_Section):
+class RulesConfig(Section):
     path: str = "rules"
     watch: bool = True
 
 
-class MqttConfig(_Section):
+class MqttConfig(Section):
     url: str | None = None
     topics: list[str] = Field(default_factory=lambda: ["shop/events/#"])
     qos: Literal[0, 1, 2] = 1
@@ -199,140 +196,12 @@ def topic_problem(topic: str, *, wildcards: bool) -> str | None:
     return None
 
 
-class QuietHours(_Section):
-    start: str = Field("21:00", alias="from")
-    end: str = Field("09:00", alias="to")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        parse_time_of_day(value)
-        return value
-
-
-class FrequencyCap(_Section):
-    per: str
-    max: int = Field(ge=0)
-
-    @field_validator("per")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if parse_duration(value) <= 0:
-            raise ValueError("must be a positive duration")
-        return value
-
-    @property
-    def per_s(self) -> float:
-        return parse_duration(self.per)
-
-
-class Attribution(_Section):
-    window: str = "7d"
-    touch: Literal["click", "open", "send"] = "click"
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: str) -> str:
-        # The daemon keeps a user's last 30 days of messages at hand, so the touch an order
-        # is attributed to is found within 30 days.
-        if not 0 < parse_duration(value) <= 30 * 86400:
-            raise ValueError("must be a duration from 1s to 30d")
-        return value
-
-    @property
-    def window_s(self) -> float:
-        return parse_duration(self.window)
-
-
-class AbConfig(_Section):
-    # A/B verdicts: no winner is called while a variant has fewer users than this.
-    min_sample: int = Field(default=100, ge=1)
-
-
-class RfmConfig(_Section):
-    # The nightly RFM recompute, at this time of day in policies.timezone.
-    at: str = "03:30"
-
-    @field_validator("at")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        parse_time_of_day(value)
-        return value
-
-
-def _default_caps() -> list[FrequencyCap]:
-    return [FrequencyCap(per="1d", max=2), FrequencyCap(per="7d", max=6)]
-
-
-_SHARE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
-
-
-def share_pct(value: object) -> float:
-    """A share of users, `10%` or `10.5%` -> 10.0, from 0% to 50%; ValueError otherwise.
-    A bare number other than 0 is refused: `0.1` may mean 10% or 0.1%."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
-        return 0.0
-    found = _SHARE.fullmatch(value) if isinstance(value, str) else None
-    if found is None or float(found.group(1)) > 50:
-        raise ValueError(
-            f"must be a share from 0% to 50% with its percent sign, e.g. 10%, got '{value}'"
-        )
-    return float(found.group(1))
-
-
-class PoliciesConfig(_Section):
-    quiet_hours: QuietHours | None = Field(default_factory=lambda: QuietHours.model_validate({}))
-    frequency_caps: list[FrequencyCap] = Field(default_factory=_default_caps)
-    max_lateness: str = "24h"
-    attribution: Attribution = Field(default_factory=Attribution)
-    consent_default: dict[str, Literal["opt_in", "opt_out"]] = Field(default_factory=dict)
-    timezone: str = "UTC"  # for users whose profile has none
-    ab: AbConfig = Field(default_factory=AbConfig)
-    rfm: RfmConfig | None = Field(default_factory=RfmConfig)  # None: no nightly recompute
-    # A stable share of all users kept out of every marketing message (a control group
-    # measured across rules), "5%" or 5; 0 to 50.
-    global_holdout: str | float = 0
-
-    @field_validator("global_holdout", mode="before")
-    @classmethod
-    def _share(cls, value: object) -> object:
-        share_pct(value)
-        return value
-
-    @property
-    def global_holdout_pct(self) -> float:
-        return share_pct(self.global_holdout)
-
-    @field_validator("consent_default")
-    @classmethod
-    def _channels(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if name not in kind_names():
-                raise ValueError(f"unknown channel '{name}'{did_you_mean(name, kind_names())}")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        zone(value)
-        return value
-
-    @field_validator("max_lateness")
-    @classmethod
-    def _lateness(cls, value: str) -> str:
-        parse_duration(value)
-        return value
-
-    def opt_in(self, channel: str) -> bool:
-        return self.consent_default.get(channel) == "opt_in"
-
-
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     base_url: str = "http://localhost:8080"
     secret: str | None = None
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -366,7 +235,7 @@ def _default_channels() -> dict[str, ChannelConfig]:
     return {name: ChannelConfig() for name in kind_names()}  # the kinds registered now
 
 
-class Config(_Section):
+class Config(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

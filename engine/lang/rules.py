@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from engine.clock import parse_time
-from engine.lang.config import share_pct
 from engine.lang.events import PRODUCT_EVENTS, TYPE_RE
 from engine.lang.expressions import EXPRESSION_NAMES, Expression, TextTemplate
 from engine.lang.localtime import zone
+from engine.lang.policies_config import share_pct
 from engine.lang.program import Op, SendOp
 from engine.lang.steps import StepCompiler, event_type, expression
 from engine.lang.validation import Checker

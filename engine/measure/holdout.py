@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.lang.config import PoliciesConfig
+from engine.lang.policies_config import PoliciesConfig
 from engine.lang.ruleset import RuleSet
 from engine.measure.proportions import SIGNIFICANCE, compare, p_text
 from engine.store.base import StatsQuery, Store

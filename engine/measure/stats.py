@@ -16,8 +16,8 @@ from typing import Any
 
 from engine.clock import iso, parse_time
 from engine.core.model import ACTIVE, ENDED
-from engine.lang.config import PoliciesConfig
 from engine.lang.durations import parse_duration
+from engine.lang.policies_config import PoliciesConfig
 from engine.lang.program import SendOp
 from engine.lang.ruleset import RuleSet
 from engine.measure.holdout import measure_holdouts
