@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pytest_asyncio import is_async_test
 
 from engine.runtime.logs import configure
+from engine.store import Store, open_store
+from tests.pgdb import pg_schema
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -37,3 +40,20 @@ async def no_lingering_tasks() -> AsyncIterator[None]:
         for task in lingering:
             task.cancel()  # the loop's close gathers them
         pytest.fail(f"{len(lingering)} task(s) still running after the test:\n  {names}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh store's URL on each store: a SQLite file, a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/kaskad.db"
+    else:
+        async with pg_schema() as pg_url:
+            yield pg_url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(store_url)
+    yield opened
+    await opened.close()

@@ -5,35 +5,16 @@ members already on profiles filled in by the migration."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from engine.core.changes import Changes
 from engine.store import Store, open_store
 from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from tests.pgdb import pg_schema
 
 T0 = 1_795_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/kaskad.db"
-    else:
-        async with pg_schema() as pg_url:
-            yield pg_url
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    opened = await open_store(url)
-    yield opened
-    await opened.close()
 
 
 def member(uid: str, *segments: str) -> dict[str, Any]:
@@ -95,8 +76,10 @@ def _schema(url: str) -> str:
     return url.split("search_path=")[1].split("&")[0]
 
 
-async def test_the_migration_fills_in_members_already_on_profiles(url: str, tmp_path: Path) -> None:
-    store = await open_store(url)
+async def test_the_migration_fills_in_members_already_on_profiles(
+    store_url: str, tmp_path: Path
+) -> None:
+    store = await open_store(store_url)
     await store.save(
         Changes(
             profiles={
@@ -108,8 +91,8 @@ async def test_the_migration_fills_in_members_already_on_profiles(url: str, tmp_
         )
     )
     await store.close()
-    await _roll_back_last_migration(url, tmp_path)
-    store = await open_store(url)
+    await _roll_back_last_migration(store_url, tmp_path)
+    store = await open_store(store_url)
     try:
         assert await store.segment_sizes(["baby", "vip"]) == {"baby": 2, "vip": 1}
         assert await store.segment_users("baby", "", 10) == [("u1", T0), ("u2", T0)]

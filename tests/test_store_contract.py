@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,22 +23,6 @@ from engine.store.postgres import ConcurrentUpdate, PostgresStore
 from tests.pgdb import pg_schema
 
 T0 = 1_795_000_000.0  # 2026-11-18
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/kaskad.db"
-    else:
-        async with pg_schema() as pg_url:
-            yield pg_url
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    opened = await open_store(url)
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
@@ -524,12 +507,12 @@ async def test_set_rfm_changes_only_the_segment(store: Store) -> None:
     assert states["nobody"].profile_dirty
 
 
-async def test_a_secret_is_made_once_and_shared(url: str) -> None:
+async def test_a_secret_is_made_once_and_shared(store_url: str) -> None:
     """Generated on first use and kept: two stores on one database (replicas) asking at the
     same time get the same value, and so does a store opened after both closed (a restart);
     each name has its own."""
-    a = await open_store(url)
-    b = await open_store(url)
+    a = await open_store(store_url)
+    b = await open_store(store_url)
     try:
         first, concurrent = await asyncio.gather(a.secret("tracking"), b.secret("tracking"))
         assert first == concurrent and len(bytes.fromhex(first)) == 32
@@ -537,7 +520,7 @@ async def test_a_secret_is_made_once_and_shared(url: str) -> None:
         assert await b.secret("another") != first
     finally:
         await asyncio.gather(a.close(), b.close())
-    restarted = await open_store(url)
+    restarted = await open_store(store_url)
     try:
         assert await restarted.secret("tracking") == first
     finally:

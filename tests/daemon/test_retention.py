@@ -4,39 +4,20 @@ stores, on the virtual clock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from engine.clock import VirtualClock, parse_time
 from engine.core.changes import Changes
 from engine.core.model import Message
 from engine.daemon import Daemon
-from engine.store import Store, open_store
-from tests.pgdb import pg_schema
+from engine.store import Store
 
 from .helpers import START, Client, make_config
 from .test_api import cart, profile
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/kaskad.db"
-    else:
-        async with pg_schema() as url:
-            yield url
-
-
-@pytest.fixture
-async def store(storage_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(storage_url)
-    yield opened
-    await opened.close()
 
 
 def message(mid: str, created_at: float, status: str) -> Message:
@@ -70,9 +51,9 @@ async def test_the_store_deletes_old_messages_in_batches(store: Store) -> None:
 
 
 async def test_the_daily_job_deletes_messages_past_the_retention(
-    tmp_path: Path, rules_dir: Path, storage_url: str
+    tmp_path: Path, rules_dir: Path, store_url: str
 ) -> None:
-    config = make_config(tmp_path, rules_dir, storage_url=storage_url)
+    config = make_config(tmp_path, rules_dir, storage_url=store_url)
     config.storage.message_retention = "30d"
     clock = VirtualClock(START)
     daemon = Daemon(config, clock, background=False)
