@@ -4,6 +4,7 @@ events in a few words. (Fixtures are in conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,21 @@ def brief(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         (r["time"], r["rule"], r["user_id"], r["step"], r["channel"], r["status"], r["reason"])
         for r in records
     ]
+
+
+def write_rules(tmp_path: Path, template: str, *files: str) -> Path:
+    """tmp_path/rules holding `template` (t.yaml) and each text (dedented) as f0.yaml,
+    f1.yaml...; the directory, for load_ruleset or a daemon."""
+    root = tmp_path / "rules"
+    root.mkdir(exist_ok=True)
+    (root / "t.yaml").write_text(template)
+    for n, text in enumerate(files):
+        (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
+    return root
+
+
+def load_clean(tmp_path: Path, template: str, *files: str) -> RuleSet:
+    """write_rules, loaded; the test fails on any load problem."""
+    ruleset = load_ruleset([write_rules(tmp_path, template, *files)])
+    assert not ruleset.problems, [str(p) for p in ruleset.problems]
+    return ruleset

@@ -3,6 +3,7 @@ groups with priority, the one-off broadcast."""
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 
 from engine.clock import parse_time
 from engine.lang.ruleset import RuleSet, load_ruleset
-from tests.helpers import QUIET_CONFIG, brief, ev, profile, run_simulation
+from tests.helpers import QUIET_CONFIG, brief, ev, load_clean, profile, run_simulation, write_rules
 
 Load = Callable[..., RuleSet]
 TEMPLATE = "template: t\nemail: {subject: hi, text: hello}\n"
@@ -21,17 +22,7 @@ TEMPLATE = "template: t\nemail: {subject: hi, text: hello}\n"
 
 @pytest.fixture
 def load(tmp_path: Path) -> Load:
-    def go(*files: str) -> RuleSet:
-        root = tmp_path / "rules"
-        root.mkdir(exist_ok=True)
-        (root / "t.yaml").write_text(TEMPLATE)
-        for n, text in enumerate(files):
-            (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
-        ruleset = load_ruleset([root])
-        assert not ruleset.problems, [str(p) for p in ruleset.problems]
-        return ruleset
-
-    return go
+    return functools.partial(load_clean, tmp_path, TEMPLATE)
 
 
 def users(n: int, time: str = "2026-11-01T08:00:00Z", **data: Any) -> list[dict[str, Any]]:
@@ -302,11 +293,7 @@ def _messages(db: Path, rule: str) -> list[tuple[str, str, str | None]]:
 
 
 def _rules_dir(tmp_path: Path, *files: str) -> Path:
-    root = tmp_path / "rules"
-    root.mkdir(exist_ok=True)
-    (root / "t.yaml").write_text(TEMPLATE)
-    for n, text in enumerate(files):
-        (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
+    root = write_rules(tmp_path, TEMPLATE, *files)
     assert not load_ruleset([root]).problems
     return root
 

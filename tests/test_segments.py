@@ -3,7 +3,7 @@ windows run out, segment.entered/left as triggers, user.segments in audiences.""
 
 from __future__ import annotations
 
-import textwrap
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import pytest
 
 from engine.clock import parse_time as parse_time_
 from engine.lang.ruleset import RuleSet, load_ruleset
-from tests.helpers import ev, profile, run_simulation
+from tests.helpers import ev, load_clean, profile, run_simulation, write_rules
 
 Load = Callable[..., RuleSet]
 END = 1830297600.0  # 2028-01-01: after every event here
@@ -46,17 +46,7 @@ steps:
 
 @pytest.fixture
 def load(tmp_path: Path) -> Load:
-    def go(*files: str) -> RuleSet:
-        root = tmp_path / "rules"
-        root.mkdir(exist_ok=True)
-        (root / "t.yaml").write_text(TEMPLATE)
-        for n, text in enumerate(files):
-            (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
-        ruleset = load_ruleset([root])
-        assert not ruleset.problems, [str(p) for p in ruleset.problems]
-        return ruleset
-
-    return go
+    return functools.partial(load_clean, tmp_path, TEMPLATE)
 
 
 def view(user: str, time: str, category: str = "baby_food", **extra: Any) -> dict[str, Any]:
@@ -250,11 +240,7 @@ def test_a_deleted_segment_reports_the_rules_that_use_it_and_the_rest_run(tmp_pa
 
 
 def problems_of(tmp_path: Path, *files: str) -> list[str]:
-    root = tmp_path / "rules"
-    root.mkdir(exist_ok=True)
-    (root / "t.yaml").write_text(TEMPLATE)
-    for n, text in enumerate(files):
-        (root / f"f{n}.yaml").write_text(textwrap.dedent(text))
+    root = write_rules(tmp_path, TEMPLATE, *files)
     return [str(p).split("rules/", 1)[1] for p in load_ruleset([root]).problems]
 
 
