@@ -11,7 +11,6 @@ from pytest_asyncio import is_async_test
 
 from engine.runtime.logs import configure
 from engine.store import Store, open_store
-from tests.pgdb import pg_schema
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -45,6 +44,9 @@ async def no_lingering_tasks() -> AsyncIterator[None]:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh store's URL on each store: a SQLite file, a PostgreSQL schema of its own."""
+    # Imported here: test_cleanup_check runs this conftest where `tests` is no package.
+    from tests.pgdb import pg_schema
+
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/kaskad.db"
     else:
