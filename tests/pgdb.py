@@ -36,7 +36,7 @@ async def _admin() -> tuple[asyncpg.Connection[asyncpg.Record], str]:
         errors: list[str] = []
         for url in dict.fromkeys(candidates):
             try:
-                conn = await asyncpg.connect(url, timeout=5)
+                conn = await asyncpg.connect(url, timeout=30)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
@@ -54,9 +54,11 @@ async def pg_schema() -> AsyncIterator[str]:
     """A storage URL whose search_path is a fresh schema; the schema goes at the end."""
     conn, url = await _admin()
     schema = f"kaskad_test_{uuid.uuid4().hex[:12]}"
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield with_search_path(url, schema)
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield with_search_path(url, schema)
+        finally:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()

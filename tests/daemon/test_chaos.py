@@ -32,7 +32,7 @@ from .proc import DaemonProcess, Daemons, free_port, http_json, http_session, wr
 BATCHES = 12
 USERS_PER_BATCH = 25
 FAVOURITES_PER_BATCH = 10  # of a batch's users favourite its product
-BROADCAST_IN_S = 14.0  # after the replicas start; the load is over by then
+BROADCAST_IN_S = 6.0  # after the load: a one-off to every profile, loaded by a reload
 SEED = 20261124
 APP = "kaskad-chaos"  # the replicas' connections (application_name), to terminate them
 
@@ -84,8 +84,6 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
         (rules / "cart.yaml").write_text(CART)
         (rules / "drop.yaml").write_text(DROP)
         (rules / "t.yaml").write_text(TEMPLATE)
-        # Real processes, real clock: the broadcast fires a fixed while after the start.
-        (rules / "all.yaml").write_text(broadcast(time.time() + BROADCAST_IN_S))
         replicas: list[DaemonProcess] = []
         for name in ("a", "b", "c"):
             port = free_port()
@@ -177,11 +175,21 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
                     assert c.proc is not None
                     c.proc.send_signal(signal.SIGSTOP)
                     live = [a, b]
-            # c stays stopped (its session alive) until every message is out: its claims
-            # move on when its lease lapses. The broadcast fires meanwhile, to every
-            # profile (all exist by then).
+            # The broadcast, to every profile (all exist now), loaded by the live replicas:
+            # real processes on the real clock, so its instant is set once the load is over
+            # (a one-off whose instant passed before it was loaded never fires). c stays
+            # stopped (its session alive) until every message is out: its claims move on
+            # when its lease lapses.
+            at = time.time() + BROADCAST_IN_S
+            (rules / "all.yaml").write_text(broadcast(at))
+            for replica in live:
+                status, body = await http_json(
+                    session, "POST", f"{replica.url}/v1/rules/reload"
+                )
+                assert status == 200, body
+            assert time.time() < at, "the replicas took too long to load the broadcast"
             expected = len(everyone) * 2 + len(favourited)
-            deadline = time.monotonic() + 45
+            deadline = time.monotonic() + 90
             while len(set(receiver.accepted_ids())) < expected and time.monotonic() < deadline:
                 receiver.arrived.clear()
                 with contextlib.suppress(TimeoutError):
