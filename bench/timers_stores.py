@@ -1,7 +1,8 @@
 """Timers on PostgreSQL next to SQLite (``"timers_pg"``): N instances of a rule
 `wait 30d, then stop`, each user with a profile, all due at one instant, written through the
 store; then the real daemon (in process, foreground: no loop polls) fires them with
-`processor.drain()`. The fire rate of each store and their ratio PG / SQLite (goal >= 0.8).
+`processor.drain()`. The fire rate of each store (the best of a few rounds, taken in turn) and their
+ratio PG / SQLite (goal >= 0.8).
 """
 
 from __future__ import annotations
@@ -87,24 +88,33 @@ policies: {{quiet_hours: null, frequency_caps: []}}
     return seconds
 
 
-async def _both(tmp: Path, n: int, say: Callable[[str], None]) -> dict[str, float]:
+async def _both(tmp: Path, n: int, rounds: int, say: Callable[[str], None]) -> dict[str, float]:
+    """The best of `rounds` runs of each store, taken in turn (the machine is shared: the
+    best run is the one least disturbed)."""
     rules = tmp / "rules"
     rules.mkdir()
     (rules / "timer_bench.yaml").write_text(RULE)
-    sqlite_s = await _fire(f"sqlite:///{tmp}/kaskad.db", rules, n)
-    say(f"timers_pg: sqlite {n / sqlite_s:,.0f}/s")
-    async with pg_schema("kaskad_bench_timers") as url:
-        pg_s = await _fire(url, rules, n)
-    say(f"timers_pg: postgresql {n / pg_s:,.0f}/s")
-    return {"sqlite": sqlite_s, "postgresql": pg_s}
+    best = {"sqlite": float("inf"), "postgresql": float("inf")}
+    for k in range(rounds):
+        sqlite_s = await _fire(f"sqlite:///{tmp}/kaskad-{k}.db", rules, n)
+        async with pg_schema("kaskad_bench_timers") as url:
+            pg_s = await _fire(url, rules, n)
+        say(f"timers_pg: round {k + 1}: sqlite {n / sqlite_s:,.0f}/s, pg {n / pg_s:,.0f}/s")
+        best = {
+            "sqlite": min(best["sqlite"], sqlite_s),
+            "postgresql": min(best["postgresql"], pg_s),
+        }
+    return best
 
 
-def run_timers_pg(n: int = 20_000, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_timers_pg(
+    n: int = 20_000, rounds: int = 3, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     say = _say(log)
     configure(level="warning", fmt="json")
     say(f"timers_pg: {n} timers due at one instant, SQLite then PostgreSQL")
     with tempfile.TemporaryDirectory() as tmp:
-        seconds = asyncio.run(_both(Path(tmp), n, say))
+        seconds = asyncio.run(_both(Path(tmp), n, rounds, say))
     sqlite_rate = n / seconds["sqlite"]
     pg_rate = n / seconds["postgresql"]
     return {
@@ -112,6 +122,7 @@ def run_timers_pg(n: int = 20_000, log: Callable[[str], None] | None = None) -> 
         "sqlite_per_s": round(sqlite_rate, 1),
         "postgresql_per_s": round(pg_rate, 1),
         "ratio": round(pg_rate / sqlite_rate, 3),
+        "rounds": rounds,
         "goal_ratio": 0.8,
     }
 
