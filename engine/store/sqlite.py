@@ -7,7 +7,9 @@ opening, migrations and the unit of work (load_users, save)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -147,44 +149,28 @@ class SqliteStore(
     async def load_users(
         self, user_ids: list[str], *, messages_since: float, starts_since: float
     ) -> dict[str, UserState]:
+        # Every query of every chunk in one trip to the connection's thread; decoded here.
+        chunks = [user_ids[k : k + CHUNK] for k in range(0, len(user_ids), CHUNK)]
+        raw = await self._in_thread(
+            functools.partial(_read_users, chunks, messages_since, starts_since)
+        )
         states: dict[str, UserState] = {}
-        for start in range(0, len(user_ids), CHUNK):
-            chunk = user_ids[start : start + CHUNK]
-            marks = ",".join("?" * len(chunk))
-            profiles = {
-                uid: stored_json(data)
-                for uid, data in await self._rows(
-                    f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
-                )
-            }
+        for chunk, (profile_rows, instances, facts, messages, starts) in zip(
+            chunks, raw, strict=True
+        ):
+            profiles = {uid: stored_json(data) for uid, data in profile_rows}
             for uid in chunk:
                 profile = profiles.get(uid)
                 state = UserState(uid, profile or new_profile(uid, 0.0))
                 state.profile_dirty = profile is None
                 states[uid] = state
-            for row in await self._rows(
-                f"{INSTANCE_SQL} WHERE user_id IN ({marks}) AND status = 'active' "
-                "ORDER BY started_at, id",
-                chunk,
-            ):
+            for row in instances:
                 states[row[3]].instances.append(instance_from(row))
-            for uid, data, due_at in await self._rows(
-                f"SELECT user_id, data, due_at FROM user_facts WHERE user_id IN ({marks})", chunk
-            ):
+            for uid, data, due_at in facts:
                 states[uid].facts, states[uid].facts_due = stored_json(data), due_at
-            for row in await self._rows(
-                f"{MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? "
-                "ORDER BY created_at, id",
-                [*chunk, messages_since],
-            ):
+            for row in messages:
                 states[row[3]].messages.append(message_from(row))
-            if starts_since == math.inf:
-                continue  # no start can be that recent: the caller starts none (timers)
-            for uid, rule_id, key, last in await self._rows(
-                f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
-                f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
-                [*chunk, starts_since],
-            ):
+            for uid, rule_id, key, last in starts:
                 states[uid].last_starts[(rule_id, key)] = last
         return states
 
@@ -288,6 +274,42 @@ class SqliteStore(
         )
         rows = await self._rows("SELECT value FROM secrets WHERE name = ?", (name,))
         return str(rows[0][0])
+
+
+def _read_users(
+    chunks: list[list[str]], messages_since: float, starts_since: float, conn: sqlite3.Connection
+) -> list[tuple[list[Any], ...]]:
+    """load_users' queries, in the connection's thread: per chunk of ids, the profiles,
+    active instances, facts, recent messages and (unless none can matter) last starts."""
+    out: list[tuple[list[Any], ...]] = []
+    for chunk in chunks:
+        marks = ",".join("?" * len(chunk))
+        profiles = conn.execute(
+            f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
+        ).fetchall()
+        instances = conn.execute(
+            f"{INSTANCE_SQL} WHERE user_id IN ({marks}) AND status = 'active' "
+            "ORDER BY started_at, id",
+            chunk,
+        ).fetchall()
+        facts = conn.execute(
+            f"SELECT user_id, data, due_at FROM user_facts WHERE user_id IN ({marks})", chunk
+        ).fetchall()
+        messages = conn.execute(
+            f"{MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? ORDER BY created_at, id",
+            [*chunk, messages_since],
+        ).fetchall()
+        starts = (
+            []  # no start can be that recent: the caller starts none (timers)
+            if starts_since == math.inf
+            else conn.execute(
+                f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
+                f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
+                [*chunk, starts_since],
+            ).fetchall()
+        )
+        out.append((profiles, instances, facts, messages, starts))
+    return out
 
 
 def _erase_ops(users: set[str]) -> list[Op]:
