@@ -3,11 +3,14 @@ benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
 "ingest": {...}, "timers": {...}, "segments": {...}, "fanout": {...}, "dispatch_http": {...},
-"e2e": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the
-matcher; 200,000 events from 20,000 users over 14 days for the replay; 100,000 events for
-ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90 days for segments,
-with 10 segments and with none; 100,000 interested users for the fan-out; 50,000 queued
-messages for the webhook dispatch; 150,000 events with 30,000 sends end to end).
+"e2e": {...}, "timers_pg": {...}, "replicas": {...}}``. Sizes scale with
+``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the matcher; 200,000 events from
+20,000 users over 14 days for the replay; 100,000 events for ingest; 1,000,000 pending
+timers; 100,000 events from 10,000 users over 90 days for segments, with 10 segments and
+with none; 100,000 interested users for the fan-out; 50,000 queued
+messages for the webhook dispatch; 150,000 events with 30,000 sends end to end, and through
+1 and 3 PostgreSQL replicas; 20,000 timers due at once on SQLite and on PostgreSQL).
+The PostgreSQL benches use KASKAD_BENCH_POSTGRES (default postgresql://127.0.0.1:5432/test).
 ``--timers-10m`` (or ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with
 10,000,000 pending timers: it builds a ~6 GB store and takes several minutes more.
 """
@@ -29,7 +32,19 @@ TIMERS = 1_000_000
 FANOUT_USERS = 100_000
 DISPATCH_MESSAGES = 50_000
 E2E_EVENTS = 150_000
-BENCHES = ("match", "replay", "ingest", "timers", "segments", "fanout", "dispatch_http", "e2e")
+BENCHES = (
+    "match",
+    "replay",
+    "ingest",
+    "timers",
+    "timers_pg",
+    "segments",
+    "fanout",
+    "dispatch_http",
+    "e2e",
+    "replicas",
+)
+TIMERS_PG = 20_000
 
 
 def _log(message: str) -> None:
@@ -98,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["timers"] = run_timers(timers, log=_log)
         _log(f"timers: {json.dumps(report['timers'])}")
+    if args.only in (None, "timers_pg"):
+        from bench.timers_stores import run_timers_pg
+
+        report["timers_pg"] = run_timers_pg(max(2000, round(TIMERS_PG * scale)), log=_log)
+        _log(f"timers_pg: {json.dumps(report['timers_pg'])}")
     if args.only in (None, "segments"):
         from bench.segments import run_segments
 
@@ -121,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["e2e"] = run_e2e(max(5000, round(E2E_EVENTS * scale)), log=_log)
         _log(f"e2e: {json.dumps(report['e2e'])}")
+    if args.only in (None, "replicas"):
+        from bench.replicas import run_replicas
+
+        report["replicas"] = run_replicas(max(5000, round(E2E_EVENTS * scale)), log=_log)
+        _log(f"replicas: {json.dumps(report['replicas'])}")
     print(json.dumps(report))
     return 0
 

@@ -9,6 +9,9 @@
 - ``e2e``: N events from N/5 users POSTed in batches, one in five of a type whose rule sends
   at once (sandbox channel); events/s from the first POST until every event is applied and
   every message sent.
+
+Each reports `cpu_s`, the process's CPU seconds (every thread: event loop, engine, SQLite)
+over the measured window: steadier than the wall clock on a shared machine.
 """
 
 from __future__ import annotations
@@ -124,6 +127,17 @@ async def _wait_count(db: Path, where: str, n: int, deadline_s: float) -> float:
     raise TimeoutError(f"fewer than {n} messages {where} after {deadline_s}s")
 
 
+async def _wait_answers(count: Callable[[], int], n: int, deadline_s: float) -> float:
+    """Poll an in-process count (no query: a scan of the messages every few ms would take
+    the daemon's CPU on a small machine) until it reaches `n`; the time it was seen."""
+    end = time.perf_counter() + deadline_s
+    while time.perf_counter() < end:
+        if count() >= n:
+            return time.perf_counter()
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"fewer than {n} answers after {deadline_s}s")
+
+
 async def _wait_inbox(daemon: Daemon, deadline_s: float) -> float:
     """Poll until the inbox is empty (every event applied); the time it was seen."""
     end = time.perf_counter() + deadline_s
@@ -193,15 +207,18 @@ def _drop_event() -> dict[str, Any]:
 # -- fanout ----------------------------------------------------------------------------------
 
 
-async def _fanout(tmp: Path, n: int) -> float:
+async def _fanout(tmp: Path, n: int) -> tuple[float, float]:
     _rules(tmp, FANOUT_RULE.replace("CHANNEL", "email"))
     await _interested(tmp / "kaskad.db", n)
     config = _config(tmp, "{email: {provider: sandbox}}")
     async with _daemon(config) as daemon, aiohttp.ClientSession() as session:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await _post(session, daemon.port, [_drop_event()])
-        end = await _wait_count(tmp / "kaskad.db", "status = 'sent'", n, 600)
-    return end - start
+        # Every answer applied (the engine's outcome count), then checked in the store.
+        end = await _wait_answers(lambda: daemon.processor.counters.outcomes, n, 600)
+        cpu = time.process_time() - cpu
+        await _wait_count(tmp / "kaskad.db", "status = 'sent'", n, 60)
+    return end - start, cpu
 
 
 def run_fanout(n: int = 100_000, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -209,13 +226,14 @@ def run_fanout(n: int = 100_000, log: Callable[[str], None] | None = None) -> di
     configure(level="warning", fmt="json")
     with tempfile.TemporaryDirectory() as tmp:
         say(f"fanout: {n} interested users, one product event")
-        seconds = asyncio.run(_fanout(Path(tmp), n))
+        seconds, cpu = asyncio.run(_fanout(Path(tmp), n))
     bare = bare_insert_s(n)
     say(f"fanout: {seconds:.2f}s; bare insert of {n} message rows {bare:.3f}s")
     return {
         "users": n,
         "seconds": round(seconds, 3),
         "sends_per_s": round(n / seconds, 1),
+        "cpu_s": round(cpu, 2),
         "bare_insert_s": round(bare, 3),
         "ratio": round(seconds / bare, 1),
     }
@@ -241,7 +259,7 @@ def _receiver(port: int, ready: Any) -> None:
     asyncio.run(main())
 
 
-async def _dispatch(tmp: Path, n: int, port: int) -> float:
+async def _dispatch(tmp: Path, n: int, port: int) -> tuple[float, float]:
     _rules(tmp, FANOUT_RULE.replace("CHANNEL", "webhook"))
     await _interested(tmp / "kaskad.db", n)
     # The adapter's own limits (concurrency 10) stand; the webhook kind needs no address.
@@ -254,18 +272,19 @@ async def _dispatch(tmp: Path, n: int, port: int) -> float:
         queued = _count(tmp / "kaskad.db", "status = 'queued'")
         if queued != n:
             raise RuntimeError(f"dispatch_http: {queued} messages queued, expected {n}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         task = asyncio.ensure_future(daemon.dispatcher.run())
         try:
-            end = await _wait_count(
-                tmp / "kaskad.db", "status IN ('answered', 'sent', 'failed')", n, 600
-            )
+            # Every answer stored (each is handed to the engine's queue once it is).
+            end = await _wait_answers(daemon.processor.outcomes.qsize, n, 600)
+            cpu = time.process_time() - cpu
+            await _wait_count(tmp / "kaskad.db", "status IN ('answered', 'sent', 'failed')", n, 60)
         finally:
             await daemon.dispatcher.drain(5.0)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    return end - start
+    return end - start, cpu
 
 
 def run_dispatch_http(n: int = 50_000, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -281,12 +300,17 @@ def run_dispatch_http(n: int = 50_000, log: Callable[[str], None] | None = None)
             raise RuntimeError("the webhook receiver did not start")
         with tempfile.TemporaryDirectory() as tmp:
             say(f"dispatch_http: {n} queued messages to a loopback webhook")
-            seconds = asyncio.run(_dispatch(Path(tmp), n, port))
+            seconds, cpu = asyncio.run(_dispatch(Path(tmp), n, port))
     finally:
         proc.terminate()
         proc.join(5)
     say(f"dispatch_http: {seconds:.2f}s")
-    return {"messages": n, "seconds": round(seconds, 3), "sends_per_s": round(n / seconds, 1)}
+    return {
+        "messages": n,
+        "seconds": round(seconds, 3),
+        "sends_per_s": round(n / seconds, 1),
+        "cpu_s": round(cpu, 2),
+    }
 
 
 # -- e2e -------------------------------------------------------------------------------------
@@ -306,7 +330,7 @@ def _e2e_events(n: int) -> list[dict[str, Any]]:
     return out
 
 
-async def _e2e(tmp: Path, n: int) -> tuple[float, int]:
+async def _e2e(tmp: Path, n: int) -> tuple[float, float, int]:
     _rules(tmp, E2E_RULE)
     events = _e2e_events(n)
     db = tmp / "kaskad.db"
@@ -321,12 +345,14 @@ async def _e2e(tmp: Path, n: int) -> tuple[float, int]:
     sends = sum(1 for e in events if e["type"] == "bonus.credited")
     config = _config(tmp, "{email: {provider: sandbox}}")
     async with _daemon(config) as daemon, aiohttp.ClientSession() as session:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for first in range(0, n, 1000):
             await _post(session, daemon.port, events[first : first + 1000])
-        await _wait_count(db, "status = 'sent'", sends, 900)
+        await _wait_answers(lambda: daemon.processor.counters.outcomes, sends, 900)
         end = await _wait_inbox(daemon, 900)
-    return end - start, sends
+        cpu = time.process_time() - cpu
+        await _wait_count(db, "status = 'sent'", sends, 60)
+    return end - start, cpu, sends
 
 
 def run_e2e(n: int = 150_000, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -334,11 +360,12 @@ def run_e2e(n: int = 150_000, log: Callable[[str], None] | None = None) -> dict[
     configure(level="warning", fmt="json")
     with tempfile.TemporaryDirectory() as tmp:
         say(f"e2e: {n} events, {n // 5} of them sending")
-        seconds, sends = asyncio.run(_e2e(Path(tmp), n))
+        seconds, cpu, sends = asyncio.run(_e2e(Path(tmp), n))
     say(f"e2e: {seconds:.2f}s")
     return {
         "events": n,
         "sends": sends,
         "seconds": round(seconds, 3),
         "events_per_s": round(n / seconds, 1),
+        "cpu_s": round(cpu, 2),
     }

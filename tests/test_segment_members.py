@@ -53,12 +53,23 @@ async def test_an_entry_and_a_leave_in_one_unit_leave_the_last_word(store: Store
     assert await store.segment_sizes(["baby"]) == {"baby": 0}
 
 
+def _segment_version(migrations: list[str]) -> int:
+    """The version of the migration that made segment_members (1-based)."""
+    return next(
+        v for v, sql in enumerate(migrations, start=1) if "CREATE TABLE segment_members" in sql
+    )
+
+
 async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
-    """The database as it was before segment_members existed."""
+    """The database as it was before segment_members existed (that migration and any after
+    it undone in the version table: they run again, the later ones being idempotent)."""
     if url.startswith("sqlite"):
         db = sqlite3.connect(tmp_path / "kaskad.db")
         db.execute("DROP TABLE segment_members")
-        db.execute("DELETE FROM schema_version WHERE version = ?", (len(SQLITE_MIGRATIONS),))
+        db.execute(
+            "DELETE FROM schema_version WHERE version >= ?",
+            (_segment_version(SQLITE_MIGRATIONS),),
+        )
         db.commit()
         db.close()
         return
@@ -66,7 +77,8 @@ async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
     try:
         await conn.execute("DROP TABLE segment_members")
         await conn.execute(
-            "DELETE FROM schema_migrations WHERE version = $1", len(POSTGRES_MIGRATIONS)
+            "DELETE FROM schema_migrations WHERE version >= $1",
+            _segment_version(POSTGRES_MIGRATIONS),
         )
     finally:
         await conn.close()

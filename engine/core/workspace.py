@@ -20,12 +20,21 @@ class IdGen:
     def __init__(self, now: Callable[[], float] | None = None) -> None:
         self._now = now
         self._counter = itertools.count(1)
+        # Random bytes read ahead, 5 per id: one os.urandom call per 1024 ids (each call
+        # lets go of the GIL, which the engine thread then waits to get back).
+        self._random = b""
+        self._at = 0
 
     def next(self, prefix: str) -> str:
         n = next(self._counter)
         if self._now is None:
             return f"{prefix}{n:09d}"
-        return f"{prefix}{int(self._now() * 1000):011x}{os.urandom(5).hex()}{n % 4096:03x}"
+        at = self._at
+        if at + 5 > len(self._random):
+            self._random, at = os.urandom(5 * 1024), 0
+        self._at = at + 5
+        random = self._random[at : at + 5].hex()
+        return f"{prefix}{int(self._now() * 1000):011x}{random}{n % 4096:03x}"
 
 
 # The timer key of a user's facts (segment windows, interests), beside instance ids.

@@ -238,9 +238,9 @@ class Dispatcher:
             failures_at_call = state.failures
             self._calling.add(message.id)
             try:
-                outcome = await asyncio.wait_for(
-                    state.channel.send(outbound), timeout=state.channel.limits.timeout_s + _GUARD_S
-                )
+                # A timeout scope, not wait_for: no task of its own per send.
+                async with asyncio.timeout(state.channel.limits.timeout_s + _GUARD_S):
+                    outcome = await state.channel.send(outbound)
             except TimeoutError:
                 outcome = Outcome.retry(detail="timeout")
             except Exception as exc:  # an adapter bug must not kill the dispatcher

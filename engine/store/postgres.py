@@ -33,6 +33,7 @@ from engine.core.model import Message, UserState, new_profile
 from engine.store.base import ConcurrentUpdate, new_secret
 from engine.store.health import records_writes
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.postgres_bulk import upsert_arrays, upsert_rows
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
     INSTANCE_SQL,
@@ -82,7 +83,9 @@ def _upsert(table: str, columns: tuple[str, ...], key: str, also: str = "") -> s
 # written whole, as SQLite's INSERT OR REPLACE does (a stored answer goes with the old row);
 # the claim of a message in flight stays with the store that sends it.
 _UPSERT_INSTANCE = _upsert("instances", INSTANCE_COLUMNS, "id", ", claimed_by = NULL")
+_UPSERT_INSTANCES = upsert_arrays("instances", INSTANCE_COLUMNS, "id", ", claimed_by = NULL")
 _UPSERT_MESSAGE = _upsert("messages", MESSAGE_COLUMNS, "id", ", outcome = NULL")
+_UPSERT_MESSAGES = upsert_arrays("messages", MESSAGE_COLUMNS, "id", ", outcome = NULL")
 
 
 def _dsn(url: str) -> str:
@@ -279,8 +282,11 @@ class PostgresStore(
                     upserts,
                 )
             if changes.instances:
-                await conn.executemany(
-                    _UPSERT_INSTANCE, [instance_row(i) for i in changes.instances.values()]
+                await upsert_rows(
+                    conn,
+                    _UPSERT_INSTANCE,
+                    _UPSERT_INSTANCES,
+                    [instance_row(i) for i in changes.instances.values()],
                 )
             if changes.facts:
                 # Saved facts are settled: whatever timer claim they had is void.
@@ -429,7 +435,7 @@ async def _save_messages(conn: Conn, messages: list[Message]) -> None:
             [m.step for m in keyed],
             [m.channel for m in keyed],
         )
-    await conn.executemany(_UPSERT_MESSAGE, [message_row(m) for m in rows])
+    await upsert_rows(conn, _UPSERT_MESSAGE, _UPSERT_MESSAGES, [message_row(m) for m in rows])
 
 
 async def _erase(conn: Conn, users: list[str]) -> None:

@@ -25,19 +25,8 @@ def dumps(value: Any) -> str | None:
     return None if value is None else _JSON(value)
 
 
-def _row(obj: Any, columns: tuple[str, ...], is_json: tuple[bool, ...]) -> tuple[Any, ...]:
-    return tuple(
-        dumps(getattr(obj, c)) if j else getattr(obj, c)
-        for c, j in zip(columns, is_json, strict=True)
-    )
-
-
-def _values(row: Sequence[Any], is_json: tuple[bool, ...]) -> list[Any]:
-    return [json.loads(v) if j and v else v for v, j in zip(row, is_json, strict=True)]
-
-
 # Instances are read and written per timer and per event: their two JSON columns by index,
-# the rest as is (the same rows as _row/_values give, without the per-column loop).
+# the rest as is (without a loop over every column).
 _TRIGGER = INSTANCE_COLUMNS.index("trigger")
 _STATE = INSTANCE_COLUMNS.index("state")
 _instance_values = operator.attrgetter(*INSTANCE_COLUMNS)
@@ -70,12 +59,25 @@ def instance_from(row: Sequence[Any]) -> Instance:
     return Instance(*values)
 
 
+# Messages likewise (written when queued and again when settled, read with their users).
+_MESSAGE_JSON_AT = tuple(i for i, j in enumerate(_MESSAGE_JSON) if j)
+_message_values = operator.attrgetter(*MESSAGE_COLUMNS)
+
+
 def message_row(m: Message) -> tuple[Any, ...]:
-    return _row(m, MESSAGE_COLUMNS, _MESSAGE_JSON)
+    values = list(_message_values(m))
+    for i in _MESSAGE_JSON_AT:
+        if values[i] is not None:
+            values[i] = _JSON(values[i])
+    return tuple(values)
 
 
 def message_from(row: Sequence[Any]) -> Message:
-    return Message(*_values(row, _MESSAGE_JSON))
+    values = list(row)
+    for i in _MESSAGE_JSON_AT:
+        if values[i]:
+            values[i] = stored_json(values[i])
+    return Message(*values)
 
 
 # An order's row: its fields, then each touch kind's message as {kind}_id, {kind}_at,

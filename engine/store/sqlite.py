@@ -7,8 +7,11 @@ opening, migrations and the unit of work (load_users, save)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -28,7 +31,7 @@ from engine.store.rows import (
     message_row,
     stored_json,
 )
-from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialized
+from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, Op, serialized
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
@@ -47,6 +50,20 @@ _INSTANCE_UPSERT = (
     f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS if c not in _INSTANCE_FIXED)
+)
+# The same for messages (a message is written when queued and again when settled): its
+# identity stays, so the user, created, rule and once indexes are left alone. As INSERT OR
+# REPLACE did, the stored answer goes (outcome), and another row of the message's
+# (instance, step, channel) is deleted first (the messages_once index).
+_MESSAGE_FIXED = frozenset({"id", "instance_id", "rule_id", "user_id", "step", "created_at"})
+_MESSAGE_UPSERT = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in MESSAGE_COLUMNS if c not in _MESSAGE_FIXED)
+    + ", outcome = NULL"
+)
+_MESSAGE_ONCE = (
+    "DELETE FROM messages WHERE instance_id = ? AND step = ? AND channel = ? AND id <> ?"
 )
 
 
@@ -132,44 +149,28 @@ class SqliteStore(
     async def load_users(
         self, user_ids: list[str], *, messages_since: float, starts_since: float
     ) -> dict[str, UserState]:
+        # Every query of every chunk in one trip to the connection's thread; decoded here.
+        chunks = [user_ids[k : k + CHUNK] for k in range(0, len(user_ids), CHUNK)]
+        raw = await self._in_thread(
+            functools.partial(_read_users, chunks, messages_since, starts_since)
+        )
         states: dict[str, UserState] = {}
-        for start in range(0, len(user_ids), CHUNK):
-            chunk = user_ids[start : start + CHUNK]
-            marks = ",".join("?" * len(chunk))
-            profiles = {
-                uid: stored_json(data)
-                for uid, data in await self._rows(
-                    f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
-                )
-            }
+        for chunk, (profile_rows, instances, facts, messages, starts) in zip(
+            chunks, raw, strict=True
+        ):
+            profiles = {uid: stored_json(data) for uid, data in profile_rows}
             for uid in chunk:
                 profile = profiles.get(uid)
                 state = UserState(uid, profile or new_profile(uid, 0.0))
                 state.profile_dirty = profile is None
                 states[uid] = state
-            for row in await self._rows(
-                f"{INSTANCE_SQL} WHERE user_id IN ({marks}) AND status = 'active' "
-                "ORDER BY started_at, id",
-                chunk,
-            ):
+            for row in instances:
                 states[row[3]].instances.append(instance_from(row))
-            for uid, data, due_at in await self._rows(
-                f"SELECT user_id, data, due_at FROM user_facts WHERE user_id IN ({marks})", chunk
-            ):
+            for uid, data, due_at in facts:
                 states[uid].facts, states[uid].facts_due = stored_json(data), due_at
-            for row in await self._rows(
-                f"{MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? "
-                "ORDER BY created_at, id",
-                [*chunk, messages_since],
-            ):
+            for row in messages:
                 states[row[3]].messages.append(message_from(row))
-            if starts_since == math.inf:
-                continue  # no start can be that recent: the caller starts none (timers)
-            for uid, rule_id, key, last in await self._rows(
-                f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
-                f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
-                [*chunk, starts_since],
-            ):
+            for uid, rule_id, key, last in starts:
                 states[uid].last_starts[(rule_id, key)] = last
         return states
 
@@ -178,93 +179,78 @@ class SqliteStore(
     async def save(self, changes: Changes) -> None:
         if not changes:
             return
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if changes.erased_users:
-                await self._erase(changes.erased_users)
-            if changes.profiles:
-                await db.executemany(
-                    "INSERT INTO profiles (user_id, data, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
-                    "updated_at = excluded.updated_at",
-                    [
-                        (uid, dumps(p), p.get("updated_at", 0.0))
-                        for uid, p in changes.profiles.items()
-                    ],
-                )
-            if changes.cart_reset:
-                await db.executemany(
-                    "DELETE FROM interests WHERE user_id = ? AND kind = 'cart'",
-                    [(uid,) for uid in changes.cart_reset],
-                )
-            upserts, deletes = changes.interest_rows()
-            if deletes:
-                await db.executemany(
-                    "DELETE FROM interests WHERE product_id = ? AND kind = ? AND user_id = ?",
-                    deletes,
-                )
-            if upserts:
-                await db.executemany(
-                    "INSERT INTO interests (product_id, kind, user_id, updated_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET updated_at = "
-                    "excluded.updated_at",
-                    upserts,
-                )
-            if changes.instances:
-                await db.executemany(
-                    _INSTANCE_UPSERT, [instance_row(i) for i in changes.instances.values()]
-                )
-            if changes.facts:
-                await db.executemany(
-                    "INSERT INTO user_facts (user_id, data, due_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
-                    "due_at = excluded.due_at",
-                    [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
-                )
-            if changes.segment_members:
-                await self._save_segment_members(changes.segment_members)
-            if changes.messages:
-                await db.executemany(
-                    f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})",
-                    [message_row(m) for m in changes.messages.values()],
-                )
-            if changes.orders:
-                await self._save_orders(changes.orders)
-            if changes.inbox_done:
-                await db.executemany(
-                    "DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done]
-                )
-            if changes.inbox_cursor is not None:
-                seq, cursor = changes.inbox_cursor
-                await db.execute("UPDATE inbox SET cursor = ? WHERE seq = ?", (cursor, seq))
-            if changes.job is not None:
-                job = changes.job
-                await db.execute(
+        # Every statement of the unit, then one trip to the connection's thread for all.
+        ops: list[Op] = []
+
+        def many(sql: str, rows: list[Any]) -> None:
+            if rows:
+                ops.append((sql, rows, True))
+
+        if changes.erased_users:
+            ops += _erase_ops(changes.erased_users)
+        many(
+            "INSERT INTO profiles (user_id, data, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
+            "updated_at = excluded.updated_at",
+            [(uid, dumps(p), p.get("updated_at", 0.0)) for uid, p in changes.profiles.items()],
+        )
+        many(
+            "DELETE FROM interests WHERE user_id = ? AND kind = 'cart'",
+            [(uid,) for uid in changes.cart_reset],
+        )
+        upserts, deletes = changes.interest_rows()
+        many("DELETE FROM interests WHERE product_id = ? AND kind = ? AND user_id = ?", deletes)
+        many(
+            "INSERT INTO interests (product_id, kind, user_id, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET updated_at = "
+            "excluded.updated_at",
+            upserts,
+        )
+        many(_INSTANCE_UPSERT, [instance_row(i) for i in changes.instances.values()])
+        many(
+            "INSERT INTO user_facts (user_id, data, due_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, "
+            "due_at = excluded.due_at",
+            [(uid, dumps(f), due) for uid, (f, due) in changes.facts.items()],
+        )
+        if changes.segment_members:
+            ops += self._segment_member_ops(changes.segment_members)
+        if changes.messages:
+            # The last of a batch's messages of one (instance, step, channel) stands, as it
+            # did when each replaced the one before.
+            latest: dict[tuple[str, str, str | None] | str, Message] = {}
+            for m in changes.messages.values():
+                latest.pop(m.id, None)
+                key = (m.instance_id, m.step, m.channel) if m.channel is not None else m.id
+                latest.pop(key, None)
+                latest[key] = m
+            messages = list(latest.values())
+            many(
+                _MESSAGE_ONCE,
+                [
+                    (m.instance_id, m.step, m.channel, m.id)
+                    for m in messages
+                    if m.channel is not None
+                ],
+            )
+            many(_MESSAGE_UPSERT, [message_row(m) for m in messages])
+        if changes.orders:
+            ops += self._order_ops(changes.orders)
+        many("DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done])
+        if changes.inbox_cursor is not None:
+            seq, cursor = changes.inbox_cursor
+            ops.append(("UPDATE inbox SET cursor = ? WHERE seq = ?", (cursor, seq), False))
+        if changes.job is not None:
+            job = changes.job
+            ops.append(
+                (
                     "UPDATE jobs SET cursor = ?, run_at = CASE WHEN ? THEN NULL ELSE run_at END "
                     "WHERE name = ? AND run_at = ?",
                     (None if job.done else job.cursor, job.done, job.name, job.run_at),
+                    False,
                 )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-
-    async def _erase(self, users: set[str]) -> None:
-        params = [(u,) for u in users]
-        for table in ("profiles", "interests", "user_facts", "segment_members"):
-            await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
-        # Keep counts for stats, drop the personal content.
-        await self.db.executemany(
-            "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ?", params
-        )
-        await self.db.executemany(
-            "UPDATE instances SET trigger = '{}', state = NULL, due_at = NULL, "
-            "status = CASE status WHEN 'active' THEN 'stopped' ELSE status END "
-            "WHERE user_id = ?",
-            params,
-        )
+            )
+        await self._script(ops)
 
     @records_writes
     @serialized
@@ -288,6 +274,63 @@ class SqliteStore(
         )
         rows = await self._rows("SELECT value FROM secrets WHERE name = ?", (name,))
         return str(rows[0][0])
+
+
+def _read_users(
+    chunks: list[list[str]], messages_since: float, starts_since: float, conn: sqlite3.Connection
+) -> list[tuple[list[Any], ...]]:
+    """load_users' queries, in the connection's thread: per chunk of ids, the profiles,
+    active instances, facts, recent messages and (unless none can matter) last starts."""
+    out: list[tuple[list[Any], ...]] = []
+    for chunk in chunks:
+        marks = ",".join("?" * len(chunk))
+        profiles = conn.execute(
+            f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk
+        ).fetchall()
+        instances = conn.execute(
+            f"{INSTANCE_SQL} WHERE user_id IN ({marks}) AND status = 'active' "
+            "ORDER BY started_at, id",
+            chunk,
+        ).fetchall()
+        facts = conn.execute(
+            f"SELECT user_id, data, due_at FROM user_facts WHERE user_id IN ({marks})", chunk
+        ).fetchall()
+        messages = conn.execute(
+            f"{MESSAGE_SQL} WHERE user_id IN ({marks}) AND created_at >= ? ORDER BY created_at, id",
+            [*chunk, messages_since],
+        ).fetchall()
+        starts = (
+            []  # no start can be that recent: the caller starts none (timers)
+            if starts_since == math.inf
+            else conn.execute(
+                f"SELECT user_id, rule_id, key, max(started_at) FROM instances "
+                f"WHERE user_id IN ({marks}) AND started_at >= ? GROUP BY user_id, rule_id, key",
+                [*chunk, starts_since],
+            ).fetchall()
+        )
+        out.append((profiles, instances, facts, messages, starts))
+    return out
+
+
+def _erase_ops(users: set[str]) -> list[Op]:
+    params = [(u,) for u in users]
+    ops: list[Op] = [
+        (f"DELETE FROM {table} WHERE user_id = ?", params, True)
+        for table in ("profiles", "interests", "user_facts", "segment_members")
+    ]
+    # Keep counts for stats, drop the personal content.
+    erase = "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ?"
+    ops.append((erase, params, True))
+    ops.append(
+        (
+            "UPDATE instances SET trigger = '{}', state = NULL, due_at = NULL, "
+            "status = CASE status WHEN 'active' THEN 'stopped' ELSE status END "
+            "WHERE user_id = ?",
+            params,
+            True,
+        )
+    )
+    return ops
 
 
 __all__ = ["Instance", "Message", "SqliteStore", "sqlite_path"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -47,3 +48,33 @@ class SqliteCore(WriteHealth):
     async def _rows(self, sql: str, params: Any = ()) -> list[Any]:
         # One trip to the connection's thread (execute, fetch and close in one call).
         return list(await self.db.execute_fetchall(sql, params))
+
+    async def _in_thread(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run fn on the connection in its own thread: a whole unit of statements for one
+        trip (each trip hands the GIL to that thread and back, which is what costs under a
+        busy event loop). aiosqlite's queue, so it runs in order with every other call."""
+        conn = self.db._conn  # aiosqlite runs fn in the thread that owns it
+        result: R = await self.db._execute(fn, conn)  # type: ignore[no-untyped-call]
+        return result
+
+    async def _script(self, ops: list[Op]) -> None:
+        """Write statements in one transaction (BEGIN IMMEDIATE ... COMMIT), one trip."""
+        await self._in_thread(functools.partial(run_ops, ops))
+
+
+# A write statement of a unit: (sql, parameters, executemany?).
+Op = tuple[str, Any, bool]
+
+
+def run_ops(ops: list[Op], conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params, many in ops:
+            if many:
+                conn.executemany(sql, params)
+            else:
+                conn.execute(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -11,15 +11,8 @@ class SqliteOutcomes(SqliteCore):
         """(message id, outcome JSON) pairs stored as answered, in one transaction."""
         if not answers:
             return
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.executemany(
-                "UPDATE messages SET status = 'answered', outcome = ? "
-                "WHERE id = ? AND status = 'sending'",
-                [(outcome, mid) for mid, outcome in answers],
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        sql = (
+            "UPDATE messages SET status = 'answered', outcome = ? "
+            "WHERE id = ? AND status = 'sending'"
+        )
+        await self._script([(sql, [(outcome, mid) for mid, outcome in answers], True)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Collection
 from typing import Any
 
@@ -22,23 +23,28 @@ class SqliteQueue(SqliteCore):
         only: str | None = None,
         queued_before: float | None = None,
     ) -> list[Message]:
-        db = self.db
         where, params = _queue_filter(skip, only, queued_before)
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            rows = await self._rows(
-                f"{MESSAGE_SQL} WHERE status = 'queued' AND "
-                f"(next_attempt_at IS NULL OR next_attempt_at <= ?){where} "
-                "ORDER BY next_attempt_at, created_at LIMIT ?",
-                (now, *params, limit),
-            )
-            await db.executemany(
-                "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        sql = (
+            f"{MESSAGE_SQL} WHERE status = 'queued' AND "
+            f"(next_attempt_at IS NULL OR next_attempt_at <= ?){where} "
+            "ORDER BY next_attempt_at, created_at LIMIT ?"
+        )
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            # One trip to the connection's thread: the batch read and marked together.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(sql, (now, *params, limit)).fetchall()
+                conn.executemany(
+                    "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return rows
+
+        rows = await self._in_thread(claim)
         claimed = [message_from(r) for r in rows]
         for message in claimed:
             message.status = "sending"

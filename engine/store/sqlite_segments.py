@@ -7,6 +7,8 @@ import asyncio
 
 import aiosqlite
 
+from engine.store.sqlite_core import Op
+
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
 
 
@@ -16,20 +18,25 @@ class SqliteSegments:
     db: aiosqlite.Connection
     _lock: asyncio.Lock
 
-    async def _save_segment_members(self, moves: dict[tuple[str, str], float | None]) -> None:
+    def _segment_member_ops(self, moves: dict[tuple[str, str], float | None]) -> list[Op]:
         """Inside save's transaction: (user, segment) -> since, or None when left."""
         left = [(seg, uid) for (uid, seg), since in moves.items() if since is None]
         entered = [(seg, uid, since) for (uid, seg), since in moves.items() if since is not None]
+        ops: list[Op] = []
         if left:
-            await self.db.executemany(
-                "DELETE FROM segment_members WHERE segment_id = ? AND user_id = ?", left
+            ops.append(
+                ("DELETE FROM segment_members WHERE segment_id = ? AND user_id = ?", left, True)
             )
         if entered:
-            await self.db.executemany(
-                "INSERT INTO segment_members (segment_id, user_id, since) VALUES (?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET since = excluded.since",
-                entered,
+            ops.append(
+                (
+                    "INSERT INTO segment_members (segment_id, user_id, since) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET since = excluded.since",
+                    entered,
+                    True,
+                )
             )
+        return ops
 
     async def segment_sizes(self, segment_ids: list[str]) -> dict[str, int]:
         sizes = dict.fromkeys(segment_ids, 0)

@@ -18,16 +18,16 @@ from engine.store.base import (
     VariantCounts,
 )
 from engine.store.rows import ORDER_COLUMNS, dumps, order_from, order_row, touch_kind
-from engine.store.sqlite_core import SqliteCore, serialized
+from engine.store.sqlite_core import Op, SqliteCore, serialized
 
 
 class SqliteStats(SqliteCore):
-    async def _save_orders(self, orders: list[Order]) -> None:
-        await self.db.executemany(
+    def _order_ops(self, orders: list[Order]) -> list[Op]:
+        sql = (
             f"INSERT OR IGNORE INTO orders ({', '.join(ORDER_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(ORDER_COLUMNS))})",
-            [order_row(o) for o in orders],
+            f"VALUES ({', '.join('?' * len(ORDER_COLUMNS))})"
         )
+        return [(sql, [order_row(o) for o in orders], True)]
 
     async def _read(self, sql: str, params: Any = ()) -> list[Any]:
         """A long read (stats, RFM): on its own connection for a file database, so WAL lets
