@@ -32,6 +32,7 @@ from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialize
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
+from engine.store.sqlite_journey import SqliteJourney
 from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
@@ -51,6 +52,7 @@ _INSTANCE_UPSERT = (
 
 
 class SqliteStore(
+    SqliteJourney,
     SqliteStats,
     SqliteHoldout,
     SqliteSegments,
@@ -232,6 +234,8 @@ class SqliteStore(
                 )
             if changes.orders:
                 await self._save_orders(changes.orders)
+            if changes.journey:
+                await self._save_journey(changes.journey)
             if changes.inbox_done:
                 await db.executemany(
                     "DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done]
