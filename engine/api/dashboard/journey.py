@@ -77,13 +77,12 @@ def _lines(node: Node) -> list[tuple[str, str]]:
     else:
         out.append(("num", f"reached {_count(n.reached)}"))
     for channel, c in n.channels.items():
-        out.append(
-            (
-                "num",
-                f"{channel}: {_count(c['sends'])} sent · {_count(c['delivered'])} delivered · "
-                f"{_count(c['opened'])} opened · {_count(c['clicked'])} clicked",
-            )
-        )
+        head = f"{channel}: {_count(c['sends'])} sent · {_count(c['delivered'])} delivered"
+        tail = f"{_count(c['opened'])} opened · {_count(c['clicked'])} clicked"
+        if len(head) + len(tail) + 3 <= CHARS:
+            out.append(("num", f"{head} · {tail}"))
+        else:  # on two lines rather than cut
+            out += [("num", head), ("more", tail)]
     if n.skips:
         reasons = ", ".join(f"{k} {_count(v)}" for k, v in sorted(n.skips.items()))
         out.append(("num", f"skipped {_count(sum(n.skips.values()))}: {reasons}"))
@@ -125,7 +124,8 @@ def _node(node: Node) -> Block:
             attrs, limit = f'font-size="11" fill="{MUTED}"', CHARS + 6
         else:
             attrs, limit = f'font-size="12" fill="{INK}"', CHARS
-        parts.append(f'<text x="{PAD + 1}" y="{y}" {attrs}>{escape(_cut(text, limit))}</text>')
+        x = PAD + 1 + (14 if style == "more" else 0)  # a line's second part, indented
+        parts.append(f'<text x="{x}" y="{y}" {attrs}>{escape(_cut(text, limit))}</text>')
     parts.append("</g>")
     return Block(NODE_W, h, "".join(parts))
 
