@@ -16,7 +16,7 @@ from engine.api.dashboard.journey_tree import Node, Numbers, build
 from engine.lang.rules import Rule
 from engine.measure.svg import INK, MUTED, _count
 
-NODE_W = 340
+NODE_W = 360
 GAP_Y = 34  # between steps
 GAP_X = 28  # between the ways of a branch
 EMPTY_W = 120  # a way without steps
@@ -24,7 +24,7 @@ LINE_H = 16
 PAD = 9
 WAY_H = 26  # room above a way's first step for its label
 SIDE_W = 250  # the goal / exits panel
-CHARS = 52  # of a 12px line in a node
+CHARS = 55  # of a 12px line in a node
 LINE = "#8a96a3"
 FILLS = {
     "trigger": "#e8f0fa",
@@ -119,7 +119,7 @@ def _node(node: Node) -> Block:
     for i, (style, text) in enumerate(lines):
         y = PAD + LINE_H * (i + 1) - 4
         if style == "title":
-            attrs, limit = f'font-size="13" font-weight="bold" fill="{INK}"', CHARS - 6
+            attrs, limit = f'font-size="13" font-weight="bold" fill="{INK}"', CHARS - 11
         elif style == "detail":
             attrs, limit = f'font-size="11" fill="{MUTED}"', CHARS + 6
         else:
