@@ -25,6 +25,7 @@ PAD = 9
 WAY_H = 26  # room above a way's first step for its label
 SIDE_W = 250  # the goal / exits panel
 CHARS = 55  # of a 12px line in a node
+TITLE_CHARS = 44  # of a 13px bold one
 LINE = "#8a96a3"
 FILLS = {
     "trigger": "#e8f0fa",
@@ -57,6 +58,16 @@ def _cut(text: str, limit: int = CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _wrap(text: str, limit: int) -> list[str]:
+    """At most two lines of at most `limit` characters, broken at a space."""
+    if len(text) <= limit:
+        return [text]
+    cut = text.rfind(" ", 0, limit + 1)
+    if cut <= limit // 2:
+        cut = limit
+    return [text[:cut].rstrip(), _cut(text[cut:].strip(), limit)]
+
+
 def _at(x: float, y: float, block: Block) -> str:
     return f'<g transform="translate({_f(x)},{_f(y)})">{block.svg}</g>'
 
@@ -68,7 +79,7 @@ def _ended(ended: dict[str, int]) -> str:
 def _lines(node: Node) -> list[tuple[str, str]]:
     """(style, text) of each line: title, details, numbers."""
     n: Numbers = node.numbers
-    out = [("title", node.name)]
+    out = [("title", part) for part in _wrap(node.name, TITLE_CHARS)]
     out += [("detail", d) for d in node.details]
     if node.kind == "trigger":
         out.append(("num", f"started {_count(n.reached)}"))
@@ -106,7 +117,7 @@ def _node(node: Node) -> Block:
     h = PAD * 2 + LINE_H * len(lines) - 2
     n = node.numbers
     sends = sum(c["sends"] for c in n.channels.values())
-    title = "\n".join(text for _, text in lines)
+    title = "\n".join([node.name, *(text for style, text in lines if style != "title")])
     parts = [
         f'<g class="jnode jnode-{node.kind}" data-step="{escape(node.path)}" '
         f'data-reached="{n.reached}" data-sends="{sends}" '
@@ -119,7 +130,7 @@ def _node(node: Node) -> Block:
     for i, (style, text) in enumerate(lines):
         y = PAD + LINE_H * (i + 1) - 4
         if style == "title":
-            attrs, limit = f'font-size="13" font-weight="bold" fill="{INK}"', CHARS - 11
+            attrs, limit = f'font-size="13" font-weight="bold" fill="{INK}"', TITLE_CHARS
         elif style == "detail":
             attrs, limit = f'font-size="11" fill="{MUTED}"', CHARS + 6
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.clock import iso
 from engine.lang.durations import format_duration
 from engine.lang.program import BranchOp, JumpOp, Op, SendOp, StopOp, WaitForOp, WaitOp
 from engine.lang.rules import Rule
@@ -113,12 +114,14 @@ class Tree:
 def _trigger_details(rule: Rule) -> list[str]:
     t = rule.trigger
     if t.at is not None:
-        first = "once, at a set time"
+        first = f"once, at {iso(t.at)}"
     elif t.schedule:
         first = f"schedule {t.schedule} ({t.timezone})"
     else:
         first = f"on {t.event}" + (f" if {t.cond.source}" if t.cond is not None else "")
     out = [first]
+    if t.fan_out:
+        out.append(f"to the users it concerns: {', '.join(t.fan_out)}")
     if rule.audience is not None:
         out.append(f"audience: {rule.audience.source}")
     held = f", holdout {rule.holdout_pct:g}%" if rule.holdout_pct else ""
@@ -143,6 +146,7 @@ def _send_details(op: SendOp) -> list[str]:
         out.append(
             "variants " + ", ".join(f"{v.name} {100 * v.weight / total:.0f}%" for v in op.variants)
         )
+        out += [f"{v.name}: if {v.audience.source}" for v in op.variants if v.audience]
     return out
 
 
