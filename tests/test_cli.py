@@ -579,6 +579,8 @@ class SchemaChecker:
         {
             "$schema",
             "$id",
+            "minLength",
+            "maxLength",
             "$ref",
             "$defs",
             "title",
@@ -645,6 +647,12 @@ class SchemaChecker:
             and not re.search(schema["pattern"], value)
         ):
             out.append(f"{at}: {value!r} does not match {schema['pattern']}")
+        if isinstance(value, str) and not (
+            schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+        ):
+            out.append(
+                f"{at}: {value!r} is not {schema.get('minLength')}..{schema.get('maxLength')} long"
+            )
         if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
             out.append(f"{at}: {value} < {schema['minimum']}")
         if "maximum" in schema and isinstance(value, int | float) and value > schema["maximum"]:

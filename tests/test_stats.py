@@ -519,12 +519,12 @@ async def test_the_text_table_reads_as_a_report(run: Any) -> None:
         "cart: Cart reminder  [active]",
         "  instances: started 1, active 0, converted 1, exited 0, completed 0, expired 0, "
         "restarted 0, stopped 0, error 0",
-        "  STEP  CHANNEL  VARIANT  SENDS  SKIPPED  DELIVERED  OPENED  CLICKED  CONVERTED"
-        "  REVENUE  SKIPS",
-        "  all                         1        0          1       1        1          1"
-        "   120.50  -",
-        "  1     email    -            1        0          1       1        1          1"
-        "   120.50  -",
+        "  STEP  NAME      CHANNEL  VARIANT  SENDS  SKIPPED  DELIVERED  OPENED  CLICKED"
+        "  CONVERTED  REVENUE  SKIPS",
+        "  all                                   1        0          1       1        1"
+        "          1   120.50  -",
+        "  1     email: t  email    -            1        0          1       1        1"
+        "          1   120.50  -",
         "  CHANNEL  SENDS  SKIPPED  DELIVERED  OPENED  CLICKED  CONVERTED  REVENUE  SKIPS",
         "  email        1        0          1       1        1          1   120.50  -",
     ]

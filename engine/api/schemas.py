@@ -281,6 +281,24 @@ SCHEMAS: dict[str, Schema] = {
                             "description": "the rule's holdout measured; null without one",
                             "anyOf": [ref("Holdout"), {"type": "null"}],
                         },
+                        "journey": {
+                            "description": "per step in program order (step '' is the "
+                            "trigger): instances that reached it in the range's hours, the "
+                            "ways they went (then/else, event/timeout) and how they ended "
+                            "while at it (converted: the goal)",
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["step", "name", "reached", "edges", "ended"],
+                                "properties": {
+                                    "step": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "reached": {"type": "integer"},
+                                    "edges": {"type": "object"},
+                                    "ended": {"type": "object"},
+                                },
+                            },
+                        },
                     },
                 },
             },

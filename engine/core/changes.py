@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class JobProgress:
 
 
 InterestKey = tuple[str, str, str]  # (product_id, kind, user_id)
+# (rule id, step path, edge, hour): one count of the journey view (engine/core/journey.py)
+JourneyKey = tuple[str, str, str, float]
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Changes:
     # (user id, segment id) -> since when the user is a member, or None: no longer one
     # (the segment_members index beside profile["segments"], written with the profile)
     segment_members: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    # how many instances reached each step and went each way, added to journey_counts
+    journey: Counter[JourneyKey] = field(default_factory=Counter)
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""
@@ -106,4 +111,5 @@ class Changes:
             or self.job
             or self.facts
             or self.segment_members
+            or self.journey
         )

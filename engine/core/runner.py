@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from channels.base import Outcome
+from engine.core import journey
 from engine.core.cascade import Cascade, Outbox
 from engine.core.context import context
 from engine.core.facts import apply_facts
@@ -162,6 +163,7 @@ class Engine(Steps):
         st.instances.append(inst)
         st.last_starts[(rule.id, key)] = ws.now
         ws.started[rule.id] += 1
+        ws.journey(rule.id, "", journey.START)
         self._run(ws, st, inst, rule, trigger)
         return inst
 
@@ -268,6 +270,7 @@ class Engine(Steps):
                 op.cond is None
                 or self._test(ws, op.cond, ctx, rule, f"step {op.path} wait_for.if", st)
             ):
+                ws.journey(rule.id, op.path, journey.EVENT)
                 inst.pc, inst.state, inst.due_at = op.on_event_pc, None, None
                 self._run(ws, st, inst, rule, ev.context)
 
@@ -327,6 +330,7 @@ class Engine(Steps):
         elif isinstance(state, WaitingFor):
             op = rule.program[inst.pc]
             assert isinstance(op, WaitForOp)
+            ws.journey(rule.id, op.path, journey.TIMEOUT)
             inst.pc, inst.state = op.on_timeout_pc, None
             self._run(ws, st, inst, rule, inst.trigger)
         else:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.clock import parse_time
+from engine.core import journey
 from engine.core.cascade import Cascade
 from engine.core.context import context
 from engine.core.model import Instance, Record, UserState
@@ -97,6 +98,9 @@ class Steps:
                 self.end(ws, st, inst, "completed")
                 return
             op: Op = program[inst.pc]
+            # Each pass comes to a new position: a wait or a send is resumed at the next op.
+            if type(op) is not JumpOp:
+                ws.journey(rule.id, op.path, journey.REACHED)
             if not ops[type(op)](ws, st, inst, rule, op, event):
                 return
 
@@ -147,6 +151,7 @@ class Steps:
     ) -> bool:
         ctx = context(ws.now, st, event, inst.trigger)
         ok = self._test(ws, op.cond, ctx, rule, f"step {op.path} if", st)
+        ws.journey(rule.id, op.path, journey.THEN if ok else journey.ELSE)
         inst.pc = inst.pc + 1 if ok else op.else_pc
         return True
 
@@ -197,6 +202,8 @@ class Steps:
             if message.instance_id == inst.id and message.status == "queued":
                 message.status, message.reason = "cancelled", "exited"
                 ws.save_message(message)
+        at = rule.program[inst.pc].path if rule is not None and inst.pc < len(rule.program) else ""
+        ws.journey(inst.rule_id, at, journey.END + status)
         inst.status, inst.ended_at, inst.end_reason = status, ws.now, reason
         inst.due_at, inst.state = None, None
         if inst in st.instances:

@@ -78,6 +78,11 @@ class Workspace:
         if inst.due_at is not None:
             heapq.heappush(self.timers, (inst.due_at, inst.id, inst.user_id))
 
+    def journey(self, rule_id: str, step: str, edge: str) -> None:
+        """One instance reached a step or went one way from it (engine/core/journey.py),
+        counted in the hour it happened."""
+        self.changes.journey[(rule_id, step, edge, self.now // 3600 * 3600)] += 1
+
     def save_message(self, message: Message) -> None:
         self.changes.messages[message.id] = message
 

@@ -13,6 +13,7 @@ from engine.lang.expressions import EXPRESSION_NAMES, Expression, TextTemplate
 from engine.lang.localtime import zone
 from engine.lang.policies_config import share_pct
 from engine.lang.program import Op, SendOp
+from engine.lang.stepnames import step_names
 from engine.lang.steps import StepCompiler, event_type, expression
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict
@@ -85,10 +86,16 @@ class Rule:
     # where each cascade entry stands in the file, for the checks against the templates:
     # "PATH:cascade:I" and "PATH:variant:NAME:cascade:I" (see StepCompiler)
     where: dict[str, Pos] = field(default_factory=dict, compare=False, repr=False)
+    # step path -> its readable name (`name:` or derived, engine/lang/stepnames.py)
+    step_names: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def marketing(self) -> bool:
         return self.category == "marketing"
+
+    def step_name(self, path: str) -> str:
+        """The step's readable name; the path itself for one this version does not have."""
+        return self.step_names.get(path, path)
 
     def sends(self) -> list[SendOp]:
         return [op for op in self.program if isinstance(op, SendOp)]
@@ -175,6 +182,7 @@ def parse_rule(doc: YDict, check: Checker, source: str) -> Rule | None:
         templates=frozenset(compiler.templates),
         channels=frozenset(compiler.channels),
         where=compiler.where,
+        step_names=step_names(compiler.program, compiler.names),
     )
 
 

@@ -12,6 +12,7 @@ from channels.kinds import Field, kind_names, kinds
 from engine.lang.program import AWAIT_KINDS
 from engine.lang.rules import CATEGORIES, FAN_OUT_KINDS, MODES
 from engine.lang.segments import MAX_AT_LEAST
+from engine.lang.stepnames import NAME_MAX
 
 _DURATION = {
     "type": "string",
@@ -92,13 +93,18 @@ def rule_schema() -> dict[str, Any]:
         },
         ["event"],
     )
+    # every step may carry a readable name, unique in its rule (engine/lang/stepnames.py)
+    name = {"name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX}}
     step = {
         "oneOf": [
-            _obj({"wait": wait}, ["wait"]),
-            _obj({"send": send}, ["send"]),
-            _obj({"wait_for": wait_for, "on_event": steps, "on_timeout": steps}, ["wait_for"]),
-            _obj({"if": _EXPR, "then": steps, "else": steps}, ["if", "then"]),
-            _obj({"stop": {"const": True}}, ["stop"]),
+            _obj({"wait": wait, **name}, ["wait"]),
+            _obj({"send": send, **name}, ["send"]),
+            _obj(
+                {"wait_for": wait_for, "on_event": steps, "on_timeout": steps, **name},
+                ["wait_for"],
+            ),
+            _obj({"if": _EXPR, "then": steps, "else": steps, **name}, ["if", "then"]),
+            _obj({"stop": {"const": True}, **name}, ["stop"]),
         ]
     }
     trigger = {

@@ -21,6 +21,7 @@ from engine.lang.program import (
     WaitForOp,
     WaitOp,
 )
+from engine.lang.stepnames import check_name
 from engine.lang.typecheck import expression_clashes
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import Pos, YDict, YList
@@ -28,12 +29,13 @@ from engine.lang.yamlfile import Pos, YDict, YList
 # The key tables are the language: the validator and `kaskad schema` both read them; the
 # channels a cascade may name are the registered channel kinds (channels/kinds).
 STEP_KINDS = ("wait", "send", "wait_for", "if", "stop")
+# Every step may carry a `name:` (engine/lang/stepnames.py).
 STEP_KEYS = {
-    "wait": ("wait",),
-    "send": ("send",),
-    "wait_for": ("wait_for", "on_event", "on_timeout"),
-    "if": ("if", "then", "else"),
-    "stop": ("stop",),
+    "wait": ("wait", "name"),
+    "send": ("send", "name"),
+    "wait_for": ("wait_for", "on_event", "on_timeout", "name"),
+    "if": ("if", "then", "else", "name"),
+    "stop": ("stop", "name"),
 }
 WAIT_KEYS = ("until", "offset", "for", "at")
 SEND_KEYS = ("template", "cascade", "variants")
@@ -79,6 +81,9 @@ class StepCompiler:
         self.templates: set[str] = set()
         self.channels: set[str] = set()
         self.where: dict[str, Pos] = {}
+        # step path -> its `name:`, and name -> path for the uniqueness check
+        self.names: dict[str, str] = {}
+        self._named: dict[str, str] = {}
 
     def block(self, steps: YList, prefix: str) -> None:
         for i, step in enumerate(steps):
@@ -106,6 +111,9 @@ class StepCompiler:
             return
         kind = kinds[0]
         self.check.keys(node, STEP_KEYS[kind], what=f"'{kind}' step")
+        name = check_name(node, path, self._named, self.check)
+        if name is not None:
+            self.names[path] = name
         getattr(self, f"_step_{kind}")(node, path)
 
     def _step_wait(self, node: YDict, path: str) -> None:

@@ -21,6 +21,7 @@ from engine.lang.policies_config import PoliciesConfig
 from engine.lang.program import SendOp
 from engine.lang.ruleset import RuleSet
 from engine.measure.holdout import measure_holdouts
+from engine.measure.journey import journey_json
 from engine.measure.proportions import SIGNIFICANCE, compare, p_text
 from engine.store.base import StatsQuery, Store
 
@@ -136,6 +137,7 @@ class _Rule:
     variants: dict[str, _Row] = field(default_factory=dict)
     instances: dict[str, int] = field(default_factory=dict)
     cohorts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    journey: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def rows(self, step: str, channel: str | None, variant: str | None) -> list[_Row]:
         out = [
@@ -213,6 +215,8 @@ async def compute_stats(
         tally["started"] = tally.get("started", 0) + count
     for rid, variant, users, clickers, converters in await store.stats_variants(q):
         of(rid).cohorts[variant] = (users, clickers, converters)
+    for rid, step, edge, count in await store.journey_counts(q):
+        of(rid).journey[(step, edge)] = count
 
     ids = set(by_rule)
     if rules is not None:
@@ -298,7 +302,13 @@ def _rule_json(rid: str, data: _Rule, rules: RuleSet | None, min_sample: int) ->
         for name in names
     ]
     steps = [
-        {"step": step, "channel": channel, "variant": variant, **row.json()}
+        {
+            "step": step,
+            "name": loaded.step_name(step) if loaded else step,
+            "channel": channel,
+            "variant": variant,
+            **row.json(),
+        }
         for (step, channel, variant), row in sorted(
             data.steps.items(),
             key=lambda kv: (_step_key(kv[0][0]), kv[0][1] or "~", kv[0][2] or ""),
@@ -319,6 +329,7 @@ def _rule_json(rid: str, data: _Rule, rules: RuleSet | None, min_sample: int) ->
         "channels": channels,
         "variants": variants,
         "ab": _ab(names, data.cohorts, min_sample) if names else None,
+        "journey": journey_json(data.journey, loaded),
     }
 
 

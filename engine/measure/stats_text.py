@@ -9,7 +9,9 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     widths = [max([len(h), *(len(r[n]) for r in rows)]) for n, h in enumerate(header)]
     # Names left, numbers right.
     left = {
-        n for n, h in enumerate(header) if h in ("STEP", "CHANNEL", "VARIANT", "SKIPS", "GROUP")
+        n
+        for n, h in enumerate(header)
+        if h in ("STEP", "NAME", "CHANNEL", "VARIANT", "SKIPS", "GROUP")
     }
 
     def line(cells: list[str]) -> str:
@@ -44,6 +46,10 @@ def _funnel_cells(row: dict[str, Any]) -> list[str]:
 
 
 _FUNNEL = ["SENDS", "SKIPPED", "DELIVERED", "OPENED", "CLICKED", "CONVERTED", "REVENUE", "SKIPS"]
+
+
+def _short(name: str, limit: int = 32) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _pct(rate: float) -> str:
@@ -137,12 +143,18 @@ def format_text(stats: dict[str, Any]) -> str:
         title = r["rule"] if r["name"] == r["rule"] else f"{r['rule']}: {r['name']}"
         out += ["", f"{title}  [{r['state']}]"]
         out.append("  instances: " + ", ".join(f"{k} {v}" for k, v in inst.items()))
-        rows = [["all", "", "", *_funnel_cells({**funnel, "skips": r["skips"]})]]
+        rows = [["all", "", "", "", *_funnel_cells({**funnel, "skips": r["skips"]})]]
         rows += [
-            [s["step"], s["channel"] or "-", s["variant"] or "-", *_funnel_cells(s)]
+            [
+                s["step"],
+                _short(s.get("name", s["step"])),
+                s["channel"] or "-",
+                s["variant"] or "-",
+                *_funnel_cells(s),
+            ]
             for s in r["steps"]
         ]
-        out += _table(["STEP", "CHANNEL", "VARIANT", *_FUNNEL], rows)
+        out += _table(["STEP", "NAME", "CHANNEL", "VARIANT", *_FUNNEL], rows)
         out += _table(
             ["CHANNEL", *_FUNNEL], [[c["channel"] or "-", *_funnel_cells(c)] for c in r["channels"]]
         )

@@ -38,6 +38,8 @@ HoldoutCounts = tuple[str, str, int, int, int, float]
 # (group "treatment" | "holdout", users, users with an order within the window after their
 # first instance start, those orders' revenue)
 GlobalHoldoutCounts = tuple[str, int, int, float]
+# (rule, step path, edge, count) of the journey view (engine/core/journey.py)
+JourneyCounts = tuple[str, str, str, int]
 # (user id, recency score, frequency score, monetary score, current rfm, current scores)
 RfmRow = tuple[str, int, int, int, Any, Any]
 
@@ -238,6 +240,11 @@ class Store(Protocol):
 
     async def stats_messages(self, q: StatsQuery) -> list[MessageCounts]:
         """Messages created in range, counted per rule, step, channel, variant, status, reason."""
+        ...
+
+    async def journey_counts(self, q: StatsQuery) -> list[JourneyCounts]:
+        """How many instances reached each step and went each way in the hours of the range
+        (the hour `since` falls in counts whole), per rule, step and edge."""
         ...
 
     async def stats_instances(self, q: StatsQuery) -> list[tuple[str, str, int]]:

@@ -460,3 +460,31 @@ POSTGRES_MIGRATIONS.append(
     ALTER TABLE user_versions SET (fillfactor = 50);
     """
 )
+
+# The journey view (engine/core/journey.py): how many instances reached each step and went
+# each way, per hour, added to in the transaction that saves the instances, so a rule's
+# diagram reads a few hundred rows instead of the message log.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE journey_counts (
+        rule_id TEXT NOT NULL,
+        hour REAL NOT NULL,
+        step TEXT NOT NULL,
+        edge TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (rule_id, hour, step, edge)
+    ) WITHOUT ROWID;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE journey_counts (
+        rule_id TEXT COLLATE "C" NOT NULL,
+        hour DOUBLE PRECISION NOT NULL,
+        step TEXT COLLATE "C" NOT NULL,
+        edge TEXT COLLATE "C" NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (rule_id, hour, step, edge)
+    );
+    """
+)

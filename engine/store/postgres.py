@@ -44,6 +44,7 @@ from engine.store.postgres_core import (
 from engine.store.postgres_holdout import PostgresHoldout
 from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
+from engine.store.postgres_journey import PostgresJourney
 from engine.store.postgres_outcomes import PostgresOutcomes
 from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
@@ -107,6 +108,7 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 
 class PostgresStore(
+    PostgresJourney,
     PostgresStats,
     PostgresHoldout,
     PostgresSegments,
@@ -302,6 +304,8 @@ class PostgresStore(
                 await _save_messages(conn, list(changes.messages.values()))
             if changes.orders:
                 await conn.executemany(INSERT_ORDER, [order_row(o) for o in changes.orders])
+            if changes.journey:
+                await self._save_journey(conn, changes.journey)
             if changes.inbox_done:
                 done = sorted(set(changes.inbox_done))
                 gone = await conn.fetch(

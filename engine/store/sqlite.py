@@ -35,6 +35,7 @@ from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, Op, seria
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
+from engine.store.sqlite_journey import SqliteJourney
 from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
@@ -68,6 +69,7 @@ _MESSAGE_ONCE = (
 
 
 class SqliteStore(
+    SqliteJourney,
     SqliteStats,
     SqliteHoldout,
     SqliteSegments,
@@ -236,6 +238,8 @@ class SqliteStore(
             many(_MESSAGE_UPSERT, [message_row(m) for m in messages])
         if changes.orders:
             ops += self._order_ops(changes.orders)
+        if changes.journey:
+            ops += self._journey_ops(changes.journey)
         many("DELETE FROM inbox WHERE seq = ?", [(s,) for s in changes.inbox_done])
         if changes.inbox_cursor is not None:
             seq, cursor = changes.inbox_cursor

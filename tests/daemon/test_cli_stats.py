@@ -67,7 +67,7 @@ async def test_stats_text_right_after_a_cart_event(
         "restarted 0, stopped 0, error 0"
     )
     funnel = ["SENDS", "SKIPPED", "DELIVERED", "OPENED", "CLICKED", "CONVERTED", "REVENUE", "SKIPS"]
-    assert block[2].split() == ["STEP", "CHANNEL", "VARIANT", *funnel]
+    assert block[2].split() == ["STEP", "NAME", "CHANNEL", "VARIANT", *funnel]
     assert block[3].split() == ["all", "0", "0", "0", "0", "0", "0", "0.00", "-"]
     assert block[4].split() == ["CHANNEL", *funnel]  # no channel rows: the crash was here
 

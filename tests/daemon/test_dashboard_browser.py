@@ -252,6 +252,7 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     assert ab_rows[0] == f"A (baseline) 3 conversion {100 * b['conversion']['baseline_rate']:.1f}%"
     assert ab_rows[2].startswith(f"B 2 conversion {100 * rate:.1f}%")
     assert f"{100 * lift:+.1f} pt" in ab_rows[2]
+    assert driver.find_element(By.CSS_SELECTOR, "svg.journey g.jnode-send title")
     assert driver.find_element(By.CSS_SELECTOR, "svg.chart.lift")
     steps = driver.find_element(By.CSS_SELECTOR, "table.steps").text
     assert "whatsapp" in steps and "no_address" in steps

@@ -319,8 +319,9 @@ async def test_rule_page_with_real_steps_variants_and_skips(dash: Client) -> Non
     assert status == 200
     assert 'id="verdict">Not enough data yet: 0 of 100 users per variant.<' in html
     assert "B 0 conversion 0.0% 0.0% +0.0 pt — — —" in text  # nothing defined yet
-    assert "1 email 2 0 1 1 1 1 30.00" in text  # step 1: the reminder
-    assert "3 email A 1 0 0 0 0 0 0.00" in text  # step 3: the promo, variant A
+    # the steps by name, their paths beside
+    assert "email: cart_reminder (1) email 2 0 1 1 1 1 30.00" in text  # the reminder
+    assert "email → whatsapp: cart_promo, variants A, B (3) email A 1 0 0 0 0 0 0.00" in text
     status, html, _ = await page(dash, "/ui/rules/hostile")
     assert "no_address 1" in text_of(html)
 

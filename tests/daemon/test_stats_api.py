@@ -104,6 +104,7 @@ async def test_stats_count_orders_attribution_and_bad_totals(client: Client) -> 
     }
     assert cart["steps"][0] | {"skips": {}} == {
         "step": "1",
+        "name": "email: cart_reminder",
         "channel": "email",
         "variant": None,
         "sends": 2,

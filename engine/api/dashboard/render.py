@@ -12,6 +12,7 @@ from aiohttp import web
 
 from engine.api.dashboard.charts import funnel_chart, lift_chart
 from engine.api.dashboard.filters import FILTERS
+from engine.api.dashboard.journey import journey_svg
 from engine.api.state import STATE
 
 # engine/api/templates: package data of engine.api (pyproject.toml)
@@ -46,6 +47,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(FILTERS)
     env.globals.update(funnel_chart=funnel_chart, lift_chart=lift_chart, query_url=query_url)
+    env.globals.update(journey_svg=journey_svg)
     return env
 
 
