@@ -37,6 +37,7 @@ from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_segments import SqliteSegments
 from engine.store.sqlite_stats import SqliteStats
+from engine.store.sqlite_users import SqliteUsers
 from engine.store.urls import sqlite_path
 
 # An instance's identity (rule, user, key, start) never changes: an update in place leaves
@@ -59,6 +60,7 @@ class SqliteStore(
     SqliteInbox,
     SqliteQueue,
     SqliteOutcomes,
+    SqliteUsers,
 ):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
@@ -224,6 +226,7 @@ class SqliteStore(
                 )
             if changes.segment_members:
                 await self._save_segment_members(changes.segment_members)
+            await self._save_user_rows(changes)
             if changes.messages:
                 await db.executemany(
                     f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "

@@ -1,0 +1,78 @@
+"""SqliteStore's user search index (profile_addresses) and per-user event log (user_events),
+both written inside save's transaction: the dashboard finds a user by email or phone from
+an index and shows their own events beside what kaskad did."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+import aiosqlite
+
+from engine.core.changes import Changes
+from engine.store.user_log import USER_EVENTS_KEEP, LoggedEvent, event_row, logged
+
+_TRIM = (
+    "DELETE FROM user_events WHERE user_id = ?1 AND seq <= (SELECT seq FROM user_events "
+    f"WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET {USER_EVENTS_KEEP})"
+)
+
+
+class SqliteUsers:
+    """A mixin of SqliteStore: it has the connection and the lock that orders its use."""
+
+    db: aiosqlite.Connection
+    _lock: asyncio.Lock
+
+    async def _save_user_rows(self, changes: Changes) -> None:
+        """Inside save's transaction: erased users' rows go, changed addresses are replaced,
+        events are logged and each of their users' logs cut to the newest USER_EVENTS_KEEP."""
+        db = self.db
+        if changes.erased_users:
+            gone = [(u,) for u in changes.erased_users]
+            await db.executemany("DELETE FROM profile_addresses WHERE user_id = ?", gone)
+            await db.executemany("DELETE FROM user_events WHERE user_id = ?", gone)
+        if changes.addresses:
+            await db.executemany(
+                "DELETE FROM profile_addresses WHERE user_id = ?",
+                [(u,) for u in changes.addresses],
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO profile_addresses (kind, value, user_id) VALUES (?, ?, ?)",
+                [(k, v, u) for u, found in changes.addresses.items() for k, v in found],
+            )
+        if changes.user_events:
+            await db.executemany(
+                "INSERT INTO user_events (user_id, at, type, event_id, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [event_row(e) for e in changes.user_events],
+            )
+            await db.executemany(_TRIM, [(u,) for u in {e.user_id for e in changes.user_events}])
+
+    async def find_users(self, kind: str, value: str, limit: int = 20) -> list[str]:
+        async with self._lock:
+            rows = await self.db.execute_fetchall(
+                "SELECT user_id FROM profile_addresses WHERE kind = ? AND value = ? "
+                "ORDER BY user_id LIMIT ?",
+                (kind, value, limit),
+            )
+        return [r[0] for r in rows]
+
+    async def user_events(
+        self, user_id: str, *, types: Collection[str] = (), limit: int = USER_EVENTS_KEEP
+    ) -> list[LoggedEvent]:
+        sql = "SELECT at, type, event_id, data FROM user_events WHERE user_id = ?"
+        params: list[object] = [user_id]
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            params.extend(types)
+        async with self._lock:
+            rows = await self.db.execute_fetchall(
+                sql + " ORDER BY seq DESC LIMIT ?", [*params, limit]
+            )
+        return [logged(r) for r in rows]
+
+    async def forget_user_events_before(self, when: float) -> int:
+        async with self._lock:
+            cur = await self.db.execute("DELETE FROM user_events WHERE at < ?", (when,))
+        return cur.rowcount
