@@ -34,6 +34,10 @@ def _product(data: dict[str, Any]) -> str:
     return text
 
 
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
 def summary(etype: str, data: dict[str, Any] | None) -> str:
     """One line about an event: what was viewed, carted, ordered, searched, changed."""
     if data is None:
@@ -43,9 +47,9 @@ def summary(etype: str, data: dict[str, Any] | None) -> str:
     if etype in ("product.viewed", "favorite.added", "favorite.removed"):
         text = _product(data)
     elif etype == "cart.updated":
-        text = f"{n_items} item{'s' if n_items != 1 else ''}, total {_with_currency(data, 'total')}"
+        text = f"{_items(n_items)}, total {_with_currency(data, 'total')}"
     elif etype == "order.created":
-        text = f"order {data.get('order_id', '?')}: {n_items} items, "
+        text = f"order {data.get('order_id', '?')}: {_items(n_items)}, "
         text += f"total {_with_currency(data, 'total')}"
     elif etype == "search.performed":
         text = f"searched {str(data.get('query', ''))!r}"

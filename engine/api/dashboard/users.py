@@ -167,8 +167,9 @@ async def users_page(request: web.Request) -> web.Response:
         profile = await load_profile(state, user_id)
         if profile is not None:
             profile_card = card(state, profile, found)
+        # Newest first; at one time what kaskad did (the effects) above the user's events.
         items = [{**e, "kind": "event"} for e in found["events"]] + found["timeline"]
-        items.sort(key=lambda x: x["time"] or "", reverse=True)
+        items.sort(key=lambda x: (x["time"] or "", x["kind"] != "event"), reverse=True)
     return html(
         request,
         "users.html",
