@@ -454,7 +454,9 @@ POSTGRES_MIGRATIONS.append(
 # The dashboard's user search and timeline (issue 13): profiles' email and phone numbers
 # as lookup keys (engine/core/addresses.py normalises them; the SQL below does the same to
 # the profiles already stored), written with the profile; and each user's own events, the
-# newest 200 per user (trimmed as they are written) within storage.event_retention.
+# newest 200 per user within storage.event_retention: each user's events are numbered
+# (n) 1, 2, 3... so the write that adds number n drops number n - 200 by the key, and a
+# user's log is one range of the key.
 SQLITE_MIGRATIONS.append(
     """
     CREATE TABLE profile_addresses (
@@ -465,14 +467,14 @@ SQLITE_MIGRATIONS.append(
     ) WITHOUT ROWID;
     CREATE INDEX profile_addresses_user ON profile_addresses (user_id);
     CREATE TABLE user_events (
-        seq INTEGER PRIMARY KEY,
         user_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
         at REAL NOT NULL,
         type TEXT NOT NULL,
         event_id TEXT,
-        data TEXT
-    );
-    CREATE INDEX user_events_user ON user_events (user_id, seq);
+        data TEXT,
+        PRIMARY KEY (user_id, n)
+    ) WITHOUT ROWID;
     CREATE INDEX user_events_at ON user_events (at);
     INSERT OR IGNORE INTO profile_addresses (kind, value, user_id)
         SELECT 'email', e, user_id FROM (
@@ -509,14 +511,14 @@ POSTGRES_MIGRATIONS.append(
     );
     CREATE INDEX profile_addresses_user ON profile_addresses (user_id);
     CREATE TABLE user_events (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         user_id TEXT COLLATE "C" NOT NULL,
+        n BIGINT NOT NULL,
         at DOUBLE PRECISION NOT NULL,
         type TEXT NOT NULL,
         event_id TEXT,
-        data TEXT
+        data TEXT,
+        PRIMARY KEY (user_id, n)
     );
-    CREATE INDEX user_events_user ON user_events (user_id, seq);
     CREATE INDEX user_events_at ON user_events (at);
     INSERT INTO profile_addresses (kind, value, user_id)
         SELECT a.kind, a.v, a.user_id FROM (

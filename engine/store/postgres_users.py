@@ -11,10 +11,19 @@ import asyncpg
 from engine.core.changes import Changes
 from engine.store.user_log import USER_EVENTS_KEEP, LoggedEvent, event_row, logged
 
+# Each user's events are numbered one past their last (see sqlite_users); the batch's own
+# events in their order. The trim drops numbers USER_EVENTS_KEEP back from each last one.
+_INSERT = (
+    "INSERT INTO user_events (user_id, n, at, type, event_id, data) "
+    "SELECT e.uid, coalesce((SELECT max(n) FROM user_events WHERE user_id = e.uid), 0) "
+    "+ row_number() OVER (PARTITION BY e.uid ORDER BY e.i), e.at, e.type, e.eid, e.data "
+    "FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[]) "
+    "WITH ORDINALITY e(uid, at, type, eid, data, i)"
+)
 _TRIM = (
-    "DELETE FROM user_events WHERE seq IN (SELECT s.seq FROM unnest($1::text[]) u(id), "
-    "LATERAL (SELECT seq FROM user_events WHERE user_id = u.id ORDER BY seq DESC "
-    f"OFFSET {USER_EVENTS_KEEP}) s)"
+    "DELETE FROM user_events e USING (SELECT user_id, max(n) AS last FROM user_events "
+    "WHERE user_id = ANY($1::text[]) GROUP BY user_id) x "
+    f"WHERE e.user_id = x.user_id AND e.n <= x.last - {USER_EVENTS_KEEP}"
 )
 
 
@@ -49,8 +58,7 @@ class PostgresUsers:
         if changes.user_events:
             rows_ = [event_row(e) for e in changes.user_events]
             await conn.execute(
-                "INSERT INTO user_events (user_id, at, type, event_id, data) SELECT * FROM "
-                "unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[])",
+                _INSERT,
                 [r[0] for r in rows_],
                 [r[1] for r in rows_],
                 [r[2] for r in rows_],
@@ -75,7 +83,7 @@ class PostgresUsers:
         rows = await self.pool.fetch(
             "SELECT at, type, event_id, data FROM user_events WHERE user_id = $1 "
             "AND (cardinality($2::text[]) = 0 OR type = ANY($2::text[])) "
-            "ORDER BY seq DESC LIMIT $3",
+            "ORDER BY n DESC LIMIT $3",
             user_id,
             list(types),
             limit,

@@ -12,9 +12,15 @@ import aiosqlite
 from engine.core.changes import Changes
 from engine.store.user_log import USER_EVENTS_KEEP, LoggedEvent, event_row, logged
 
+# The user's next number is one past their last (a seek to the end of their key range);
+# the trim drops the number USER_EVENTS_KEEP back from the last, by the key.
+_INSERT = (
+    "INSERT INTO user_events (user_id, n, at, type, event_id, data) "
+    "SELECT ?1, coalesce(max(n), 0) + 1, ?2, ?3, ?4, ?5 FROM user_events WHERE user_id = ?1"
+)
 _TRIM = (
-    "DELETE FROM user_events WHERE user_id = ?1 AND seq <= (SELECT seq FROM user_events "
-    f"WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET {USER_EVENTS_KEEP})"
+    "DELETE FROM user_events WHERE user_id = ?1 AND n <= "
+    f"(SELECT max(n) FROM user_events WHERE user_id = ?1) - {USER_EVENTS_KEEP}"
 )
 
 
@@ -42,11 +48,7 @@ class SqliteUsers:
                 [(k, v, u) for u, found in changes.addresses.items() for k, v in found],
             )
         if changes.user_events:
-            await db.executemany(
-                "INSERT INTO user_events (user_id, at, type, event_id, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [event_row(e) for e in changes.user_events],
-            )
+            await db.executemany(_INSERT, [event_row(e) for e in changes.user_events])
             await db.executemany(_TRIM, [(u,) for u in {e.user_id for e in changes.user_events}])
 
     async def find_users(self, kind: str, value: str, limit: int = 20) -> list[str]:
@@ -68,7 +70,7 @@ class SqliteUsers:
             params.extend(types)
         async with self._lock:
             rows = await self.db.execute_fetchall(
-                sql + " ORDER BY seq DESC LIMIT ?", [*params, limit]
+                sql + " ORDER BY n DESC LIMIT ?", [*params, limit]
             )
         return [logged(r) for r in rows]
 
