@@ -20,7 +20,7 @@ from engine.api.state import STATE, AppState
 from engine.core.addresses import search_keys
 from engine.core.model import profile_context
 from engine.core.reach import address_key
-from engine.lang.events import MAX_ID_CHARS
+from engine.lang.events import MAX_ID_CHARS, text_problem
 
 SIMILAR_LIMIT = 20
 # The longest text the search box takes (an email may be longer than an id).
@@ -42,7 +42,7 @@ async def search(state: AppState, query: str) -> tuple[str | None, list[dict[str
     store = state.store
     matches: dict[str, str] = {}
     exact = None
-    if len(query) <= MAX_ID_CHARS and "\x00" not in query:
+    if len(query) <= MAX_ID_CHARS:
         if await load_profile(state, query) is not None:
             exact = query
         for uid in await store.profile_ids(query, SIMILAR_LIMIT):
@@ -140,13 +140,16 @@ def card(state: AppState, profile: dict[str, Any], found: dict[str, Any]) -> dic
 async def users_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
     query = request.query.get("q", "").strip()
-    if len(query) > MAX_QUERY_CHARS:
+    problem = text_problem(query)
+    if problem is None and len(query) > MAX_QUERY_CHARS:
+        problem = f"must be at most {MAX_QUERY_CHARS} characters"
+    if problem is not None:
         return html(
             request,
             "users.html",
             400,
-            q=query[:MAX_QUERY_CHARS],
-            notice=f"q must be at most {MAX_QUERY_CHARS} characters",
+            q="",
+            notice=f"q {problem}",
             user=None,
             similar=[],
         )
@@ -154,7 +157,7 @@ async def users_page(request: web.Request) -> web.Response:
     found: dict[str, Any] | None = None
     profile_card = None
     items: list[dict[str, Any]] = []
-    if user_id is None and query and len(query) <= MAX_ID_CHARS and "\x00" not in query:
+    if user_id is None and query and len(query) <= MAX_ID_CHARS:
         # No profile, but kaskad may have acted for this id (an erased user's history).
         found = await timeline(state.store, query, state.config.policies.attribution)
         if found["timeline"] or found["events"]:
