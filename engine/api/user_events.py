@@ -49,7 +49,8 @@ def summary(etype: str, data: dict[str, Any] | None) -> str:
     elif etype == "cart.updated":
         text = f"{_items(n_items)}, total {_with_currency(data, 'total')}"
     elif etype == "order.created":
-        text = f"order {data.get('order_id', '?')}: {_items(n_items)}, "
+        text = f"order {data.get('order_id', '?')}: "
+        text += f"{_items(n_items)}, " if isinstance(items, list) else ""
         text += f"total {_with_currency(data, 'total')}"
     elif etype == "search.performed":
         text = f"searched {str(data.get('query', ''))!r}"
