@@ -12,7 +12,7 @@ from engine.core.changes import Changes
 from engine.store.user_log import USER_EVENTS_KEEP, LoggedEvent, event_row, logged
 
 # Each user's events are numbered one past their last (see sqlite_users); the batch's own
-# events in their order. The trim drops numbers USER_EVENTS_KEEP back from each last one.
+# events in their order.
 _INSERT = (
     "INSERT INTO user_events (user_id, n, at, type, event_id, data) "
     "SELECT e.uid, coalesce((SELECT max(n) FROM user_events WHERE user_id = e.uid), 0) "
@@ -20,10 +20,12 @@ _INSERT = (
     "FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::text[]) "
     "WITH ORDINALITY e(uid, at, type, eid, data, i)"
 )
+# Per user by the key (a nested loop over the batch's users; a join against their max(n)
+# made the planner hash the whole table).
 _TRIM = (
-    "DELETE FROM user_events e USING (SELECT user_id, max(n) AS last FROM user_events "
-    "WHERE user_id = ANY($1::text[]) GROUP BY user_id) x "
-    f"WHERE e.user_id = x.user_id AND e.n <= x.last - {USER_EVENTS_KEEP}"
+    "DELETE FROM user_events e USING unnest($1::text[]) u(id) WHERE e.user_id = u.id "
+    "AND e.n <= (SELECT max(n) FROM user_events WHERE user_id = u.id) - "
+    f"{USER_EVENTS_KEEP}"
 )
 
 
