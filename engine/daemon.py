@@ -358,6 +358,7 @@ class Daemon:
         storage, now = self.config.storage, self.clock.now()
         keep_s = parse_duration(storage.event_retention)
         removed = await self.store.forget_events_before(now - keep_s)
+        logged = await self.store.forget_user_events_before(now - keep_s)
         before = now - parse_duration(storage.message_retention)
         messages = 0
         while True:
@@ -366,7 +367,12 @@ class Daemon:
             if batch < RETENTION_BATCH:
                 break
             await asyncio.sleep(0)  # let the engine loop and the API in between batches
-        log.info("retention.done", event_ids_removed=removed, messages_removed=messages)
+        log.info(
+            "retention.done",
+            event_ids_removed=removed,
+            user_events_removed=logged,
+            messages_removed=messages,
+        )
 
     async def _committed(self, ws: Workspace, changes: Changes) -> None:
         changes_queued = any(m.status == "queued" for m in changes.messages.values())

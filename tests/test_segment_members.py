@@ -4,6 +4,7 @@ members already on profiles filled in by the migration."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -53,33 +54,32 @@ async def test_an_entry_and_a_leave_in_one_unit_leave_the_last_word(store: Store
     assert await store.segment_sizes(["baby"]) == {"baby": 0}
 
 
-def _segment_version(migrations: list[str]) -> int:
-    """The version of the migration that made segment_members (1-based)."""
-    return next(
-        v for v, sql in enumerate(migrations, start=1) if "CREATE TABLE segment_members" in sql
+def _since_segments(migrations: list[str]) -> tuple[int, list[str]]:
+    """The version that made segment_members, and the tables it and later ones made."""
+    version = next(
+        v for v, m in enumerate(migrations, start=1) if "CREATE TABLE segment_members" in m
     )
+    tables = [t for m in migrations[version - 1 :] for t in re.findall(r"CREATE TABLE (\w+)", m)]
+    return version, tables
 
 
 async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
-    """The database as it was before segment_members existed (that migration and any after
-    it undone in the version table: they run again, the later ones being idempotent)."""
+    """The database as it was before segment_members existed (and what came after it)."""
     if url.startswith("sqlite"):
+        version, tables = _since_segments(SQLITE_MIGRATIONS)
         db = sqlite3.connect(tmp_path / "kaskad.db")
-        db.execute("DROP TABLE segment_members")
-        db.execute(
-            "DELETE FROM schema_version WHERE version >= ?",
-            (_segment_version(SQLITE_MIGRATIONS),),
-        )
+        for table in tables:
+            db.execute(f"DROP TABLE {table}")
+        db.execute("DELETE FROM schema_version WHERE version >= ?", (version,))
         db.commit()
         db.close()
         return
+    version, tables = _since_segments(POSTGRES_MIGRATIONS)
     conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": _schema(url)})
     try:
-        await conn.execute("DROP TABLE segment_members")
-        await conn.execute(
-            "DELETE FROM schema_migrations WHERE version >= $1",
-            _segment_version(POSTGRES_MIGRATIONS),
-        )
+        for table in tables:
+            await conn.execute(f"DROP TABLE {table}")
+        await conn.execute("DELETE FROM schema_migrations WHERE version >= $1", version)
     finally:
         await conn.close()
 

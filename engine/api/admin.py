@@ -14,6 +14,7 @@ from engine.api.auth import admin_denied, metrics_denied
 from engine.api.errors import Handler, InvalidParameter, error
 from engine.api.params import path_id, query_id, query_int, read_json
 from engine.api.state import STATE
+from engine.api.user_events import events_of
 from engine.clock import iso
 from engine.core.changes import Order
 from engine.core.model import Instance, Message, profile_context
@@ -171,7 +172,8 @@ async def timeline(
     store: Store, uid: str, attribution: Attribution | None = None
 ) -> dict[str, Any]:
     """The user's instances and orders and, newest first, their starts, ends, sends, skips
-    and orders (each with the message it is attributed to, per `attribution`)."""
+    and orders (each with the message it is attributed to, per `attribution`), and their own
+    events (the event log: the newest 200 within storage.event_retention)."""
     policy = attribution or Attribution()
     instances = await store.instances_of(uid)
     messages = await store.messages(user_id=uid, limit=500)
@@ -213,6 +215,7 @@ async def timeline(
         "instances": [_instance_json(i) for i in instances],
         "orders": orders,
         "timeline": items,
+        "events": await events_of(store, uid),
     }
 
 

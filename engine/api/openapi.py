@@ -200,7 +200,10 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/users/{user_id}/timeline": {
         "parameters": [USER_ID],
-        "get": _admin("What kaskad did for a user, newest first", _json(ref("Timeline"), "ok")),
+        "get": _admin(
+            "What kaskad did for a user, and the user's own events, newest first",
+            _json(ref("Timeline"), "ok"),
+        ),
     },
     "/v1/messages": {
         "get": _admin(
@@ -429,15 +432,22 @@ PATHS: dict[str, dict[str, Any]] = {
     "/ui/messages": {"get": _page("The newest messages", "400", parameters=[_RULE, _STATUS])},
     "/ui/users": {
         "get": _page(
-            "A user's chains and timeline",
+            "Find a user; their profile card, chains and timeline",
             "400",
-            parameters=[_query("q", "a user id or its start")],
+            parameters=[_query("q", "a user id or its start, an email or a phone number")],
         )
     },
     "/ui/templates": {"get": _page("Templates and the rules using them")},
     "/ui/templates/{name}": {
         "parameters": [_path("name", "a template name")],
-        "get": _page("A template rendered for every channel", "404"),
+        "get": _page(
+            "A template rendered for every channel",
+            "404",
+            parameters=[
+                _query("rule", "a rule sending it: sample data fits its trigger"),
+                _query("user", "a user id: render with their profile and last trigger event"),
+            ],
+        ),
     },
 }
 

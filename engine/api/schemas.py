@@ -228,6 +228,24 @@ SCHEMAS: dict[str, Schema] = {
                     "properties": {"time": TIME, "kind": {"type": "string"}},
                 },
             },
+            "events": {
+                "type": "array",
+                "description": (
+                    "the user's own events, newest first: the newest 200 within "
+                    "storage.event_retention (data is null when it was too big to keep)"
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["time", "type", "event_id", "summary", "data"],
+                    "properties": {
+                        "time": TIME,
+                        "type": {"type": "string"},
+                        "event_id": NULLABLE_STR,
+                        "summary": {"type": "string"},
+                        "data": {"type": ["object", "null"]},
+                    },
+                },
+            },
         },
     },
     "Rules": {

@@ -52,6 +52,17 @@ InterestKey = tuple[str, str, str]  # (product_id, kind, user_id)
 JourneyKey = tuple[str, str, str, float]
 
 
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """A user's own event as the per-user event log keeps it (the timeline, previews)."""
+
+    user_id: str
+    at: float  # the event's time
+    type: str
+    event_id: str | None
+    data: dict[str, Any]
+
+
 @dataclass
 class Changes:
     """Everything one unit of work changed, written in one transaction.
@@ -80,6 +91,11 @@ class Changes:
     segment_members: dict[tuple[str, str], float | None] = field(default_factory=dict)
     # how many instances reached each step and went each way, added to journey_counts
     journey: Counter[JourneyKey] = field(default_factory=Counter)
+    # user id -> the profile's (kind, key) addresses now (core/addresses), for the lookup
+    # index; only users whose addresses may have changed
+    addresses: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # the users' own events, in order, for the bounded per-user event log
+    user_events: list[UserEvent] = field(default_factory=list)
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""
@@ -112,4 +128,6 @@ class Changes:
             or self.facts
             or self.segment_members
             or self.journey
+            or self.addresses
+            or self.user_events
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from channels.kinds import kinds
 from engine.clock import iso
+from engine.core.addresses import addresses_of, touches_addresses
 from engine.core.changes import Order, Touch
 from engine.core.model import Message, UserState
 from engine.core.workspace import Workspace
@@ -54,6 +55,8 @@ def apply_facts(ws: Workspace, st: UserState, ev: Event) -> None:
     if etype == "profile.updated":
         merge_profile(profile, data)
         changed = True
+        if touches_addresses(data):
+            ws.changes.addresses[uid] = addresses_of(profile)
     elif etype == "order.created":
         order = _order(ws, st, ev)
         if order is not None:

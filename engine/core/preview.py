@@ -130,14 +130,22 @@ def sample_event(event_type: str, user_id: str = SAMPLE_USER_ID) -> dict[str, An
     }
 
 
-def sample_trigger(ruleset: RuleSet, template: str, user_id: str = SAMPLE_USER_ID) -> Sample:
-    """A trigger fitting the first rule (by id) that sends `template`."""
+def rules_sending(ruleset: RuleSet, template: str) -> list[str]:
+    """The ids of the rules that send `template`, in order."""
+    return sorted(r.id for r in ruleset.rules.values() if template in r.templates)
+
+
+def sample_trigger(
+    ruleset: RuleSet, template: str, user_id: str = SAMPLE_USER_ID, rule_id: str | None = None
+) -> Sample:
+    """A trigger fitting the rule `rule_id` if it sends `template`, else the first rule (by
+    id) that sends it."""
     users = sorted((r for r in ruleset.rules.values() if template in r.templates), key=_rule_id)
     if not users:
         return Sample(
             sample_event("cart.updated", user_id), "a cart.updated event (no rule uses it)"
         )
-    rule = users[0]
+    rule = next((r for r in users if r.id == rule_id), users[0])
     event_type = rule.trigger.event
     if event_type is None:  # a broadcast: the trigger the scheduler gives each user
         trigger = {
@@ -201,12 +209,18 @@ def render_channels(
     trigger: dict[str, Any],
     config: Config,
     facts: dict[str, Any] | None = None,
+    *,
+    profile: dict[str, Any] | None = None,
 ) -> list[Rendered]:
     """Every channel block of the template, rendered as a send would render it, for the
-    profile `user` (profile.updated data plus user_id) makes, with derived `facts` on it."""
-    profile = new_profile(str(user.get("user_id", SAMPLE_USER_ID)), parse_time(SAMPLE_TIME))
-    merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
-    profile.update(copy.deepcopy(facts or {}))
+    profile `user` (profile.updated data plus user_id) makes, with derived `facts` on it;
+    or for a stored `profile` as it is (the dashboard's preview of a real user)."""
+    if profile is not None:
+        profile = copy.deepcopy(profile)
+    else:
+        profile = new_profile(str(user.get("user_id", SAMPLE_USER_ID)), parse_time(SAMPLE_TIME))
+        merge_profile(profile, {k: v for k, v in user.items() if k != "user_id"})
+        profile.update(copy.deepcopy(facts or {}))
     event = trigger
     now = parse_time(event["time"]) if isinstance(event.get("time"), str) else 0.0
     tracker = Tracker(config.tracking.base_url, config.tracking.secret or "preview")

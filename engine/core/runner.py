@@ -14,6 +14,7 @@ from typing import Any
 from channels.base import Outcome
 from engine.core import journey
 from engine.core.cascade import Cascade, Outbox
+from engine.core.changes import UserEvent
 from engine.core.context import context
 from engine.core.facts import apply_facts
 from engine.core.model import PROFILE_DEFAULTS, Instance, UserState
@@ -202,6 +203,8 @@ class Engine(Steps):
     def handle_event(self, ws: Workspace, st: UserState, ev: Event, depth: int = 0) -> None:
         """A user event: facts and segments, reactions, running instances, new triggers;
         then the segment.entered/left events it caused, as events of their own."""
+        if depth == 0:  # the user's own event, for their event log
+            ws.changes.user_events.append(UserEvent(st.user_id, ev.time, ev.type, ev.id, ev.data))
         apply_facts(ws, st, ev)
         caused = self.segments.on_event(ws, st, ev)
         self._handle(ws, st, ev)

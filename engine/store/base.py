@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from engine.core.changes import Changes, Order
 from engine.core.model import Instance, Message, UserState
+from engine.store.user_log import LoggedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,22 @@ class Store(Protocol):
         place, the rest of each as it is, in a transaction of its own: so `kaskad rfm` can
         write beside a daemon running on the same database without overwriting what it
         saves. Users without a profile are skipped."""
+        ...
+
+    # -- the dashboard's users: search index and event log (issue 13) -----------------------
+
+    async def find_users(self, kind: str, value: str, limit: int = 20) -> list[str]:
+        """Users whose profile holds this address (kind and key of core/addresses)."""
+        ...
+
+    async def user_events(
+        self, user_id: str, *, types: Collection[str] = (), limit: int = 200
+    ) -> list[LoggedEvent]:
+        """The user's own logged events (of these types, when given), newest first."""
+        ...
+
+    async def forget_user_events_before(self, when: float) -> int:
+        """Drop logged events older than `when` (storage.event_retention); how many went."""
         ...
 
 

@@ -488,3 +488,91 @@ POSTGRES_MIGRATIONS.append(
     );
     """
 )
+
+# The dashboard's user search and timeline (issue 13): profiles' email and phone numbers
+# as lookup keys (engine/core/addresses.py normalises them; the SQL below does the same to
+# the profiles already stored), written with the profile; and each user's own events, the
+# newest 200 per user within storage.event_retention: each user's events are numbered
+# (n) 1, 2, 3... so the write that adds number n drops number n - 200 by the key, and a
+# user's log is one range of the key.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE profile_addresses (
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (kind, value, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX profile_addresses_user ON profile_addresses (user_id);
+    CREATE TABLE user_events (
+        user_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        at REAL NOT NULL,
+        type TEXT NOT NULL,
+        event_id TEXT,
+        data TEXT,
+        PRIMARY KEY (user_id, n)
+    ) WITHOUT ROWID;
+    CREATE INDEX user_events_at ON user_events (at);
+    INSERT OR IGNORE INTO profile_addresses (kind, value, user_id)
+        SELECT 'email', e, user_id FROM (
+            SELECT user_id, lower(trim(json_extract(data, '$.email'), ' ')) AS e
+            FROM (SELECT user_id, CASE WHEN json_valid(data) THEN data ELSE replace(replace(replace(
+                data, 'NaN', 'null'), '-Infinity', 'null'), 'Infinity', 'null') END AS data
+                FROM profiles)
+            WHERE json_valid(data) AND json_type(data, '$.email') = 'text')
+        WHERE instr(e, '@') > 0 AND length(e) <= 320;
+    INSERT OR IGNORE INTO profile_addresses (kind, value, user_id)
+        SELECT 'phone', p, user_id FROM (
+            SELECT user_id, CASE WHEN substr(x, 1, 2) = '00' THEN '+' || substr(x, 3)
+                ELSE x END AS p
+            FROM (
+                SELECT user_id, replace(replace(replace(replace(replace(
+                    json_extract(data, '$.' || f.key), ' ', ''), '-', ''), '(', ''), ')', ''),
+                    '.', '') AS x
+                FROM (SELECT user_id, CASE WHEN json_valid(data) THEN data ELSE
+                    replace(replace(replace(data, 'NaN', 'null'), '-Infinity', 'null'),
+                    'Infinity', 'null') END AS data FROM profiles),
+                    (SELECT 'phone' AS key UNION ALL SELECT 'whatsapp') f
+                WHERE json_valid(data) AND json_type(data, '$.' || f.key) = 'text'))
+        WHERE length(ltrim(p, '+')) BETWEEN 3 AND 20 AND ltrim(p, '+') NOT GLOB '*[^0-9]*'
+            AND (substr(p, 1, 1) <> '+' OR substr(p, 2, 1) <> '+');
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE profile_addresses (
+        kind TEXT COLLATE "C" NOT NULL,
+        value TEXT COLLATE "C" NOT NULL,
+        user_id TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (kind, value, user_id)
+    );
+    CREATE INDEX profile_addresses_user ON profile_addresses (user_id);
+    CREATE TABLE user_events (
+        user_id TEXT COLLATE "C" NOT NULL,
+        n BIGINT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        type TEXT NOT NULL,
+        event_id TEXT,
+        data TEXT,
+        PRIMARY KEY (user_id, n)
+    );
+    CREATE INDEX user_events_at ON user_events (at);
+    INSERT INTO profile_addresses (kind, value, user_id)
+        SELECT a.kind, a.v, a.user_id FROM (
+            SELECT p.user_id, f.kind, CASE WHEN f.kind = 'email'
+                THEN translate(trim(' ' FROM p.j ->> f.key), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                    'abcdefghijklmnopqrstuvwxyz')
+                ELSE regexp_replace(translate(p.j ->> f.key, ' -().', ''), '^00', '+') END AS v
+            FROM (SELECT user_id, (CASE WHEN data LIKE '%NaN%' OR data LIKE '%Infinity%'
+                THEN regexp_replace(data, '(?<=[:,\\[])-?(NaN|Infinity)(?=[,}\\]])', 'null',
+                'g') ELSE data END)::jsonb AS j
+                FROM profiles WHERE data LIKE '%"email"%' OR data LIKE '%"phone"%'
+                    OR data LIKE '%"whatsapp"%') p,
+            (VALUES ('email', 'email'), ('phone', 'phone'), ('whatsapp', 'phone')) f(key, kind)
+            WHERE jsonb_typeof(p.j -> f.key) = 'string') a
+        WHERE (a.kind = 'email' AND a.v LIKE '%@%' AND length(a.v) <= 320)
+            OR (a.kind = 'phone' AND a.v ~ '^[+]?[0-9]{3,20}$')
+        ON CONFLICT DO NOTHING;
+    """
+)

@@ -50,6 +50,7 @@ from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
 from engine.store.postgres_segments import PostgresSegments
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
+from engine.store.postgres_users import PostgresUsers
 from engine.store.rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
@@ -117,6 +118,7 @@ class PostgresStore(
     PostgresInbox,
     PostgresQueue,
     PostgresOutcomes,
+    PostgresUsers,
 ):
     @classmethod
     async def open(
@@ -300,6 +302,7 @@ class PostgresStore(
                 )
             if changes.segment_members:
                 await self._save_segment_members(conn, changes.segment_members)
+            await self._save_user_rows(conn, changes)
             if changes.messages:
                 await _save_messages(conn, list(changes.messages.values()))
             if changes.orders:
@@ -467,6 +470,8 @@ def _users_of(changes: Changes) -> set[str]:
     users.update(o.user_id for o in changes.orders)
     users.update(changes.facts)
     users.update(uid for uid, _ in changes.segment_members)
+    users.update(changes.addresses)
+    users.update(e.user_id for e in changes.user_events)
     return users
 
 

@@ -41,6 +41,7 @@ from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_segments import SqliteSegments
 from engine.store.sqlite_stats import SqliteStats
+from engine.store.sqlite_users import SqliteUsers
 from engine.store.urls import sqlite_path
 
 # An instance's identity (rule, user, key, start) never changes: an update in place leaves
@@ -78,6 +79,7 @@ class SqliteStore(
     SqliteInbox,
     SqliteQueue,
     SqliteOutcomes,
+    SqliteUsers,
 ):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 
@@ -217,6 +219,7 @@ class SqliteStore(
         )
         if changes.segment_members:
             ops += self._segment_member_ops(changes.segment_members)
+        ops += self._user_row_ops(changes)
         if changes.messages:
             # The last of a batch's messages of one (instance, step, channel) stands, as it
             # did when each replaced the one before.

@@ -268,15 +268,21 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     assert texts and all("skipped" in t and "no_address" in t for t in texts), texts
     assert any("bonus_credited ivy" in t for t in texts)  # the live one
 
-    # User search: bob's timeline, with his order attributed to the promo click.
+    # User search by email: bob's card and timeline, with his order attributed to the promo
+    # click, and his own events (the cart he left) beside what kaskad did.
     driver.find_element(By.LINK_TEXT, "Users").click()
     search = wait_for("input#q")
-    search.send_keys("bob")
+    search.send_keys("Bob@Shop.test")
     search.submit()
     timeline = wait_for("table.timeline").text
     assert "order.created" in timeline and "order o-bob: 120.00" in timeline
     assert "attributed to this message (click at" in timeline
     assert "message.clicked" in timeline and "cart_promo" in timeline
+    channels = driver.find_element(By.CSS_SELECTOR, "#card-channels").text
+    assert "bob@shop.test valid" in channels and "whatsapp none missing" in channels
+    own = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "tr.user-event")]
+    assert any("cart.updated" in r and "1 item" in r for r in own), own
+    driver.save_screenshot(str(ARTIFACTS / "dashboard-user.png"))
 
     # Template previews: every channel; the e-mail HTML in a sandboxed frame.
     driver.find_element(By.LINK_TEXT, "Templates").click()
@@ -289,6 +295,13 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     driver.switch_to.default_content()
     subject = driver.find_element(By.CSS_SELECTOR, "section#channel-email pre").text
     assert subject == "Still thinking? Here is 10% off your cart"
+    # The same template for bob: his profile and his last event of the trigger's type.
+    user = driver.find_element(By.CSS_SELECTOR, "input#user")
+    user.send_keys("bob")
+    user.submit()
+    origin = wait_for("#preview-origin").text
+    assert "rendered for user bob with their stored profile" in origin, origin
+    assert "template_error" not in driver.find_element(By.TAG_NAME, "main").text
 
     # Nothing on any page broke the Content-Security-Policy or failed to load; the only
     # errors are the login form's own 401 answers.

@@ -245,10 +245,10 @@ async def test_user_search_shows_the_timeline_and_similar_ids(dash: Client) -> N
     assert "order.created abandoned_cart 1 email order o1: 30.00" in text
     assert "attributed to this message (click at 2026-11-23 11:00:00 UTC)" in text
     status, html, _ = await page(dash, "/ui/users?q=a")
-    assert "Nothing happened for user a." in text_of(html)
+    assert "Matches ann id starts with it" in text_of(html)
     assert 'href="/ui/users?q=ann"' in html
     status, html, _ = await page(dash, "/ui/users?q=nobody")
-    assert status == 200 and "Nothing happened for user nobody." in text_of(html)
+    assert status == 200 and "No user has the id, email or phone nobody." in text_of(html)
 
 
 async def test_messages_filter_by_rule_and_status(dash: Client) -> None:

@@ -16,11 +16,11 @@ from engine.api.dashboard.pages import (
     messages_page,
     overview,
     rule_page,
-    template_page,
     templates_page,
-    users_page,
 )
+from engine.api.dashboard.preview import template_page
 from engine.api.dashboard.render import render
+from engine.api.dashboard.users import users_page
 
 __all__ = [
     "COOKIE",

@@ -1,21 +1,18 @@
-"""The dashboard's pages: overview, a rule, messages, a user, templates and a template."""
+"""The dashboard's pages: overview, a rule, messages, templates (a user:
+users.py, a template: preview.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
-from channels.kinds import find_kind
-from engine.api.admin import timeline
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
-from engine.api.params import ident, path_id, query_id
+from engine.api.params import path_id, query_id
 from engine.api.state import STATE
 from engine.core.model import MESSAGE_STATUSES
-from engine.core.preview import SAMPLE_FACTS, SAMPLE_USER, render_channels, sample_trigger
 
 MESSAGES_LIMIT = 100
 
@@ -86,21 +83,6 @@ async def messages_page(request: web.Request) -> web.Response:
 
 
 @page
-async def users_page(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    query = request.query.get("q", "").strip()
-    found: dict[str, Any] | None = None
-    similar: list[str] = []
-    if query:
-        ident(query, "q")
-        found = await timeline(state.store, query, state.config.policies.attribution)
-        if not found["timeline"]:
-            found = None
-        similar = [u for u in await state.store.profile_ids(query, 20) if u.startswith(query)]
-    return html(request, "users.html", q=query, found=found, similar=similar)
-
-
-@page
 async def templates_page(request: web.Request) -> web.Response:
     ruleset = request.app[STATE].rules.current
     used: dict[str, list[str]] = {}
@@ -112,27 +94,3 @@ async def templates_page(request: web.Request) -> web.Response:
         for n, t in sorted(ruleset.templates.items())
     ]
     return html(request, "templates.html", templates=templates)
-
-
-@page
-async def template_page(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    name = request.match_info["name"]
-    template = state.rules.current.templates.get(name)
-    if template is None:
-        return html(
-            request, "error.html", 404, title="No such template", message=f"No template '{name}'."
-        )
-    sample = sample_trigger(state.rules.current, name)
-    channels = []
-    for item in render_channels(template, SAMPLE_USER, sample.trigger, state.config, SAMPLE_FACTS):
-        fields = []
-        for key, value in (item.fields or {}).items():
-            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-            kind = find_kind(item.channel)
-            is_html = kind is not None and key in kind.fields and kind.fields[key].kind == "html"
-            fields.append({"key": key, "text": text, "html": is_html})
-        channels.append({"channel": item.channel, "fields": fields, "error": item.error})
-    return html(
-        request, "template.html", template=template, channels=channels, origin=sample.origin
-    )
