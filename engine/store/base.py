@@ -35,6 +35,12 @@ OrderCounts = tuple[str, int, float, int, float]
 # (rule, group "treatment" | "holdout", users, users whose instance the goal ended, users
 # with an order within the attribution window after an instance start, those orders' revenue)
 HoldoutCounts = tuple[str, str, int, int, int, float]
+# Trend rows (engine.store.trends_sql), per bucket start (unix seconds, UTC): '' for a
+# missing channel/variant/currency. (bucket, rule, channel, variant, messages, sends,
+# skipped, failed, delivered, opened, clicked)
+TrendMessages = tuple[int, str, str, str, int, int, int, int, int, int, int]
+# (bucket, touch or "all" for every order, rule, channel, variant, currency, orders, revenue)
+TrendOrders = tuple[int, str, str, str, str, str, int, float]
 # (group "treatment" | "holdout", users, users with an order within the window after their
 # first instance start, those orders' revenue)
 GlobalHoldoutCounts = tuple[str, int, int, float]
@@ -255,6 +261,19 @@ class Store(Protocol):
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
         """Orders in range per source, with the attributed part (the rule filter is ignored)."""
+        ...
+
+    async def trend_messages(
+        self, since: float, until: float, rule: str | None, bucket: int
+    ) -> list[TrendMessages]:
+        """Messages created in [since, until) (hour-aligned), summed per `bucket` seconds."""
+        ...
+
+    async def trend_orders(
+        self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
+    ) -> list[TrendOrders]:
+        """Orders placed in [since, until) (hour-aligned) per `bucket` seconds: all of them
+        (touch "all") and those attributed to a message by `touch` within `window_s`."""
         ...
 
     async def stats_holdout(self, q: StatsQuery, rules: Collection[str]) -> list[HoldoutCounts]:

@@ -48,6 +48,7 @@ from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
 from engine.store.postgres_segments import PostgresSegments
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
+from engine.store.postgres_trends import PostgresTrends
 from engine.store.rows import (
     INSTANCE_COLUMNS,
     MESSAGE_COLUMNS,
@@ -104,6 +105,7 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 
 class PostgresStore(
+    PostgresTrends,
     PostgresStats,
     PostgresHoldout,
     PostgresSegments,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -37,6 +38,7 @@ from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_segments import SqliteSegments
 from engine.store.sqlite_stats import SqliteStats
+from engine.store.sqlite_trends import SqliteTrends
 from engine.store.urls import sqlite_path
 
 # An instance's identity (rule, user, key, start) never changes: an update in place leaves
@@ -51,6 +53,7 @@ _INSTANCE_UPSERT = (
 
 
 class SqliteStore(
+    SqliteTrends,
     SqliteStats,
     SqliteHoldout,
     SqliteSegments,
@@ -89,6 +92,8 @@ class SqliteStore(
             # FULL: an acknowledged event survives power loss, not only a process crash.
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
+            # A message INSERT OR REPLACE replaces fires the delete triggers (trends_sql).
+            await db.execute("PRAGMA recursive_triggers=ON")
             store = cls(db)
             await store._migrate()
         except BaseException:
@@ -110,9 +115,8 @@ class SqliteStore(
                 continue
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await self.db.execute(statement)
+                for statement in _statements(script):
+                    await self.db.execute(statement)
                 await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
                 await self.db.execute("COMMIT")
             except BaseException:
@@ -291,3 +295,18 @@ class SqliteStore(
 
 
 __all__ = ["Instance", "Message", "SqliteStore", "sqlite_path"]
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements, a trigger's body (`BEGIN ...; END`) kept whole."""
+    out: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out
