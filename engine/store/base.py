@@ -276,6 +276,10 @@ class Store(Protocol):
         (touch "all") and those attributed to a message by `touch` within `window_s`."""
         ...
 
+    async def instance_errors(self, since: float, until: float) -> dict[str, int]:
+        """Per rule, its instances started in [since, until) that bad data stopped."""
+        ...
+
     async def stats_holdout(self, q: StatsQuery, rules: Collection[str]) -> list[HoldoutCounts]:
         """A rule's control group against the rest (SPEC 12): per rule among `rules` and any
         rule with an instance held out in range, the users whose instance started in range

@@ -14,6 +14,7 @@ from engine.store.trends_sql import (
     FOLD_ORDERS,
     WINDOW_SETTING,
     orders_rollup,
+    read_errors,
     read_messages,
     read_orders,
 )
@@ -51,6 +52,10 @@ class PostgresTrends:
             args = [since, until, touch] + ([rule] if rule is not None else [])
             rows = await conn.fetch(read_orders(bucket, rule is not None, "postgres"), *args)
         return [tuple(r) for r in rows]
+
+    async def instance_errors(self, since: float, until: float) -> dict[str, int]:
+        rows = await self.pool.fetch(read_errors("postgres"), since, until)
+        return {r[0]: r[1] for r in rows}
 
 
 async def _fold(conn: Conn) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from engine.store.base import TrendMessages, TrendOrders
 from engine.store.sqlite_core import serialized
 from engine.store.sqlite_stats import SqliteStats
-from engine.store.trends_sql import WINDOW_SETTING, orders_rollup, read_messages, read_orders
+from engine.store.trends_sql import (
+    WINDOW_SETTING,
+    orders_rollup,
+    read_errors,
+    read_messages,
+    read_orders,
+)
 
 
 class SqliteTrends(SqliteStats):
@@ -23,6 +29,10 @@ class SqliteTrends(SqliteStats):
         params: list[object] = [since, until, touch] + ([rule] if rule is not None else [])
         rows = await self._read(read_orders(bucket, rule is not None, "sqlite"), params)
         return [tuple(r) for r in rows]
+
+    async def instance_errors(self, since: float, until: float) -> dict[str, int]:
+        rows = await self._read(read_errors("sqlite"), (since, until))
+        return {r[0]: r[1] for r in rows}
 
     async def _attribution_window(self, window_s: float) -> None:
         rows = await self._read(

@@ -139,6 +139,7 @@ TABLES = """
     ){wr};
     CREATE INDEX order_hours_rule ON order_hours (rule_id, touch, hour);
     CREATE TABLE stats_settings (name TEXT PRIMARY KEY, value {real} NOT NULL);
+    CREATE INDEX instances_errors ON instances (started_at, rule_id) WHERE status = 'error';
 """
 
 
@@ -262,6 +263,15 @@ def read_messages(bucket: int, rule: bool, dialect: str) -> str:
     return (
         f"SELECT hour / {bucket} * {bucket} AS b, rule_id, channel, variant, {sums} "
         f"FROM stats_hours WHERE {where} GROUP BY b, rule_id, channel, variant"
+    )
+
+
+def read_errors(dialect: str) -> str:
+    """(rule, instances stopped by bad data) of those started in [since, until)."""
+    p = ("?", "?") if dialect == "sqlite" else ("$1", "$2")
+    return (
+        "SELECT rule_id, count(*) FROM instances WHERE status = 'error' "
+        f"AND started_at >= {p[0]} AND started_at < {p[1]} GROUP BY rule_id"
     )
 
 

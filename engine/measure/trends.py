@@ -1,0 +1,170 @@
+"""Trends: sends, conversions and revenue over time, per rule and overall, from the store's
+hourly rows (engine/store/trends_sql.py), never from the message log.
+
+Buckets are hours for a range under 3 days, else UTC days. Conversions and revenue are
+the orders attributed per policies.attribution, as stats counts them; revenue is kept per
+currency ('' when the order gave none). The A/B lift per bucket is each variant's
+conversions per send minus the baseline's (the first variant the rule defines).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.lang.policies_config import PoliciesConfig
+from engine.store.base import Store
+
+HOUR = 3600
+DAY = 86400
+HOURLY_UNDER_S = 3 * DAY
+COUNTS = ("messages", "sends", "skipped", "failed", "delivered", "opened", "clicked")
+
+
+def bucket_for(since: float | None, until: float) -> int:
+    """Hours for a range under 3 days, else days."""
+    return HOUR if since is not None and until - since < HOURLY_UNDER_S else DAY
+
+
+@dataclass
+class Series:
+    """Counts of one rule (or all) per bucket, and its totals."""
+
+    counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    conversions: dict[int, int] = field(default_factory=dict)
+    revenue: dict[str, dict[int, float]] = field(default_factory=dict)  # currency -> bucket
+    channels: set[str] = field(default_factory=set)
+
+    def total(self, name: str) -> int:
+        if name == "conversions":
+            return sum(self.conversions.values())
+        return sum(self.counts.get(name, {}).values())
+
+    def revenue_total(self) -> dict[str, float]:
+        return {cur: round(sum(v.values()), 2) for cur, v in sorted(self.revenue.items())}
+
+    @property
+    def quiet(self) -> bool:
+        return not self.total("messages") and not self.total("conversions")
+
+
+@dataclass
+class Trends:
+    bucket: int
+    buckets: list[int]
+    rules: dict[str, Series]
+    overall: Series
+    orders: Series  # every order placed, attributed or not: conversions = orders
+    variants: dict[str, dict[str, Series]]  # rule -> variant -> series
+
+    def values(self, series: Series, name: str) -> list[float]:
+        if name == "conversions":
+            data: dict[int, Any] = series.conversions
+        elif name.startswith("revenue:"):
+            data = series.revenue.get(name.partition(":")[2], {})
+        else:
+            data = series.counts.get(name, {})
+        return [data.get(b, 0) for b in self.buckets]
+
+    def lift(self, rule: str, baseline: str | None = None) -> list[tuple[str, list[float | None]]]:
+        """Per variant but the baseline: conversions per send minus the baseline's, per
+        bucket (None where either had no sends)."""
+        by_variant = self.variants.get(rule, {})
+        names = sorted(by_variant)
+        if baseline is None or baseline not in by_variant:
+            baseline = names[0] if names else None
+        if baseline is None:
+            return []
+
+        def rates(s: Series) -> list[float | None]:
+            sends = s.counts.get("sends", {})
+            return [
+                s.conversions.get(b, 0) / sends[b] if sends.get(b) else None for b in self.buckets
+            ]
+
+        base = rates(by_variant[baseline])
+        out = []
+        for name in names:
+            if name == baseline:
+                continue
+            mine = rates(by_variant[name])
+            out.append(
+                (
+                    f"{name} vs {baseline}",
+                    [
+                        None if a is None or b is None else a - b
+                        for a, b in zip(mine, base, strict=True)
+                    ],
+                )
+            )
+        return out
+
+
+def _buckets(since: float | None, until: float, bucket: int, seen: set[int]) -> list[int]:
+    end = math.floor((until - 1e-9) / bucket) * bucket if until > 0 else 0
+    if since is None:
+        if not seen:
+            return []
+        start = min(seen)
+    else:
+        start = math.floor(since / bucket) * bucket
+    start = min(start, end)
+    count = int((end - start) // bucket) + 1
+    if count > 5000:  # a range of decades: the last 5000 buckets
+        start = end - 4999 * bucket
+        count = 5000
+    return [start + i * bucket for i in range(count)]
+
+
+async def load_trends(
+    store: Store,
+    *,
+    policies: PoliciesConfig,
+    since: float | None,
+    until: float,
+    rule: str | None = None,
+    bucket: int | None = None,
+) -> Trends:
+    """The trends of [since, until) (since None: all time), the range widened to whole
+    hours (the rows' grain)."""
+    size = bucket or bucket_for(since, until)
+    start = math.floor(since / HOUR) * HOUR if since is not None else -(2**62)
+    end = math.ceil(until / HOUR) * HOUR
+    attribution = policies.attribution
+    rules: dict[str, Series] = {}
+    overall, orders = Series(), Series()
+    variants: dict[str, dict[str, Series]] = {}
+    seen: set[int] = set()
+    for b, rid, channel, variant, *numbers in await store.trend_messages(start, end, rule, size):
+        seen.add(b)
+        targets = [rules.setdefault(rid, Series()), overall]
+        if variant:
+            targets.append(variants.setdefault(rid, {}).setdefault(variant, Series()))
+        for s in targets:
+            if channel:
+                s.channels.add(channel)
+            for name, value in zip(COUNTS, numbers, strict=True):
+                slot = s.counts.setdefault(name, {})
+                slot[b] = slot.get(b, 0) + int(value)
+    rows = await store.trend_orders(start, end, rule, attribution.touch, attribution.window_s, size)
+    for b, touch, rid, _channel, variant, currency, n, revenue in rows:
+        seen.add(b)
+        if touch == "all":
+            targets = [orders]
+        else:
+            targets = [rules.setdefault(rid, Series()), overall]
+            if variant:
+                targets.append(variants.setdefault(rid, {}).setdefault(variant, Series()))
+        for s in targets:
+            s.conversions[b] = s.conversions.get(b, 0) + int(n)
+            money = s.revenue.setdefault(currency, {})
+            money[b] = money.get(b, 0.0) + float(revenue)
+    return Trends(
+        bucket=size,
+        buckets=_buckets(since, until, size, seen),
+        rules=rules,
+        overall=overall,
+        orders=orders,
+        variants=variants,
+    )
