@@ -322,7 +322,6 @@ async def test_overview_shows_rules_orders_and_trends(dash: Client) -> None:
 async def test_overview_sorts_and_filters_by_query_links(dash: Client) -> None:
     await seed(dash)
     await dash.advance(3 * 86400)
-    with_traffic = ["abandoned_cart", "abandoned_cart_quick", "bonus_credited", "hostile"]
     _, html, _ = await page(dash, "/?sort=sends")  # descending first for numbers
     assert table_ids(html)[:2] == ["abandoned_cart", "abandoned_cart_quick"]
     assert '<a href="/?sort=sends&amp;dir=asc">Sends ▼</a>' in html  # the link turns it around
