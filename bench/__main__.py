@@ -3,11 +3,12 @@ benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
 "ingest": {...}, "timers": {...}, "segments": {...}, "fanout": {...}, "dispatch_http": {...},
-"e2e": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the
-matcher; 200,000 events from 20,000 users over 14 days for the replay; 100,000 events for
+"e2e": {...}, "dashboard": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0:
+20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay; 100,000 events for
 ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90 days for segments,
 with 10 segments and with none; 100,000 interested users for the fan-out; 50,000 queued
-messages for the webhook dispatch; 150,000 events with 30,000 sends end to end).
+messages for the webhook dispatch; 150,000 events with 30,000 sends end to end; the
+dashboard's pages on 1,000,000 messages in SQLite and PostgreSQL, see bench/dashboard.py).
 ``--timers-10m`` (or ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with
 10,000,000 pending timers: it builds a ~6 GB store and takes several minutes more.
 """
@@ -29,7 +30,18 @@ TIMERS = 1_000_000
 FANOUT_USERS = 100_000
 DISPATCH_MESSAGES = 50_000
 E2E_EVENTS = 150_000
-BENCHES = ("match", "replay", "ingest", "timers", "segments", "fanout", "dispatch_http", "e2e")
+DASHBOARD_MESSAGES = 1_000_000
+BENCHES = (
+    "match",
+    "replay",
+    "ingest",
+    "timers",
+    "segments",
+    "fanout",
+    "dispatch_http",
+    "e2e",
+    "dashboard",
+)
 
 
 def _log(message: str) -> None:
@@ -121,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["e2e"] = run_e2e(max(5000, round(E2E_EVENTS * scale)), log=_log)
         _log(f"e2e: {json.dumps(report['e2e'])}")
+    if args.only in (None, "dashboard"):
+        from bench.dashboard import run_dashboard
+
+        n = max(1000, round(DASHBOARD_MESSAGES * scale))
+        report["dashboard"] = run_dashboard(n, log=_log)
+        _log(f"dashboard: {json.dumps(report['dashboard'])}")
     print(json.dumps(report))
     return 0
 

@@ -1,22 +1,25 @@
-"""PostgresStore's trend reads: the deltas folded into the hourly rows, then those summed
-into buckets (trends_sql)."""
+"""PostgresStore's trend reads: the deltas folded into the hourly and daily rows, then
+those summed into buckets (trends_sql)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from engine.store.base import TrendMessages, TrendOrders
 from engine.store.postgres_core import LOCK_NS
 from engine.store.trends_sql import (
+    DAY,
     FOLD_MESSAGES,
     FOLD_ORDERS,
     WINDOW_SETTING,
-    orders_rollup,
+    hour_range,
     read_errors,
     read_messages,
     read_orders,
+    rebuild_orders,
+    spans,
 )
 
 if TYPE_CHECKING:
@@ -25,22 +28,31 @@ if TYPE_CHECKING:
 _TRENDS_FOLD = -3  # the advisory lock (LOCK_NS, -3): folding the trend deltas
 
 
+def _spans(since: float, until: float, bucket: int) -> list[tuple[str, int, int]]:
+    low, high = hour_range(since, until)
+    return spans(low, high) if bucket % DAY == 0 else [("hours", low, high)]
+
+
 class PostgresTrends:
     pool: asyncpg.Pool[asyncpg.Record]
 
     async def trend_messages(
         self, since: float, until: float, rule: str | None, bucket: int
     ) -> list[TrendMessages]:
+        out: list[Any] = []
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await _fold(conn)
-            args = [since, until] + ([rule] if rule is not None else [])
-            rows = await conn.fetch(read_messages(bucket, rule is not None, "postgres"), *args)
-        return [tuple(r) for r in rows]
+            for grain, low, high in _spans(since, until, bucket):
+                args = [low, high] + ([rule] if rule is not None else [])
+                sql = read_messages(grain, bucket, rule is not None, "postgres")
+                out += [tuple(r) for r in await conn.fetch(sql, *args)]
+        return out
 
     async def trend_orders(
         self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
     ) -> list[TrendOrders]:
+        out: list[Any] = []
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await _fold(conn)
@@ -49,9 +61,11 @@ class PostgresTrends:
                 )
                 if stored != window_s:
                     await _rebuild_orders(conn, window_s)
-            args = [since, until, touch] + ([rule] if rule is not None else [])
-            rows = await conn.fetch(read_orders(bucket, rule is not None, "postgres"), *args)
-        return [tuple(r) for r in rows]
+            for grain, low, high in _spans(since, until, bucket):
+                args = [low, high, touch] + ([rule] if rule is not None else [])
+                sql = read_orders(grain, bucket, rule is not None, "postgres")
+                out += [tuple(r) for r in await conn.fetch(sql, *args)]
+        return out
 
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:
         rows = await self.pool.fetch(read_errors("postgres"), since, until)
@@ -65,7 +79,7 @@ async def _fold(conn: Conn) -> None:
 
 
 async def _rebuild_orders(conn: Conn, window_s: float) -> None:
-    """order_hours again from the orders, attributed within another window: no order is
+    """order_* again from the orders, attributed within another window: no order is
     written meanwhile (SHARE waits for the writers in flight, whose deltas are then in)."""
     await conn.execute("LOCK TABLE orders IN SHARE MODE")
     await conn.execute(
@@ -74,6 +88,6 @@ async def _rebuild_orders(conn: Conn, window_s: float) -> None:
         WINDOW_SETTING,
         window_s,
     )
-    await conn.execute("DELETE FROM order_hours_delta")
-    await conn.execute("DELETE FROM order_hours")
-    await conn.execute(f"INSERT INTO order_hours {orders_rollup('orders', '1', 'postgres')}")
+    await conn.execute("DELETE FROM order_delta")
+    for sql in rebuild_orders("postgres"):
+        await conn.execute(sql)

@@ -1,34 +1,50 @@
-"""SqliteStore's trend reads: the hourly rows (trends_sql) summed into buckets."""
+"""SqliteStore's trend reads: the hourly and daily rows (trends_sql) summed into buckets."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from engine.store.base import TrendMessages, TrendOrders
 from engine.store.sqlite_core import serialized
 from engine.store.sqlite_stats import SqliteStats
 from engine.store.trends_sql import (
+    DAY,
     WINDOW_SETTING,
-    orders_rollup,
+    hour_range,
     read_errors,
     read_messages,
     read_orders,
+    rebuild_orders,
+    spans,
 )
+
+
+def _spans(since: float, until: float, bucket: int) -> list[tuple[str, int, int]]:
+    low, high = hour_range(since, until)
+    return spans(low, high) if bucket % DAY == 0 else [("hours", low, high)]
 
 
 class SqliteTrends(SqliteStats):
     async def trend_messages(
         self, since: float, until: float, rule: str | None, bucket: int
     ) -> list[TrendMessages]:
-        params: list[object] = [since, until] + ([rule] if rule is not None else [])
-        rows = await self._read(read_messages(bucket, rule is not None, "sqlite"), params)
-        return [tuple(r) for r in rows]
+        out: list[Any] = []
+        for grain, low, high in _spans(since, until, bucket):
+            params = [low, high] + ([rule] if rule is not None else [])
+            sql = read_messages(grain, bucket, rule is not None, "sqlite")
+            out += [tuple(r) for r in await self._read(sql, params)]
+        return out
 
     async def trend_orders(
         self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
     ) -> list[TrendOrders]:
         await self._attribution_window(window_s)
-        params: list[object] = [since, until, touch] + ([rule] if rule is not None else [])
-        rows = await self._read(read_orders(bucket, rule is not None, "sqlite"), params)
-        return [tuple(r) for r in rows]
+        out: list[Any] = []
+        for grain, low, high in _spans(since, until, bucket):
+            params = [low, high, touch] + ([rule] if rule is not None else [])
+            sql = read_orders(grain, bucket, rule is not None, "sqlite")
+            out += [tuple(r) for r in await self._read(sql, params)]
+        return out
 
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:
         rows = await self._read(read_errors("sqlite"), (since, until))
@@ -39,20 +55,18 @@ class SqliteTrends(SqliteStats):
             "SELECT value FROM stats_settings WHERE name = ?", (WINDOW_SETTING,)
         )
         if not rows or rows[0][0] != window_s:
-            await self._rebuild_order_hours(window_s)
+            await self._rebuild_order_rows(window_s)
 
     @serialized
-    async def _rebuild_order_hours(self, window_s: float) -> None:
-        """order_hours again from the orders, attributed within another window."""
+    async def _rebuild_order_rows(self, window_s: float) -> None:
+        """order_* again from the orders, attributed within another window."""
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             await self.db.execute(
                 "INSERT OR REPLACE INTO stats_settings VALUES (?, ?)", (WINDOW_SETTING, window_s)
             )
-            await self.db.execute("DELETE FROM order_hours")
-            await self.db.execute(
-                f"INSERT INTO order_hours {orders_rollup('orders', '1', 'sqlite')}"
-            )
+            for sql in rebuild_orders("sqlite"):
+                await self.db.execute(sql)
             await self.db.execute("COMMIT")
         except BaseException:
             await self.db.execute("ROLLBACK")
