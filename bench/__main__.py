@@ -4,11 +4,12 @@ benchmarks.
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
 "ingest": {...}, "timers": {...}, "segments": {...}, "fanout": {...}, "dispatch_http": {...},
 "e2e": {...}, "dashboard": {...}}``. Sizes scale with ``KASKAD_BENCH_SCALE`` (default 1.0:
-20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay; 100,000 events for
-ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over 90 days for segments,
-with 10 segments and with none; 100,000 interested users for the fan-out; 50,000 queued
-messages for the webhook dispatch; 150,000 events with 30,000 sends end to end; the
-dashboard's pages on 1,000,000 messages in SQLite and PostgreSQL, see bench/dashboard.py).
+20,000 events for the matcher; 200,000 events from 20,000 users over 14 days for the replay;
+100,000 events for ingest; 1,000,000 pending timers; 100,000 events from 10,000 users over
+90 days for segments, with 10 segments and with none; 100,000 interested users for the
+fan-out; 50,000 queued messages for the webhook dispatch; 150,000 events with 30,000 sends
+end to end; the dashboard's pages on 1,000,000 messages in SQLite and PostgreSQL, see
+bench/dashboard.py).
 ``--timers-10m`` (or ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with
 10,000,000 pending timers: it builds a ~6 GB store and takes several minutes more.
 """

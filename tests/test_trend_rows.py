@@ -168,6 +168,12 @@ async def test_daily_buckets_and_all_orders(store: Store) -> None:
     hourly = await store.trend_messages(T0, T0 + 5 * 86400, "r1", 3600)
     daily = await store.trend_messages(T0, T0 + 5 * 86400, "r1", 86400)
     assert {b % 86400 for b, *_ in daily} == {0} and {r[1] for r in daily} == {"r1"}
+    per_rule = await store.trend_messages(T0, T0 + 5 * 86400, None, 86400, detail=False)
+    assert {(r[2], r[3]) for r in per_rule} == {("", "")}
+    assert sum(r[4] for r in per_rule if r[1] == "r1") == sum(r[4] for r in daily)
+    orders_per_rule = await store.trend_orders(T0, T0 + 5 * 86400, "r2", "send", 1e6, 86400, False)
+    orders_detail = await store.trend_orders(T0, T0 + 5 * 86400, "r2", "send", 1e6, 86400)
+    assert sum(r[6] for r in orders_per_rule) == sum(r[6] for r in orders_detail) > 0
     assert sum(r[4] for r in daily) == sum(r[4] for r in hourly) > 0
     q = StatsQuery(since=T0, until=T0 + 5 * 86400, rule=None, touch="click", window_s=1.0)
     orders = await store.stats_orders(q)

@@ -31,15 +31,35 @@ def bucket_for(since: float | None, until: float) -> int:
 class Series:
     """Counts of one rule (or all) per bucket, and its totals."""
 
-    counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    counts: dict[int, list[int]] = field(default_factory=dict)  # bucket -> COUNTS
     conversions: dict[int, int] = field(default_factory=dict)
     revenue: dict[str, dict[int, float]] = field(default_factory=dict)  # currency -> bucket
     channels: set[str] = field(default_factory=set)
 
+    def add(self, bucket: int, numbers: list[int]) -> None:
+        mine = self.counts.get(bucket)
+        if mine is None:
+            self.counts[bucket] = list(numbers)
+        else:
+            for i, n in enumerate(numbers):
+                mine[i] += n
+
+    def add_orders(self, bucket: int, currency: str, n: int, revenue: float) -> None:
+        self.conversions[bucket] = self.conversions.get(bucket, 0) + n
+        money = self.revenue.setdefault(currency, {})
+        money[bucket] = money.get(bucket, 0.0) + revenue
+
+    def by_bucket(self, name: str) -> dict[int, int]:
+        if name == "conversions":
+            return self.conversions
+        i = COUNTS.index(name)
+        return {b: c[i] for b, c in self.counts.items()}
+
     def total(self, name: str) -> int:
         if name == "conversions":
             return sum(self.conversions.values())
-        return sum(self.counts.get(name, {}).values())
+        i = COUNTS.index(name)
+        return sum(c[i] for c in self.counts.values())
 
     def revenue_total(self) -> dict[str, float]:
         return {cur: round(sum(v.values()), 2) for cur, v in sorted(self.revenue.items())}
@@ -59,12 +79,10 @@ class Trends:
     variants: dict[str, dict[str, Series]]  # rule -> variant -> series
 
     def values(self, series: Series, name: str) -> list[float]:
-        if name == "conversions":
-            data: dict[int, Any] = series.conversions
-        elif name.startswith("revenue:"):
-            data = series.revenue.get(name.partition(":")[2], {})
+        if name.startswith("revenue:"):
+            data: dict[int, Any] = series.revenue.get(name.partition(":")[2], {})
         else:
-            data = series.counts.get(name, {})
+            data = series.by_bucket(name)
         return [data.get(b, 0) for b in self.buckets]
 
     def lift(self, rule: str, baseline: str | None = None) -> list[tuple[str, list[float | None]]]:
@@ -78,7 +96,7 @@ class Trends:
             return []
 
         def rates(s: Series) -> list[float | None]:
-            sends = s.counts.get("sends", {})
+            sends = s.by_bucket("sends")
             return [
                 s.conversions.get(b, 0) / sends[b] if sends.get(b) else None for b in self.buckets
             ]
@@ -125,9 +143,10 @@ async def load_trends(
     until: float,
     rule: str | None = None,
     bucket: int | None = None,
+    detail: bool = True,
 ) -> Trends:
     """The trends of [since, until) (since None: all time), the range widened to whole
-    hours (the rows' grain)."""
+    hours (the rows' grain). Without detail no channels nor variants (fewer rows)."""
     size = bucket or bucket_for(since, until)
     start = math.floor(since / HOUR) * HOUR if since is not None else -(2**62)
     end = math.ceil(until / HOUR) * HOUR
@@ -136,30 +155,35 @@ async def load_trends(
     overall, orders = Series(), Series()
     variants: dict[str, dict[str, Series]] = {}
     seen: set[int] = set()
-    for b, rid, channel, variant, *numbers in await store.trend_messages(start, end, rule, size):
+    for b, rid, channel, variant, *numbers in await store.trend_messages(
+        start, end, rule, size, detail
+    ):
         seen.add(b)
-        targets = [rules.setdefault(rid, Series()), overall]
+        s = rules.get(rid)
+        if s is None:
+            s = rules[rid] = Series()
+        s.add(b, numbers)
+        if channel:
+            s.channels.add(channel)
         if variant:
-            targets.append(variants.setdefault(rid, {}).setdefault(variant, Series()))
-        for s in targets:
-            if channel:
-                s.channels.add(channel)
-            for name, value in zip(COUNTS, numbers, strict=True):
-                slot = s.counts.setdefault(name, {})
-                slot[b] = slot.get(b, 0) + int(value)
-    rows = await store.trend_orders(start, end, rule, attribution.touch, attribution.window_s, size)
+            variants.setdefault(rid, {}).setdefault(variant, Series()).add(b, numbers)
+    for s in rules.values():
+        overall.channels |= s.channels
+        for b, numbers in s.counts.items():
+            overall.add(b, numbers)
+    rows = await store.trend_orders(
+        start, end, rule, attribution.touch, attribution.window_s, size, detail
+    )
     for b, touch, rid, _channel, variant, currency, n, revenue in rows:
         seen.add(b)
         if touch == "all":
-            targets = [orders]
-        else:
-            targets = [rules.setdefault(rid, Series()), overall]
-            if variant:
-                targets.append(variants.setdefault(rid, {}).setdefault(variant, Series()))
-        for s in targets:
-            s.conversions[b] = s.conversions.get(b, 0) + int(n)
-            money = s.revenue.setdefault(currency, {})
-            money[b] = money.get(b, 0.0) + float(revenue)
+            orders.add_orders(b, currency, int(n), float(revenue))
+            continue
+        rules.setdefault(rid, Series()).add_orders(b, currency, int(n), float(revenue))
+        overall.add_orders(b, currency, int(n), float(revenue))
+        if variant:
+            by_variant = variants.setdefault(rid, {}).setdefault(variant, Series())
+            by_variant.add_orders(b, currency, int(n), float(revenue))
     return Trends(
         bucket=size,
         buckets=_buckets(since, until, size, seen),

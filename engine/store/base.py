@@ -264,16 +264,25 @@ class Store(Protocol):
         ...
 
     async def trend_messages(
-        self, since: float, until: float, rule: str | None, bucket: int
+        self, since: float, until: float, rule: str | None, bucket: int, detail: bool = True
     ) -> list[TrendMessages]:
-        """Messages created in [since, until) (hour-aligned), summed per `bucket` seconds."""
+        """Messages created in [since, until) (widened to whole hours), summed per `bucket`
+        seconds; without detail per rule only (channel and variant '')."""
         ...
 
     async def trend_orders(
-        self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
+        self,
+        since: float,
+        until: float,
+        rule: str | None,
+        touch: str,
+        window_s: float,
+        bucket: int,
+        detail: bool = True,
     ) -> list[TrendOrders]:
-        """Orders placed in [since, until) (hour-aligned) per `bucket` seconds: all of them
-        (touch "all") and those attributed to a message by `touch` within `window_s`."""
+        """Orders placed in [since, until) (widened to whole hours) per `bucket` seconds: all
+        of them (touch "all") and those attributed to a message by `touch` within
+        `window_s`; without detail per rule only."""
         ...
 
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:

@@ -37,7 +37,7 @@ class PostgresTrends:
     pool: asyncpg.Pool[asyncpg.Record]
 
     async def trend_messages(
-        self, since: float, until: float, rule: str | None, bucket: int
+        self, since: float, until: float, rule: str | None, bucket: int, detail: bool = True
     ) -> list[TrendMessages]:
         out: list[Any] = []
         async with self.pool.acquire() as conn:
@@ -45,12 +45,19 @@ class PostgresTrends:
                 await _fold(conn)
             for grain, low, high in _spans(since, until, bucket):
                 args = [low, high] + ([rule] if rule is not None else [])
-                sql = read_messages(grain, bucket, rule is not None, "postgres")
+                sql = read_messages(grain, bucket, rule is not None, "postgres", detail)
                 out += [tuple(r) for r in await conn.fetch(sql, *args)]
         return out
 
     async def trend_orders(
-        self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
+        self,
+        since: float,
+        until: float,
+        rule: str | None,
+        touch: str,
+        window_s: float,
+        bucket: int,
+        detail: bool = True,
     ) -> list[TrendOrders]:
         out: list[Any] = []
         async with self.pool.acquire() as conn:
@@ -63,7 +70,7 @@ class PostgresTrends:
                     await _rebuild_orders(conn, window_s)
             for grain, low, high in _spans(since, until, bucket):
                 args = [low, high, touch] + ([rule] if rule is not None else [])
-                sql = read_orders(grain, bucket, rule is not None, "postgres")
+                sql = read_orders(grain, bucket, rule is not None, "postgres", detail)
                 out += [tuple(r) for r in await conn.fetch(sql, *args)]
         return out
 

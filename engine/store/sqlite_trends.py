@@ -26,23 +26,30 @@ def _spans(since: float, until: float, bucket: int) -> list[tuple[str, int, int]
 
 class SqliteTrends(SqliteStats):
     async def trend_messages(
-        self, since: float, until: float, rule: str | None, bucket: int
+        self, since: float, until: float, rule: str | None, bucket: int, detail: bool = True
     ) -> list[TrendMessages]:
         out: list[Any] = []
         for grain, low, high in _spans(since, until, bucket):
             params = [low, high] + ([rule] if rule is not None else [])
-            sql = read_messages(grain, bucket, rule is not None, "sqlite")
+            sql = read_messages(grain, bucket, rule is not None, "sqlite", detail)
             out += [tuple(r) for r in await self._read(sql, params)]
         return out
 
     async def trend_orders(
-        self, since: float, until: float, rule: str | None, touch: str, window_s: float, bucket: int
+        self,
+        since: float,
+        until: float,
+        rule: str | None,
+        touch: str,
+        window_s: float,
+        bucket: int,
+        detail: bool = True,
     ) -> list[TrendOrders]:
         await self._attribution_window(window_s)
         out: list[Any] = []
         for grain, low, high in _spans(since, until, bucket):
             params = [low, high, touch] + ([rule] if rule is not None else [])
-            sql = read_orders(grain, bucket, rule is not None, "sqlite")
+            sql = read_orders(grain, bucket, rule is not None, "sqlite", detail)
             out += [tuple(r) for r in await self._read(sql, params)]
         return out
 

@@ -315,28 +315,38 @@ def rebuild_orders(dialect: str) -> list[str]:
     return out
 
 
-def read_messages(grain: str, bucket: int, rule: bool, dialect: str) -> str:
+def _keys(detail: bool) -> tuple[str, str]:
+    """The channel and variant columns, and the GROUP BY of a read (without detail: per
+    rule only, channel and variant '')."""
+    if detail:
+        return "channel, variant", "b, rule_id, channel, variant"
+    return "'' AS channel, '' AS variant", "b, rule_id"
+
+
+def read_messages(grain: str, bucket: int, rule: bool, dialect: str, detail: bool = True) -> str:
     """(bucket start, rule, channel, variant, *MESSAGE_COUNTS) of [from, to)."""
     p = ("?", "?", "?") if dialect == "sqlite" else ("$1", "$2", "$3")
     where = f"start >= {p[0]} AND start < {p[1]}" + (f" AND rule_id = {p[2]}" if rule else "")
     sums = ", ".join(f"sum({c})" for c in MESSAGE_COUNTS)
+    columns, group = _keys(detail)
     return (
-        f"SELECT start / {bucket} * {bucket} AS b, rule_id, channel, variant, {sums} "
-        f"FROM stats_{grain} WHERE {where} GROUP BY b, rule_id, channel, variant"
+        f"SELECT start / {bucket} * {bucket} AS b, rule_id, {columns}, {sums} "
+        f"FROM stats_{grain} WHERE {where} GROUP BY {group}"
     )
 
 
-def read_orders(grain: str, bucket: int, rule: bool, dialect: str) -> str:
+def read_orders(grain: str, bucket: int, rule: bool, dialect: str, detail: bool = True) -> str:
     """(bucket start, touch, rule, channel, variant, currency, orders, revenue): the touch
     asked for and 'all'."""
     p = ("?", "?", "?", "?") if dialect == "sqlite" else ("$1", "$2", "$3", "$4")
     where = f"start >= {p[0]} AND start < {p[1]} AND touch IN ({p[2]}, 'all')"
     if rule:
         where += f" AND rule_id = {p[3]}"
+    columns, group = _keys(detail)
     return (
-        f"SELECT start / {bucket} * {bucket} AS b, touch, rule_id, channel, variant, "
+        f"SELECT start / {bucket} * {bucket} AS b, touch, rule_id, {columns}, "
         f"currency, sum(orders), sum(revenue) FROM order_{grain} WHERE {where} "
-        "GROUP BY b, touch, rule_id, channel, variant, currency"
+        f"GROUP BY {group}, touch, currency"
     )
 
 

@@ -221,14 +221,11 @@ def trends_of(stats: dict[str, Any] | None) -> Trends:
         s = t.rules.setdefault(r["rule"], Series())
         funnel = r["funnel"]
         for target in (s, t.overall):
-            for name in ("sends", "skipped", "delivered", "opened", "clicked"):
-                slot = target.counts.setdefault(name, {})
-                slot[day] = slot.get(day, 0) + funnel[name]
-            messages = target.counts.setdefault("messages", {})
-            messages[day] = messages.get(day, 0) + funnel["sends"] + funnel["skipped"]
-            target.conversions[day] = target.conversions.get(day, 0) + funnel["converted"]
-            money = target.revenue.setdefault("EUR", {})
-            money[day] = money.get(day, 0.0) + funnel["revenue"]
+            numbers = [funnel["sends"] + funnel["skipped"]]
+            numbers += [funnel[k] for k in ("sends", "skipped")] + [0]
+            numbers += [funnel[k] for k in ("delivered", "opened", "clicked")]
+            target.add(day, numbers)
+            target.add_orders(day, "EUR", funnel["converted"], funnel["revenue"])
     if stats:
         t.orders.conversions[day] = stats["orders"]["count"]
         t.orders.revenue["EUR"] = {day: stats["orders"]["revenue"]}

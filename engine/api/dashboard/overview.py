@@ -3,9 +3,9 @@ overall trends, and the global holdout; read from the hourly rows (engine.measur
 never from the message log, so it stays fast with many rules and messages.
 
 Sorting and filtering are links and a GET form (no script): `sort` (id, state, sends,
-conversions, revenue, errors), `dir` (asc, desc), `state`, `channel`, `group`, `q` (text
-in the rule id). Rules with no messages nor conversions in the range are listed apart,
-folded in a <details>.
+conversions, revenue, errors), `dir` (asc, desc), `state`, `channel` (one the rule's
+steps send on), `group`, `q` (text in the rule id). Rules with no messages nor conversions
+in the range are listed apart, folded in a <details>.
 """
 
 from __future__ import annotations
@@ -200,7 +200,9 @@ async def overview(request: web.Request) -> web.Response:
     described = state.rules.describe()
     problem: str | None = None
     try:
-        t = await load_trends(state.store, policies=state.config.policies, since=since, until=now)
+        t = await load_trends(
+            state.store, policies=state.config.policies, since=since, until=now, detail=False
+        )
         errors = await state.store.instance_errors(
             clamp(since) if since is not None else MIN_TIME, MAX_TIME
         )
