@@ -120,7 +120,7 @@ class Trends:
 
 
 def _buckets(since: float | None, until: float, bucket: int, seen: set[int]) -> list[int]:
-    end = math.floor((until - 1e-9) / bucket) * bucket if until > 0 else 0
+    end = math.ceil(until / bucket) * bucket - bucket  # the bucket holding until's last second
     if since is None:
         if not seen:
             return []
