@@ -4,15 +4,12 @@ members already on profiles filled in by the migration."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from engine.core.changes import Changes
 from engine.store import Store, open_store
-from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from tests.helpers import roll_back_migrations
 
 T0 = 1_795_000_000.0
 
@@ -55,25 +52,9 @@ async def test_an_entry_and_a_leave_in_one_unit_leave_the_last_word(store: Store
 
 async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
     """The database as it was before segment_members existed."""
-    if url.startswith("sqlite"):
-        db = sqlite3.connect(tmp_path / "kaskad.db")
-        db.execute("DROP TABLE segment_members")
-        db.execute("DELETE FROM schema_version WHERE version = ?", (len(SQLITE_MIGRATIONS),))
-        db.commit()
-        db.close()
-        return
-    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": _schema(url)})
-    try:
-        await conn.execute("DROP TABLE segment_members")
-        await conn.execute(
-            "DELETE FROM schema_migrations WHERE version = $1", len(POSTGRES_MIGRATIONS)
-        )
-    finally:
-        await conn.close()
-
-
-def _schema(url: str) -> str:
-    return url.split("search_path=")[1].split("&")[0]
+    await roll_back_migrations(
+        url, tmp_path / "kaskad.db", "CREATE TABLE segment_members", ["DROP TABLE segment_members"]
+    )
 
 
 async def test_the_migration_fills_in_members_already_on_profiles(
