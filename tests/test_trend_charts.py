@@ -73,6 +73,9 @@ def test_buckets_hourly_under_three_days_and_whole_ranges() -> None:
     assert _buckets(T0 + 1800, T0 + 3 * HOUR, HOUR, set()) == [T0, T0 + HOUR, T0 + 2 * HOUR]
     assert _buckets(None, T0 + DAY + 5, DAY, {T0 - DAY}) == [T0 - DAY, T0, T0 + DAY]
     assert _buckets(None, T0, DAY, set()) == []
+    # A range of decades starts at the first data; a month is shown whole.
+    assert _buckets(0.0, T0 + DAY, DAY, {T0 - DAY}) == [T0 - DAY, T0]
+    assert len(_buckets(T0 - 30 * DAY, T0 + 1, DAY, {T0})) == 31
 
 
 def test_panels_per_currency_and_the_lift_per_bucket() -> None:

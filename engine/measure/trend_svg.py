@@ -17,6 +17,7 @@ from engine.measure.svg import BAR, GRID, INK, MUTED
 
 PALETTE = (BAR, "#e07b39", "#2e7d32", "#8e44ad", "#c62828", "#00838f")
 Value = float | None
+MAX_POINTS = 200  # a dot with its own title per bucket up to this many buckets
 
 
 def _clean(value: object) -> Value:
@@ -100,6 +101,8 @@ def line_chart(
                 runs.append([])
                 continue
             runs[-1].append(f"{_fmt(x(i))},{_fmt(y(v))}")
+            if n > MAX_POINTS:
+                continue  # a long range: the line, and the <desc> in words
             points.append(
                 f'<circle cx="{_fmt(x(i))}" cy="{_fmt(y(v))}" r="{2 if n > 60 else 3}" '
                 f'fill="{colour}"><title>{escape(name)}, {escape(label_of(buckets[i], size))}: '

@@ -119,17 +119,23 @@ class Trends:
         return out
 
 
+MAX_BUCKETS = 400  # a longer range starts at its first bucket with data
+
+
 def _buckets(since: float | None, until: float, bucket: int, seen: set[int]) -> list[int]:
     end = math.ceil(until / bucket) * bucket - bucket  # the bucket holding until's last second
+    first_data = min(seen) if seen else None
     if since is None:
-        if not seen:
+        if first_data is None:
             return []
-        start = min(seen)
+        start = first_data
     else:
         start = math.floor(since / bucket) * bucket
+        if (end - start) // bucket >= MAX_BUCKETS and first_data is not None:
+            start = max(start, first_data)
     start = min(start, end)
     count = int((end - start) // bucket) + 1
-    if count > 5000:  # a range of decades: the last 5000 buckets
+    if count > 5000:  # decades of data: the last 5000 buckets
         start = end - 4999 * bucket
         count = 5000
     return [start + i * bucket for i in range(count)]
