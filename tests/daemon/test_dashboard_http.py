@@ -362,6 +362,19 @@ async def test_rule_page_with_real_steps_variants_and_skips(dash: Client) -> Non
     assert "B 0 conversion 0.0% 0.0% +0.0 pt — — —" in text  # nothing defined yet
     assert "1 email 2 0 1 1 1 1 30.00" in text  # step 1: the reminder
     assert "3 email A 1 0 0 0 0 0 0.00" in text  # step 3: the promo, variant A
+    # The trends: per day (all time), sends, conversions, revenue; no A/B lift while only
+    # variant A has sent (test_trend_charts draws one).
+    trends = re.search(r'<section class="trends" id="trends"(.*?)</section>', html, re.S)
+    assert trends is not None
+    labels = re.findall(r'aria-label="([^"]+)"', trends.group(1))
+    assert labels == [
+        "Sends per day, abandoned_cart",
+        "Conversions (attributed orders) per day, abandoned_cart",
+        "Attributed revenue (no currency given) per day, abandoned_cart",
+    ]
+    assert "conversions, 2026-11-23: 1</title>" in trends.group(1)
+    _, html, _ = await page(dash, "/ui/rules/abandoned_cart?since=24h")
+    assert "Sends per hour, abandoned_cart" in html
     status, html, _ = await page(dash, "/ui/rules/hostile")
     assert "no_address 1" in text_of(html)
 
