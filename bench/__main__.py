@@ -3,13 +3,14 @@ benchmarks.
 
 Progress goes to stderr; stdout gets one JSON object, ``{"match": {...}, "replay": {...},
 "ingest": {...}, "timers": {...}, "segments": {...}, "fanout": {...}, "dispatch_http": {...},
-"e2e": {...}, "timers_pg": {...}, "replicas": {...}}``. Sizes scale with
+"e2e": {...}, "timers_pg": {...}, "replicas": {...}, "dashboard": {...}}``. Sizes scale with
 ``KASKAD_BENCH_SCALE`` (default 1.0: 20,000 events for the matcher; 200,000 events from
 20,000 users over 14 days for the replay; 100,000 events for ingest; 1,000,000 pending
 timers; 100,000 events from 10,000 users over 90 days for segments, with 10 segments and
-with none; 100,000 interested users for the fan-out; 50,000 queued
-messages for the webhook dispatch; 150,000 events with 30,000 sends end to end, and through
-1 and 3 PostgreSQL replicas; 20,000 timers due at once on SQLite and on PostgreSQL).
+with none; 100,000 interested users for the fan-out; 50,000 queued messages for the webhook
+dispatch; 150,000 events with 30,000 sends end to end, and through 1 and 3 PostgreSQL
+replicas; 20,000 timers due at once on SQLite and on PostgreSQL; the dashboard's pages on
+1,000,000 messages in SQLite and PostgreSQL, see bench/dashboard.py).
 The PostgreSQL benches use KASKAD_BENCH_POSTGRES (default postgresql://127.0.0.1:5432/test).
 ``--timers-10m`` (or ``KASKAD_BENCH_TIMERS=10000000``) runs the timers benchmark with
 10,000,000 pending timers: it builds a ~6 GB store and takes several minutes more.
@@ -32,6 +33,7 @@ TIMERS = 1_000_000
 FANOUT_USERS = 100_000
 DISPATCH_MESSAGES = 50_000
 E2E_EVENTS = 150_000
+DASHBOARD_MESSAGES = 1_000_000
 BENCHES = (
     "match",
     "replay",
@@ -43,6 +45,7 @@ BENCHES = (
     "dispatch_http",
     "e2e",
     "replicas",
+    "dashboard",
 )
 TIMERS_PG = 20_000
 
@@ -146,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["replicas"] = run_replicas(max(5000, round(E2E_EVENTS * scale)), log=_log)
         _log(f"replicas: {json.dumps(report['replicas'])}")
+    if args.only in (None, "dashboard"):
+        from bench.dashboard import run_dashboard
+
+        n = max(1000, round(DASHBOARD_MESSAGES * scale))
+        report["dashboard"] = run_dashboard(n, log=_log)
+        _log(f"dashboard: {json.dumps(report['dashboard'])}")
     print(json.dumps(report))
     return 0
 

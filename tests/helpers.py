@@ -4,9 +4,12 @@ events in a few words. (Fixtures are in conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from engine.lang.config import Config, parse_config
 from engine.lang.events import parse_event
@@ -93,3 +96,50 @@ def load_clean(tmp_path: Path, template: str, *files: str) -> RuleSet:
     ruleset = load_ruleset([write_rules(tmp_path, template, *files)])
     assert not ruleset.problems, [str(p) for p in ruleset.problems]
     return ruleset
+
+
+# The trend rows' migration (engine/store/trends_sql.py): what undoes it, to test a later
+# migration's backfill, or this one's, on a store that has data.
+_TREND_TABLES = ("stats_hours", "stats_days", "order_hours", "order_days", "stats_settings")
+TREND_TABLES = (*_TREND_TABLES, "stats_delta", "order_delta")  # every table of that migration
+
+
+async def roll_back_migrations(url: str, db_file: Path, marker: str, undo: list[str]) -> None:
+    """The store at `url` (SQLite: `db_file`) as it was before the migration holding the
+    text `marker`: `undo` statements run, and the versions from that one on forgotten; the
+    trend rows' migration is undone as well when it is among them."""
+    from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+
+    sqlite = url.startswith("sqlite")
+    migrations = SQLITE_MIGRATIONS if sqlite else POSTGRES_MIGRATIONS
+    first = next(i for i, m in enumerate(migrations, 1) if marker in m)
+    trends = next(i for i, m in enumerate(migrations, 1) if "stats_hours" in m)
+    if sqlite:
+        db = sqlite3.connect(db_file)
+        if trends >= first:
+            for name in ("messages_trend_insert", "messages_trend_delete", "messages_trend_update"):
+                db.execute(f"DROP TRIGGER {name}")
+            for name in ("orders_trend_insert", "orders_trend_delete"):
+                db.execute(f"DROP TRIGGER {name}")
+            db.execute("DROP INDEX instances_errors")
+            for table in _TREND_TABLES:
+                db.execute(f"DROP TABLE {table}")
+        for statement in undo:
+            db.execute(statement)
+        db.execute("DELETE FROM schema_version WHERE version >= ?", (first,))
+        db.commit()
+        db.close()
+        return
+    schema = url.split("search_path=")[1].split("&")[0]
+    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema})
+    try:
+        if trends >= first:
+            await conn.execute("DROP FUNCTION kaskad_message_trend, kaskad_order_trend CASCADE")
+            await conn.execute("DROP INDEX instances_errors")
+            tables = ", ".join((*_TREND_TABLES, "stats_delta", "order_delta"))
+            await conn.execute(f"DROP TABLE {tables}")
+        for statement in undo:
+            await conn.execute(statement)
+        await conn.execute("DELETE FROM schema_migrations WHERE version >= $1", first)
+    finally:
+        await conn.close()

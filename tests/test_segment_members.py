@@ -5,15 +5,12 @@ members already on profiles filled in by the migration."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from engine.core.changes import Changes
 from engine.store import Store, open_store
-from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from tests.helpers import roll_back_migrations
 
 T0 = 1_795_000_000.0
 
@@ -54,38 +51,26 @@ async def test_an_entry_and_a_leave_in_one_unit_leave_the_last_word(store: Store
     assert await store.segment_sizes(["baby"]) == {"baby": 0}
 
 
-def _since_segments(migrations: list[str]) -> tuple[int, list[str]]:
-    """The version that made segment_members, and the tables it and later ones made."""
-    version = next(
-        v for v, m in enumerate(migrations, start=1) if "CREATE TABLE segment_members" in m
-    )
-    tables = [t for m in migrations[version - 1 :] for t in re.findall(r"CREATE TABLE (\w+)", m)]
-    return version, tables
-
-
 async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
-    """The database as it was before segment_members existed (and what came after it)."""
-    if url.startswith("sqlite"):
-        version, tables = _since_segments(SQLITE_MIGRATIONS)
-        db = sqlite3.connect(tmp_path / "kaskad.db")
-        for table in tables:
-            db.execute(f"DROP TABLE {table}")
-        db.execute("DELETE FROM schema_version WHERE version >= ?", (version,))
-        db.commit()
-        db.close()
-        return
-    version, tables = _since_segments(POSTGRES_MIGRATIONS)
-    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": _schema(url)})
-    try:
-        for table in tables:
-            await conn.execute(f"DROP TABLE {table}")
-        await conn.execute("DELETE FROM schema_migrations WHERE version >= $1", version)
-    finally:
-        await conn.close()
+    """The database as it was before segment_members existed (the tables of that migration
+    and of later ones dropped; the trend rows' are the helper's)."""
+    from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+    from tests.helpers import TREND_TABLES
 
-
-def _schema(url: str) -> str:
-    return url.split("search_path=")[1].split("&")[0]
+    migrations = SQLITE_MIGRATIONS if url.startswith("sqlite") else POSTGRES_MIGRATIONS
+    first = next(i for i, m in enumerate(migrations) if "CREATE TABLE segment_members" in m)
+    tables = [
+        t
+        for m in migrations[first:]
+        for t in re.findall(r"CREATE TABLE (\w+)", m)
+        if t not in TREND_TABLES
+    ]
+    await roll_back_migrations(
+        url,
+        tmp_path / "kaskad.db",
+        "CREATE TABLE segment_members",
+        [f"DROP TABLE {t}" for t in tables],
+    )
 
 
 async def test_the_migration_fills_in_members_already_on_profiles(

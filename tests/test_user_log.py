@@ -92,8 +92,13 @@ async def test_migration_fills_the_index_from_stored_profiles(
     import engine.store.postgres as pg
     import engine.store.sqlite as lite
 
-    monkeypatch.setattr(lite, "SQLITE_MIGRATIONS", lite.SQLITE_MIGRATIONS[:-1])
-    monkeypatch.setattr(pg, "POSTGRES_MIGRATIONS", pg.POSTGRES_MIGRATIONS[:-1])
+    def before(migrations: list[str]) -> list[str]:  # the store before profile_addresses
+        return migrations[
+            : next(i for i, m in enumerate(migrations) if "CREATE TABLE profile_addresses" in m)
+        ]
+
+    monkeypatch.setattr(lite, "SQLITE_MIGRATIONS", before(lite.SQLITE_MIGRATIONS))
+    monkeypatch.setattr(pg, "POSTGRES_MIGRATIONS", before(pg.POSTGRES_MIGRATIONS))
     profiles = {
         "u1": {"user_id": "u1", "email": " Ann@X.test", "phone": "0049 (30) 12-34"},
         "u2": {"user_id": "u2", "whatsapp": "+49301234", "email": "not an address"},

@@ -36,6 +36,12 @@ OrderCounts = tuple[str, int, float, int, float]
 # (rule, group "treatment" | "holdout", users, users whose instance the goal ended, users
 # with an order within the attribution window after an instance start, those orders' revenue)
 HoldoutCounts = tuple[str, str, int, int, int, float]
+# Trend rows (engine.store.trends_sql), per bucket start (unix seconds, UTC): '' for a
+# missing channel/variant/currency. (bucket, rule, channel, variant, messages, sends,
+# skipped, failed, delivered, opened, clicked)
+TrendMessages = tuple[int, str, str, str, int, int, int, int, int, int, int]
+# (bucket, touch or "all" for every order, rule, channel, variant, currency, orders, revenue)
+TrendOrders = tuple[int, str, str, str, str, str, int, float]
 # (group "treatment" | "holdout", users, users with an order within the window after their
 # first instance start, those orders' revenue)
 GlobalHoldoutCounts = tuple[str, int, int, float]
@@ -263,6 +269,32 @@ class Store(Protocol):
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
         """Orders in range per source, with the attributed part (the rule filter is ignored)."""
+        ...
+
+    async def trend_messages(
+        self, since: float, until: float, rule: str | None, bucket: int, detail: bool = True
+    ) -> list[TrendMessages]:
+        """Messages created in [since, until) (widened to whole hours), summed per `bucket`
+        seconds; without detail per rule only (channel and variant '')."""
+        ...
+
+    async def trend_orders(
+        self,
+        since: float,
+        until: float,
+        rule: str | None,
+        touch: str,
+        window_s: float,
+        bucket: int,
+        detail: bool = True,
+    ) -> list[TrendOrders]:
+        """Orders placed in [since, until) (widened to whole hours) per `bucket` seconds: all
+        of them (touch "all") and those attributed to a message by `touch` within
+        `window_s`; without detail per rule only."""
+        ...
+
+    async def instance_errors(self, since: float, until: float) -> dict[str, int]:
+        """Per rule, its instances started in [since, until) that bad data stopped."""
         ...
 
     async def stats_holdout(self, q: StatsQuery, rules: Collection[str]) -> list[HoldoutCounts]:

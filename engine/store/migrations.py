@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.store.trends_sql import postgres_migration, sqlite_migration
+
 SQLITE_MIGRATIONS: list[str] = [
     # 1: the initial schema. Times are unix seconds (REAL), JSON as TEXT.
     """
@@ -576,3 +578,8 @@ POSTGRES_MIGRATIONS.append(
         ON CONFLICT DO NOTHING;
     """
 )
+# The dashboard's trends and overview read hourly rows, never the message log: stats_hours
+# and order_hours (engine/store/trends_sql.py), filled from the messages and orders so far
+# and kept up to date by triggers in every transaction that writes either.
+SQLITE_MIGRATIONS.append(sqlite_migration())
+POSTGRES_MIGRATIONS.append(postgres_migration())

@@ -50,6 +50,7 @@ from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
 from engine.store.postgres_segments import PostgresSegments
 from engine.store.postgres_stats import INSERT_ORDER, PostgresStats
+from engine.store.postgres_trends import PostgresTrends
 from engine.store.postgres_users import PostgresUsers
 from engine.store.rows import (
     INSTANCE_COLUMNS,
@@ -110,6 +111,7 @@ def _error_text(exc: BaseException, url: str) -> str:
 
 class PostgresStore(
     PostgresJourney,
+    PostgresTrends,
     PostgresStats,
     PostgresHoldout,
     PostgresSegments,

@@ -41,6 +41,7 @@ from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
 from engine.store.sqlite_segments import SqliteSegments
 from engine.store.sqlite_stats import SqliteStats
+from engine.store.sqlite_trends import SqliteTrends
 from engine.store.sqlite_users import SqliteUsers
 from engine.store.urls import sqlite_path
 
@@ -71,6 +72,7 @@ _MESSAGE_ONCE = (
 
 class SqliteStore(
     SqliteJourney,
+    SqliteTrends,
     SqliteStats,
     SqliteHoldout,
     SqliteSegments,
@@ -110,6 +112,8 @@ class SqliteStore(
             # FULL: an acknowledged event survives power loss, not only a process crash.
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
+            # A message INSERT OR REPLACE replaces fires the delete triggers (trends_sql).
+            await db.execute("PRAGMA recursive_triggers=ON")
             store = cls(db)
             await store._migrate()
         except BaseException:
@@ -131,9 +135,8 @@ class SqliteStore(
                 continue
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await self.db.execute(statement)
+                for statement in _statements(script):
+                    await self.db.execute(statement)
                 await self.db.execute("INSERT INTO schema_version VALUES (?)", (version,))
                 await self.db.execute("COMMIT")
             except BaseException:
@@ -341,3 +344,18 @@ def _erase_ops(users: set[str]) -> list[Op]:
 
 
 __all__ = ["Instance", "Message", "SqliteStore", "sqlite_path"]
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements, a trigger's body (`BEGIN ...; END`) kept whole."""
+    out: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out

@@ -183,9 +183,7 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
             at = time.time() + BROADCAST_IN_S
             (rules / "all.yaml").write_text(broadcast(at))
             for replica in live:
-                status, body = await http_json(
-                    session, "POST", f"{replica.url}/v1/rules/reload"
-                )
+                status, body = await http_json(session, "POST", f"{replica.url}/v1/rules/reload")
                 assert status == 200, body
             assert time.time() < at, "the replicas took too long to load the broadcast"
             expected = len(everyone) * 2 + len(favourited)

@@ -284,31 +284,72 @@ async def test_since_bad_huge_and_future(dash: Client) -> None:
         assert status == 200, since
 
 
-async def test_overview_shows_real_funnels_ab_verdicts_and_orders(dash: Client) -> None:
+def table_ids(html: str, table: str = "rules") -> list[str]:
+    found = re.search(rf'<table class="rules" id="{table}">(.*?)</table>', html, re.S)
+    return re.findall(r'<tr id="rule-([^"]+)">', found.group(1)) if found else []
+
+
+async def test_overview_shows_rules_orders_and_trends(dash: Client) -> None:
     await seed(dash)
     await dash.advance(3 * 86400)  # bob, who did not order, gets the A/B promo
     status, html, _ = await page(dash, "/")
     assert status == 200
-    # started, sends, skipped, delivered, opened, clicked, converted, revenue, verdict:
-    # ann's reminder was clicked and her order attributed to it; bob got two e-mails.
+    # sends, conversions, revenue, errors, then the sparkline's title: ann's reminder was
+    # clicked and her order attributed to it; bob got two e-mails.
     assert rule_row(html, "abandoned_cart") == (
         "abandoned_cart Cart reminder, then a promo, then WhatsApp if the promo is not opened "
-        "active 2 3 0 1 1 1 1 30.00 Not enough data yet: 0 of 100 users per variant."
+        "group cart_recovery active 3 1 30.00 0 Sends per day of abandoned_cart: 3 in all"
     )
-    assert rule_row(html, "hostile").endswith("active 1 0 1 0 0 0 0 0.00")
+    assert rule_row(html, "hostile").endswith("active 0 0 — 0 Sends per day of hostile: 0 in all")
     assert "Orders: 1 (30.00), attributed to a message: 1 (30.00)." in text_of(html)
-    card = re.search(
-        r'<section class="card funnel-card" id="funnel-abandoned_cart">(.*?)</section>', html, re.S
-    )
-    assert card is not None
-    assert '<svg xmlns="http://www.w3.org/2000/svg" class="chart funnel"' in card.group(1)
-    assert "delivered: 1</title>" in card.group(1) and "converted: 1</title>" in card.group(1)
-    # A window after everything happened: the rules are there, with nothing in them.
+    # Rules without traffic are folded away, in a table of their own.
+    assert table_ids(html) == [
+        "abandoned_cart",
+        "abandoned_cart_quick",
+        "bonus_credited",
+        "hostile",
+    ]
+    assert "price_drop" in table_ids(html, "quiet-table")
+    assert re.search(r'<details class="quiet" id="quiet-rules">\s*<summary>9 rules without', html)
+    assert 'aria-label="Sends per day, all rules"' in html
+    assert "sends, 2026-11-23: 4</title>" in html  # a point of the overall trend
+    # A window after everything happened: every rule is there, with nothing in it.
     _, html, _ = await page(dash, "/?since=2027-01-01")
-    assert rule_row(html, "abandoned_cart").startswith(
-        "abandoned_cart Cart reminder, then a promo, then WhatsApp if the promo is not opened "
-        "active 0 0 0 0 0 0 0 0.00"
-    )
+    assert table_ids(html) == [] and len(table_ids(html, "quiet-table")) == 13
+    assert rule_row(html, "abandoned_cart").endswith("active 0 0 — 0")
+
+
+async def test_overview_sorts_and_filters_by_query_links(dash: Client) -> None:
+    await seed(dash)
+    await dash.advance(3 * 86400)
+    _, html, _ = await page(dash, "/?sort=sends")  # descending first for numbers
+    assert table_ids(html)[:2] == ["abandoned_cart", "abandoned_cart_quick"]
+    assert '<a href="/?sort=sends&amp;dir=asc">Sends ▼</a>' in html  # the link turns it around
+    _, html, _ = await page(dash, "/?sort=sends&dir=asc")
+    assert table_ids(html)[-2:] == ["abandoned_cart_quick", "abandoned_cart"]
+    _, html, _ = await page(dash, "/?sort=conversions")
+    assert table_ids(html)[0] == "abandoned_cart"
+    _, html, _ = await page(dash, "/?sort=id&dir=desc")
+    assert table_ids(html) == [
+        "hostile",
+        "bonus_credited",
+        "abandoned_cart_quick",
+        "abandoned_cart",
+    ]
+    _, html, _ = await page(dash, "/?q=CART&sort=sends")  # text in the id, any case
+    assert table_ids(html) == ["abandoned_cart", "abandoned_cart_quick"]
+    assert table_ids(html, "quiet-table") == []
+    assert '<a href="/?sort=revenue&amp;q=CART">Revenue</a>' in html  # filters kept
+    _, html, _ = await page(dash, "/?channel=whatsapp")
+    assert table_ids(html) == ["abandoned_cart"]
+    _, html, _ = await page(dash, "/?group=cart_recovery")
+    assert table_ids(html) == ["abandoned_cart"] and table_ids(html, "quiet-table") == []
+    _, html, _ = await page(dash, "/?state=invalid")
+    assert table_ids(html) == [] and table_ids(html, "quiet-table") == []
+    for bad in ("sort=cost", "dir=up", "q=" + "x" * 201):
+        status, html, _ = await page(dash, f"/?{bad}")
+        assert status == 400, bad
+        assert "Bad request" in html
 
 
 async def test_rule_page_with_real_steps_variants_and_skips(dash: Client) -> None:
@@ -322,6 +363,19 @@ async def test_rule_page_with_real_steps_variants_and_skips(dash: Client) -> Non
     # the steps by name, their paths beside
     assert "email: cart_reminder (1) email 2 0 1 1 1 1 30.00" in text  # the reminder
     assert "email → whatsapp: cart_promo, variants A, B (3) email A 1 0 0 0 0 0 0.00" in text
+    # The trends: per day (all time), sends, conversions, revenue; no A/B lift while only
+    # variant A has sent (test_trend_charts draws one).
+    trends = re.search(r'<section class="trends" id="trends"(.*?)</section>', html, re.S)
+    assert trends is not None
+    labels = re.findall(r'aria-label="([^"]+)"', trends.group(1))
+    assert labels == [
+        "Sends per day, abandoned_cart",
+        "Conversions (attributed orders) per day, abandoned_cart",
+        "Attributed revenue (no currency given) per day, abandoned_cart",
+    ]
+    assert "conversions, 2026-11-23: 1</title>" in trends.group(1)
+    _, html, _ = await page(dash, "/ui/rules/abandoned_cart?since=24h")
+    assert "Sends per hour, abandoned_cart" in html
     status, html, _ = await page(dash, "/ui/rules/hostile")
     assert "no_address 1" in text_of(html)
 
@@ -352,9 +406,9 @@ async def test_deleted_renamed_and_changed_rules_keep_sensible_pages(
     # Bob's follow-up was due a day after the reminder; the clock jumped three days, past
     # max_lateness, so the old version's instance skipped it as expired.
     assert rule_row(html, "abandoned_cart_quick") == (
-        "abandoned_cart_quick deleted 2 2 1 0 0 0 0 0.00"
+        "abandoned_cart_quick deleted 2 0 — 0 Sends per day of abandoned_cart_quick: 2 in all"
     )
-    assert rule_row(html, "cart_quick_v2").endswith("active 0 0 0 0 0 0 0 0.00")
+    assert rule_row(html, "cart_quick_v2").endswith("active 0 0 — 0")
     status, html, _ = await page(dash, "/ui/rules/abandoned_cart_quick")
     assert status == 200 and "This rule is no longer loaded" in html
     status, html, _ = await page(dash, "/ui/rules/abandoned_cart")

@@ -11,9 +11,12 @@ from html.parser import HTMLParser
 from typing import Any
 
 from engine.api import dashboard
+from engine.api.dashboard.overview import overview_context, parse_params
 from engine.clock import parse_time
 from engine.core.model import Message
+from engine.lang.policies_config import PoliciesConfig
 from engine.measure.holdout import holdout_json
+from engine.measure.trends import Series, Trends
 
 NOW = parse_time("2026-11-23T12:00:00Z")
 HOSTILE = "<script>alert(1)</script>"
@@ -210,13 +213,44 @@ def page(template: str, **context: Any) -> str:
     return html
 
 
-def overview(stats: dict[str, Any] | None, described: dict[str, Any] = DESCRIBED) -> str:
+def trends_of(stats: dict[str, Any] | None) -> Trends:
+    """The stats' rules as trend rows of one day (the overview reads those)."""
+    day = int(NOW // 86400 * 86400)
+    t = Trends(86400, [day - 86400, day] if stats else [], {}, Series(), Series(), {})
+    for r in (stats or {}).get("rules", []):
+        s = t.rules.setdefault(r["rule"], Series())
+        funnel = r["funnel"]
+        for target in (s, t.overall):
+            numbers = [funnel["sends"] + funnel["skipped"]]
+            numbers += [funnel[k] for k in ("sends", "skipped")] + [0]
+            numbers += [funnel[k] for k in ("delivered", "opened", "clicked")]
+            target.add(day, numbers)
+            target.add_orders(day, "EUR", funnel["converted"], funnel["revenue"])
+    if stats:
+        t.orders.conversions[day] = stats["orders"]["count"]
+        t.orders.revenue["EUR"] = {day: stats["orders"]["revenue"]}
+    return t
+
+
+def overview(
+    stats: dict[str, Any] | None,
+    described: dict[str, Any] = DESCRIBED,
+    query: dict[str, str] | None = None,
+) -> str:
+    context = overview_context(
+        t=trends_of(stats),
+        errors={"abandoned_cart": 2} if stats else {},
+        described=described,
+        loaded={},
+        params=parse_params(query or {}),
+        since_param="all",
+        attribution=PoliciesConfig().attribution,
+        global_holdout=(stats or {}).get("global_holdout"),
+    )
     return page(
         "overview.html",
-        rules=dashboard.merge_rules(described, stats),
-        problems=described["problems"],
-        stats=stats,
         stats_error=None if stats else "Statistics are not available.",
+        **context,
     )
 
 
@@ -233,27 +267,43 @@ def text_of(html: str) -> str:
 
 def test_overview_lists_loaded_broken_and_deleted_rules_with_their_numbers() -> None:
     html = overview(contract_stats())
+    # sends, conversions, revenue, errors (instances stopped by bad data), sparkline title
     assert row_of(html, "abandoned_cart") == (
-        "abandoned_cart Cart reminder, then a promo active 40 70 6 66 30 14 9 812.50 "
-        "B beats A on conversion: +3.5 points (+69%), p = 0.003."
+        "abandoned_cart Cart reminder, then a promo active 70 9 812.50 EUR "
+        "2 stopped by bad data Sends per day of abandoned_cart: 70 in all"
     )
-    assert row_of(html, "broken_rule").startswith(
-        "broken_rule invalid rules/broken_rule.yaml:3:7: 'delya' is an invalid option"
+    assert row_of(html, "broken_rule") == (
+        "broken_rule invalid 0 0 — rules/broken_rule.yaml:3:7: 'delya' is an invalid option"
     )
-    assert row_of(html, "old_promo") == "old_promo deleted 3 3 0 0 0 0 0 0.00"
-    # One funnel chart per rule with data, none for the broken rule without any.
-    assert html.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart funnel"') == 2
-    assert 'id="funnel-broken_rule"' not in html
-    assert re.search(r'Nothing yet:\s*<a href="/ui/rules/broken_rule\?since=all">', html)
-    assert "Orders: <b>20</b> (1\u202f999.99)" in html
+    assert row_of(html, "old_promo") == (
+        "old_promo deleted 3 0 0.00 EUR 0 Sends per day of old_promo: 3 in all"
+    )
+    # One sparkline per rule with data; the broken rule without any is folded away.
+    assert html.count('class="chart sparkline"') == 2
+    assert re.search(r'<details class="quiet" id="quiet-rules">\s*<summary>1 rule without', html)
+    assert 'aria-label="Sends per day, all rules"' in html
+    assert "Orders: <b>20</b>\n   (1\u202f999.99 EUR)" in html
     assert "last click within\n   7d" in html
+
+
+def test_overview_sorts_by_revenue_and_filters_by_state() -> None:
+    html = overview(contract_stats(), query={"sort": "revenue", "dir": "asc"})
+    assert re.findall(r'<tr id="rule-([^"]+)">', html) == [
+        "old_promo",
+        "abandoned_cart",
+        "broken_rule",
+    ]
+    assert 'aria-sort="ascending"><a href="/?sort=revenue&amp;dir=desc">Revenue ▲</a>' in html
+    html = overview(contract_stats(), query={"state": "deleted"})
+    assert re.findall(r'<tr id="rule-([^"]+)">', html) == ["old_promo"]
+    assert '<option value="deleted" selected>deleted</option>' in html
 
 
 def test_overview_without_stats_still_lists_the_rules() -> None:
     html = overview(None)
     assert "Statistics are not available." in html
     assert row_of(html, "abandoned_cart").startswith("abandoned_cart Cart reminder")
-    assert "No numbers to chart." in html
+    assert "Trends" not in html
 
 
 def test_hostile_names_are_escaped_everywhere() -> None:

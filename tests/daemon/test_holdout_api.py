@@ -4,6 +4,7 @@ daemon on SQLite and on PostgreSQL (real HTTP, virtual clock)."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from html import escape
 from pathlib import Path
@@ -148,6 +149,11 @@ async def test_stats_give_each_rule_its_holdout_and_the_global_one(daemon: Clien
         assert resp.status == 200
         html = await resp.text()
     assert f'id="holdout-verdict">{escape(h["verdict"])}<' in html
+    # The holdout lift over time: the users all started on one day, whose lift is the rule's.
+    chart = re.search(r'<svg[^>]*aria-label="Holdout lift per day[^"]*"(.*?)</svg>', html, re.S)
+    assert chart is not None, html
+    lifts = re.findall(r"<title>treatment vs holdout, [-0-9]+: ([^<]+)</title>", chart.group(1))
+    assert lifts == [f"{100 * h['lift_abs']:+.1f} pt"]
     async with daemon.session.get(daemon.base + "/", headers=ADMIN) as resp:
         assert resp.status == 200
         assert f'id="global-holdout-verdict">{escape(g["verdict"])}<' in await resp.text()

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
 from engine.api.dashboard.data import merge_rules, parse_since, since_context
+from engine.api.dashboard.overview import overview
 from engine.api.dashboard.pages import (
     messages_page,
-    overview,
     rule_page,
     templates_page,
 )

@@ -10,6 +10,7 @@ from aiohttp import web
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
+from engine.api.dashboard.trend_charts import rule_trends
 from engine.api.params import path_id, query_id
 from engine.api.state import STATE
 from engine.core.model import MESSAGE_STATUSES
@@ -19,24 +20,6 @@ MESSAGES_LIMIT = 100
 
 def _since_context(request: web.Request) -> tuple[float | None, dict[str, Any]]:
     return since_context(request.query.get("since"), request.app[STATE].clock.now())
-
-
-@page
-async def overview(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    since, context = _since_context(request)
-    stats, stats_error = await load_stats(state, since=since)
-    described = state.rules.describe()
-    return html(
-        request,
-        "overview.html",
-        400 if context["notice"] else 200,
-        rules=merge_rules(described, stats),
-        problems=described.get("problems", []),
-        stats=stats,
-        stats_error=stats_error,
-        **context,
-    )
 
 
 @page
@@ -60,6 +43,7 @@ async def rule_page(request: web.Request) -> web.Response:
         rule=loaded,
         stats_error=stats_error,
         messages=recent,
+        trends=await rule_trends(state, rule_id, since),
         **context,
     )
 
