@@ -60,6 +60,8 @@ class Engine(Steps):
         self.cascade = Cascade(self.policies, outbox, self.ids, self.tracker, rules.templates)
         self.rules = rules
         self.versions: dict[tuple[str, str], Rule] = {}
+        # Rules paused by hand (the daemon reads them from the store): they start nothing.
+        self.paused: frozenset[str] = frozenset()
         # rule version -> its audience fused, and the profile fields it reads
         self._audiences: dict[str, tuple[FusedTests, tuple[str, ...]]] = {}
         super().__init__()
@@ -109,6 +111,8 @@ class Engine(Steps):
         self, ws: Workspace, rule: Rule, st: UserState, trigger: dict[str, Any]
     ) -> Instance | None:
         """Start an instance of `rule` for this user if trigger, audience, mode allow."""
+        if rule.id in self.paused:
+            return None
         ctx = context(ws.now, st, trigger, trigger)
         if rule.trigger.cond is not None and not self._test(
             ws, rule.trigger.cond, ctx, rule, "trigger.if", st

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from engine.core.changes import Changes, Order
 from engine.core.model import Instance, Message, UserState
+from engine.store.controls import AuditRow, RuleControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,26 @@ class Store(Protocol):
         place, the rest of each as it is, in a transaction of its own: so `kaskad rfm` can
         write beside a daemon running on the same database without overwriting what it
         saves. Users without a profile are skipped."""
+        ...
+
+    # -- actions by hand (issue 13: store/sqlite_controls.py, postgres_controls.py) ---------
+
+    async def rule_controls(self) -> dict[str, RuleControl]:
+        """Every rule's pause as last set by hand (resumed ones too), by rule id."""
+        ...
+
+    async def set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
+        """Pause or resume a rule, and its audit row, in one transaction."""
+        ...
+
+    async def record_audit(self, row: AuditRow) -> None: ...
+
+    async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """The newest actions first; `target`: those on one rule, instance or template."""
+        ...
+
+    async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
+        """(user id, rule id, status) of an instance, None for an unknown one."""
         ...
 
 

@@ -450,3 +450,46 @@ POSTGRES_MIGRATIONS.append(
         ON CONFLICT DO NOTHING;
     """
 )
+
+# Actions from the dashboard and API (issue 13): a rule paused by hand (and whether its
+# running instances are held), kept across restarts and reloads, and who did what, when.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE rule_controls (
+        rule_id TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        hold INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target, id);
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE rule_controls (
+        rule_id TEXT COLLATE "C" PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        hold INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT COLLATE "C" NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target, id);
+    """
+)

@@ -33,6 +33,7 @@ from engine.core.model import Message, UserState, new_profile
 from engine.store.base import ConcurrentUpdate, new_secret
 from engine.store.health import records_writes
 from engine.store.migrations import POSTGRES_MIGRATIONS
+from engine.store.postgres_controls import PostgresControls
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
     INSTANCE_SQL,
@@ -112,6 +113,7 @@ class PostgresStore(
     PostgresInbox,
     PostgresQueue,
     PostgresOutcomes,
+    PostgresControls,
 ):
     @classmethod
     async def open(

@@ -28,6 +28,7 @@ from engine.store.rows import (
     message_row,
     stored_json,
 )
+from engine.store.sqlite_controls import SqliteControls
 from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialized
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
@@ -59,6 +60,7 @@ class SqliteStore(
     SqliteInbox,
     SqliteQueue,
     SqliteOutcomes,
+    SqliteControls,
 ):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 

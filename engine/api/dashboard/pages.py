@@ -9,6 +9,7 @@ from aiohttp import web
 
 from channels.kinds import find_kind
 from engine.api.admin import timeline
+from engine.api.dashboard.act import rule_actions
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
@@ -63,6 +64,7 @@ async def rule_page(request: web.Request) -> web.Response:
         rule=loaded,
         stats_error=stats_error,
         messages=recent,
+        act=await rule_actions(request, rule_id),
         **context,
     )
 
