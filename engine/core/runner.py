@@ -111,8 +111,6 @@ class Engine(Steps):
         self, ws: Workspace, rule: Rule, st: UserState, trigger: dict[str, Any]
     ) -> Instance | None:
         """Start an instance of `rule` for this user if trigger, audience, mode allow."""
-        if rule.id in self.paused:
-            return None
         ctx = context(ws.now, st, trigger, trigger)
         if rule.trigger.cond is not None and not self._test(
             ws, rule.trigger.cond, ctx, rule, "trigger.if", st
@@ -128,7 +126,10 @@ class Engine(Steps):
         trigger: dict[str, Any],
         ctx: dict[str, Any],
     ) -> Instance | None:
-        """Start `rule` (whose trigger condition held) if its key, audience and mode allow."""
+        """Start `rule` (whose trigger condition held) if it is not paused and its key,
+        audience and mode allow."""
+        if rule.id in self.paused:
+            return None
         key = ""
         if rule.key is not None:
             try:
