@@ -4,6 +4,7 @@ virtual clock and a real SQLite store."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from engine.daemon import Daemon
 from engine.lang.config import parse_config
 from tests.fakes.twilio import FakeTwilio
 from tests.helpers import write_rules
+from tests.pgdb import pg_schema
 
 from .helpers import ADMIN, INGEST, START, Client
 
@@ -51,10 +53,10 @@ USERS = f"""
 """
 
 
-def config_text(tmp_path: Path, rules: Path, extra: str = "") -> str:
+def config_text(tmp_path: Path, rules: Path, extra: str = "", url: str | None = None) -> str:
     return f"""
 server: {{host: 127.0.0.1, port: 0}}
-storage: {{url: "sqlite:///{tmp_path}/kaskad.db"}}
+storage: {{url: "{url or f"sqlite:///{tmp_path}/kaskad.db"}"}}
 rules: {{path: "{rules}", watch: false}}
 auth:
   ingest_tokens: [ingest-token]
@@ -65,16 +67,20 @@ policies: {{quiet_hours: null, frequency_caps: []}}
 """
 
 
-@pytest.fixture
-async def acts(tmp_path: Path) -> AsyncIterator[Client]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def acts(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """The daemon on either store: the pauses, the hold and the audit log live there."""
     rules = write_rules(tmp_path, TEMPLATE, RULE)
-    daemon = Daemon(
-        parse_config(config_text(tmp_path, rules)), VirtualClock(START), background=False
-    )
-    await daemon.start()
-    async with aiohttp.ClientSession() as session:
-        yield Client(daemon, session)
-    await daemon.stop()
+    async with contextlib.AsyncExitStack() as stack:
+        url = None
+        if request.param == "postgres":
+            url = await stack.enter_async_context(pg_schema())
+        config = parse_config(config_text(tmp_path, rules, url=url))
+        daemon = Daemon(config, VirtualClock(START), background=False)
+        await daemon.start()
+        async with aiohttp.ClientSession() as session:
+            yield Client(daemon, session)
+        await daemon.stop()
 
 
 async def cart(client: Client, user: str, n: int = 1) -> None:

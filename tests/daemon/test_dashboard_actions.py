@@ -226,3 +226,25 @@ def test_failures_count_per_key_within_the_window() -> None:
     assert failures.retry_after(["ip:d", "name:ada"], 103.0) is None
     assert failures.retry_after(["ip:a"], 103.0) is None  # one failure from it
     assert failures.retry_after(["ip:d", "name:mark"], 160.0) is None  # the first aged out
+
+
+async def test_an_open_dashboard_still_wants_its_forms_token(tmp_path: Path) -> None:
+    """No account configured (a local try-out): anyone may act, but only from its pages."""
+    rules = write_rules(tmp_path, TEMPLATE, RULE)
+    text = config_text(tmp_path, rules)
+    text = text[: text.index("auth:")] + text[text.index("policies:") :]
+    daemon = Daemon(parse_config(text), VirtualClock(START), background=False)
+    await daemon.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(daemon, session)
+            status, page = await get(client, "/ui/rules/nudge", {})
+            assert status == 200 and ACTION_FORM.search(page)
+            status, refused, _ = await post(client, "/ui/rules/nudge/pause", {}, {})
+            assert status == 403 and "did not come from this dashboard" in text_of(refused)
+            status, _, _ = await post(client, "/ui/rules/nudge/pause", {}, {"csrf": csrf_of(page)})
+            assert status == 303
+            status, body = await client.request("GET", "/v1/audit")
+            assert [(a["who"], a["action"]) for a in body["actions"]] == [("anonymous", "pause")]
+    finally:
+        await daemon.stop()

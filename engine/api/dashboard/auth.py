@@ -71,6 +71,13 @@ def csrf_token(cookie: str) -> str:
     return hmac.new(cookie.encode(), b"kaskad-csrf", hashlib.sha256).hexdigest()
 
 
+async def _open_csrf(request: web.Request) -> None:
+    """Without accounts (an open dashboard) there is no session: the forms carry a token
+    made from a secret of the store, which a page of another site cannot read."""
+    secret = await request.app[STATE].store.secret("dashboard_csrf")
+    request[CSRF_KEY] = csrf_token(secret)
+
+
 def account_of(request: web.Request) -> Account | None:
     """The request's account: its Bearer token, else its session cookie (ANONYMOUS when no
     account is configured)."""
@@ -114,6 +121,8 @@ def page(handler: Page) -> Page:
         if account is None:
             return _denied(request)
         request[ACCOUNT_KEY] = account
+        if account is ANONYMOUS:
+            await _open_csrf(request)
         try:
             return await handler(request)
         except InvalidParameter as exc:
@@ -144,6 +153,8 @@ def action(role: str) -> Callable[[Page], Page]:
             if account is None:
                 return _denied(request)
             request[ACCOUNT_KEY] = account
+            if account is ANONYMOUS:
+                await _open_csrf(request)
             form = await request.post()
             expected = request.get(CSRF_KEY)
             given = str(form.get("csrf", ""))
