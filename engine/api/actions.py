@@ -193,7 +193,10 @@ async def test_send(state: AppState, who: str, req: TestSend) -> dict[str, Any]:
     )
     adapter = channel.channel
     try:
-        outcome = await asyncio.wait_for(adapter.send(message), adapter.limits.timeout_s + 5.0)
+        # Within the channel's concurrency and rate, as the dispatcher's sends are.
+        async with channel.semaphore:
+            await channel.limiter.acquire()
+            outcome = await asyncio.wait_for(adapter.send(message), adapter.limits.timeout_s + 5.0)
     except Exception as exc:  # the adapter's own failure: the answer, never a 500
         outcome = Outcome.retry(detail=f"{type(exc).__name__}: {exc}")
     result = {
