@@ -1,6 +1,6 @@
 """Issue 13: a rule paused through the API stays paused across a restart of the real
 daemon process (the pause lives in the store), `kaskad stats` says so, and once resumed
-the rule starts instances again."""
+the rule starts instances again; two replicas on one PostgreSQL database share a pause."""
 
 from __future__ import annotations
 
