@@ -208,7 +208,7 @@ async def login(request: web.Request) -> web.Response:
     auth = state.config.auth
     form = await request.post()
     token, target = str(form.get("token", "")), _safe_next(str(form.get("next", "/")))
-    name = str(form.get("name", "")).strip()
+    name = str(form.get("name", "")).strip()[:64]
     response = web.Response(status=303, headers={"Location": target, **HEADERS})
     if not auth.has_accounts:
         return response
