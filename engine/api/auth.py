@@ -1,4 +1,5 @@
-"""Ingest auth (Bearer token or HMAC-signed body) and the admin token."""
+"""Ingest auth (Bearer token or HMAC-signed body) and the metrics token; the admin API's
+accounts and roles are in accounts.py."""
 
 from __future__ import annotations
 
@@ -78,13 +79,6 @@ def _signed(
 def ingest_denied(request: web.Request, body: bytes, auth: AuthConfig, now: float) -> str | None:
     """None when the request may ingest, else why not."""
     return ingest_auth(request, body, auth, now).denied
-
-
-def admin_denied(request: web.Request, auth: AuthConfig) -> bool:
-    if not auth.admin_token:
-        return False
-    token = bearer_text(request)
-    return token is None or not same_text(token, auth.admin_token)
 
 
 def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
