@@ -9,18 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from engine.api.accounts import ACCOUNT_KEY, ANONYMOUS, Account
-from engine.api.actions import (
-    ActionError,
-    audit_json,
-    control_json,
-    end_instance,
-    parse_test_send,
-    set_paused,
-    test_send,
-)
+from engine.api.actions import actions, audit_json, control_json, parse_test_send, status_of
 from engine.api.errors import error
 from engine.api.params import path_id, query_id, query_int, read_json
 from engine.api.state import STATE
+from engine.runtime.actions import ActionError
 
 
 def _who(request: web.Request) -> str:
@@ -35,14 +28,14 @@ async def _body(request: web.Request) -> Any:
     try:
         return read_json(raw)
     except ValueError as exc:
-        raise ActionError(400, "malformed", str(exc)) from None
+        raise ActionError("invalid", str(exc)) from None
 
 
 async def _answer(work: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
     try:
         return web.json_response(await work())
     except ActionError as exc:
-        return error(exc.status, exc.code, exc.message)
+        return error(status_of(exc), exc.code, exc.message)
 
 
 async def pause_rule(request: web.Request) -> web.Response:
@@ -53,11 +46,11 @@ async def pause_rule(request: web.Request) -> web.Response:
     async def work() -> dict[str, Any]:
         body = await _body(request)
         if not isinstance(body, dict) or set(body) - {"hold"}:
-            raise ActionError(400, "invalid_body", 'the body must be {"hold": true|false}')
+            raise ActionError("invalid", 'the body must be {"hold": true|false}')
         hold = body.get("hold", False)
         if not isinstance(hold, bool):
-            raise ActionError(400, "invalid_body", "hold: must be true or false")
-        control = await set_paused(state, _who(request), rule_id, paused=True, hold=hold)
+            raise ActionError("invalid", "hold: must be true or false")
+        control = await actions(state).set_paused(_who(request), rule_id, paused=True, hold=hold)
         return {"rule": rule_id, "state": "paused", **control_json(control)}
 
     return await _answer(work)
@@ -68,7 +61,7 @@ async def resume_rule(request: web.Request) -> web.Response:
     rule_id = path_id(request, "rule_id")
 
     async def work() -> dict[str, Any]:
-        control = await set_paused(state, _who(request), rule_id, paused=False)
+        control = await actions(state).set_paused(_who(request), rule_id, paused=False)
         return {"rule": rule_id, "state": "active", **control_json(control)}
 
     return await _answer(work)
@@ -77,14 +70,14 @@ async def resume_rule(request: web.Request) -> web.Response:
 async def post_end_instance(request: web.Request) -> web.Response:
     state = request.app[STATE]
     instance_id = path_id(request, "instance_id")
-    return await _answer(lambda: end_instance(state, _who(request), instance_id))
+    return await _answer(lambda: actions(state).end_instance(_who(request), instance_id))
 
 
 async def post_test_send(request: web.Request) -> web.Response:
     state = request.app[STATE]
 
     async def work() -> dict[str, Any]:
-        return await test_send(state, _who(request), parse_test_send(await _body(request)))
+        return await actions(state).test_send(_who(request), parse_test_send(await _body(request)))
 
     return await _answer(work)
 

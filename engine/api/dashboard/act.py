@@ -9,20 +9,13 @@ from urllib.parse import quote
 from aiohttp import web
 
 from engine.api.accounts import ACCOUNT_KEY, Account
-from engine.api.actions import (
-    ActionError,
-    TestSend,
-    audit_json,
-    end_instance,
-    parse_test_send,
-    set_paused,
-    test_send,
-)
+from engine.api.actions import actions, audit_json, parse_test_send, status_of
 from engine.api.dashboard.auth import action
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.params import path_id
 from engine.api.state import STATE
 from engine.lang.accounts import role_at_least
+from engine.runtime.actions import ActionError, TestSend
 
 
 def _who(request: web.Request) -> str:
@@ -35,7 +28,7 @@ def _back(path: str) -> web.Response:
 
 
 def _failed(request: web.Request, exc: ActionError) -> web.Response:
-    return html(request, "error.html", exc.status, title="Not done", message=exc.message)
+    return html(request, "error.html", status_of(exc), title="Not done", message=exc.message)
 
 
 @action("marketer")
@@ -43,8 +36,8 @@ async def pause_form(request: web.Request) -> web.Response:
     rule_id = path_id(request, "rule")
     form = await request.post()
     try:
-        await set_paused(
-            request.app[STATE], _who(request), rule_id, paused=True, hold=form.get("hold") == "on"
+        await actions(request.app[STATE]).set_paused(
+            _who(request), rule_id, paused=True, hold=form.get("hold") == "on"
         )
     except ActionError as exc:
         return _failed(request, exc)
@@ -55,7 +48,7 @@ async def pause_form(request: web.Request) -> web.Response:
 async def resume_form(request: web.Request) -> web.Response:
     rule_id = path_id(request, "rule")
     try:
-        await set_paused(request.app[STATE], _who(request), rule_id, paused=False)
+        await actions(request.app[STATE]).set_paused(_who(request), rule_id, paused=False)
     except ActionError as exc:
         return _failed(request, exc)
     return _back(f"/ui/rules/{quote(rule_id, safe='')}")
@@ -65,7 +58,7 @@ async def resume_form(request: web.Request) -> web.Response:
 async def end_form(request: web.Request) -> web.Response:
     instance_id = path_id(request, "instance")
     try:
-        ended = await end_instance(request.app[STATE], _who(request), instance_id)
+        ended = await actions(request.app[STATE]).end_instance(_who(request), instance_id)
     except ActionError as exc:
         return _failed(request, exc)
     return _back(f"/ui/users?q={quote(ended['user_id'], safe='')}")
@@ -83,7 +76,7 @@ async def test_send_form(request: web.Request) -> web.Response:
                 "address": str(form.get("address", "")),
             }
         )
-        result = await test_send(request.app[STATE], _who(request), req)
+        result = await actions(request.app[STATE]).test_send(_who(request), req)
     except ActionError as exc:
         return _failed(request, exc)
     sent = result["outcome"] == "accepted"
