@@ -155,7 +155,7 @@ def exposure_refused(config: Config) -> str | None:
     auth, host = config.auth, config.server.host
     if _loopback(host) or auth.allow_open:
         return None
-    missing = ["auth.admin_token"] if not auth.admin_token else []
+    missing = ["auth.admin_token (or auth.users)"] if not auth.has_accounts else []
     if _ingest_open(auth):
         missing.append("auth.ingest_tokens (or auth.ingest_hmac_secret)")
     if not missing:
@@ -176,7 +176,7 @@ def warn_open_surfaces(config: Config) -> None:
             "ingest.open",
             hint="set auth.ingest_tokens or auth.ingest_hmac_secret: anyone can post events",
         )
-    if not auth.admin_token:
+    if not auth.has_accounts:
         log.warning(
             "admin.open",
             hint="set auth.admin_token: anyone can read and erase profiles, messages, stats",
@@ -249,6 +249,7 @@ class Daemon:
         )
         self.rfm = RfmJob(self.store, through(self.processor.call))  # nightly; POST /v1/rfm
         self.rules.listeners.append(self.processor.set_rules)
+        self.rules.controls = lambda: self.processor.controls
         self.rules.listeners.append(lambda rules: self.processor.set_jobs(self._jobs(rules)))
         self.processor.set_jobs(self._jobs(ruleset))
         await self.processor.start()

@@ -359,6 +359,9 @@ def test_the_shipped_config_names_every_key_and_every_provider_key() -> None:
     for dotted in model_keys(Config):
         node: Any = shipped
         for part in dotted.split("."):
+            if node == []:  # empty by default (auth.users): a commented example has the keys
+                assert re.search(rf"#.*[{{ ]{part}:", text), f"config.yaml lacks {dotted}"
+                break
             if isinstance(node, list):  # a list of sections: its first item has the keys
                 node = node[0]
             assert isinstance(node, dict) and part in node, f"config.yaml lacks {dotted}"

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api.auth import admin_denied, metrics_denied
+from engine.api.accounts import ACCOUNT_KEY, bearer_account, needed_role, refused
+from engine.api.auth import metrics_denied
 from engine.api.errors import Handler, InvalidParameter, error
 from engine.api.params import path_id, query_id, query_int, read_json
 from engine.api.state import STATE
@@ -31,17 +32,28 @@ ADMIN_PREFIXES = (
     "/v1/stats",
     "/v1/rfm",
     "/v1/segments",
+    "/v1/instances",
+    "/v1/test-sends",
+    "/v1/audit",
 )
 
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(ADMIN_PREFIXES) and admin_denied(
-        request, request.app[STATE].config.auth
-    ):
-        return error(
-            401, "unauthorized", "admin endpoints need Authorization: Bearer <auth.admin_token>"
-        )
+    """Admin endpoints: a token of a configured account whose role allows the request."""
+    if request.path.startswith(ADMIN_PREFIXES):
+        account = bearer_account(request, request.app[STATE].config.auth)
+        if account is None:
+            return error(
+                401,
+                "unauthorized",
+                "admin endpoints need Authorization: Bearer <auth.admin_token or the token "
+                "of an account in auth.users>",
+            )
+        why = refused(account, needed_role(request))
+        if why is not None:
+            return error(403, "forbidden", why)
+        request[ACCOUNT_KEY] = account
     return await handler(request)
 
 

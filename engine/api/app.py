@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.api import (
+    act,
     admin,
     callbacks,
     dashboard,
@@ -35,6 +36,7 @@ def make_app(state: AppState) -> web.Application:
     r.add_get("/v1/messages", admin.get_messages)
     r.add_get("/v1/rules", admin.get_rules)
     r.add_post("/v1/rules/reload", admin.reload_rules)
+    act.add_routes(r)  # pause, resume, end an instance, test sends, the audit log
     r.add_get("/v1/segments", segments.get_segments)
     r.add_get("/v1/segments/{segment_id}/users", segments.get_segment_users)
     r.add_get("/v1/stats", stats.get_stats)

@@ -1,4 +1,5 @@
-"""Ingest auth (Bearer token or HMAC-signed body) and the admin token."""
+"""Ingest auth (Bearer token or HMAC-signed body) and the metrics token; the admin API's
+accounts and roles are in accounts.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ HMAC_TOLERANCE_S = 300.0  # how old a signed request may be (SPEC 8: 5 minutes)
 HMAC_SKEW_S = 30.0  # how far ahead of our clock the sender's may run
 
 
-def _bearer_text(request: web.Request) -> str | None:
+def bearer_text(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
@@ -41,7 +42,7 @@ class IngestAuth:
 def ingest_auth(request: web.Request, body: bytes, auth: AuthConfig, now: float) -> IngestAuth:
     if not auth.ingest_tokens and not auth.ingest_hmac_secret:
         return IngestAuth()  # open ingest, warned at start-up
-    token = _bearer_text(request)
+    token = bearer_text(request)
     if token is not None and any(same_text(token, t) for t in auth.ingest_tokens):
         return IngestAuth()
     signature = request.headers.get("X-Kaskad-Signature")
@@ -80,18 +81,11 @@ def ingest_denied(request: web.Request, body: bytes, auth: AuthConfig, now: floa
     return ingest_auth(request, body, auth, now).denied
 
 
-def admin_denied(request: web.Request, auth: AuthConfig) -> bool:
-    if not auth.admin_token:
-        return False
-    token = _bearer_text(request)
-    return token is None or not same_text(token, auth.admin_token)
-
-
 def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
     """GET /metrics takes auth.metrics_token or the admin token; open only with neither."""
     accepted = [t for t in (auth.metrics_token, auth.admin_token) if t]
     if not accepted:
         return False
-    token = _bearer_text(request)
+    token = bearer_text(request)
     # Every token is compared (no early exit), so the time says nothing of which matched.
     return token is None or not any([same_text(token, t) for t in accepted])

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.api.schemas import ID, SCHEMAS, Schema, ref
+from engine.api.schemas_actions import ACTION_SCHEMAS
 from engine.lang.events import MAX_ID_CHARS, MAX_NESTING
 
 
@@ -74,6 +75,7 @@ DASHBOARD: list[Schema] = [{"adminBearer": []}, {"dashboardSession": []}]
 PUBLIC: list[Schema] = []
 
 _UNAUTHORIZED = _error("missing or wrong credentials")
+_FORBIDDEN = _error("the account's role may not do this: the message names the role needed")
 _INVALID = _error("a parameter is invalid: the message and details name it")
 _HTML_401 = _html("the login form")
 _SINCE = _query("since", "a duration back from now (24h, 7d), an ISO date, or `all` (the default)")
@@ -108,8 +110,15 @@ def _admin(
     body: Schema | None = None,
     extra: dict[str, Schema] | None = None,
 ) -> Schema:
-    """An admin operation: 200 `ok`, 400 for a bad parameter, 401 without the token."""
-    responses = {"200": ok, "400": _INVALID, "401": _UNAUTHORIZED, **(extra or {})}
+    """An admin operation: 200 `ok`, 400 for a bad parameter, 401 without a token, 403 for
+    a role that may not (reads: viewer; actions: marketer; other writes: admin)."""
+    responses = {
+        "200": ok,
+        "400": _INVALID,
+        "401": _UNAUTHORIZED,
+        "403": _FORBIDDEN,
+        **(extra or {}),
+    }
     return _op(summary, ADMIN, responses, parameters=parameters, body=body, tags=("admin",))
 
 
@@ -121,6 +130,34 @@ def _page(summary: str, *codes: str, parameters: list[Schema] | None = None) -> 
     responses = {"200": _html("the page"), "401": _HTML_401}
     responses.update((code, _PAGE_ANSWERS[code]) for code in codes)
     return _op(summary, DASHBOARD, responses, parameters=parameters, tags=("dashboard",))
+
+
+def _action(summary: str, *, hold: bool = False, test: bool = False) -> Schema:
+    """A dashboard form (role marketer; with a session cookie its CSRF token): back to the
+    page (303), or a page saying why not."""
+    fields: dict[str, Schema] = {"csrf": {"type": "string"}}
+    if hold:
+        fields["hold"] = {"type": "string"}
+    if test:
+        fields.update(channel={"type": "string"}, address={"type": "string"})
+    responses: dict[str, Schema] = {
+        "401": _HTML_401,
+        "400": _html("what was wrong with the form"),
+        "403": _html("the role may not, or the form did not come from this dashboard"),
+        "404": _html("no such rule, instance or template"),
+        "409": _html("not possible now (an instance that has ended, a channel not set up)"),
+    }
+    if test:
+        responses.update(
+            {
+                "200": _html("the test was sent"),
+                "422": _html("the template does not render"),
+                "502": _html("the provider did not accept it"),
+            }
+        )
+    else:
+        responses["303"] = _redirect("back to the page")
+    return _op(summary, DASHBOARD, responses, body=_form(fields), tags=("dashboard",))
 
 
 def _form(properties: dict[str, Schema]) -> Schema:
@@ -227,6 +264,69 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/rules/reload": {
         "post": _admin("Reload the rule files", _json(ref("Rules"), "the rules now"))
+    },
+    "/v1/rules/{rule_id}/pause": {
+        "parameters": [_path("rule_id", "a rule id", ID)],
+        "post": _admin(
+            "Pause a rule: it starts no instance (role marketer)",
+            _json(ref("RuleControl"), "paused"),
+            body={
+                "required": False,
+                "content": {"application/json": {"schema": ref("PauseRequest")}},
+            },
+            extra={"404": _error("no such rule"), "413": _error("body over the limit")},
+        ),
+    },
+    "/v1/rules/{rule_id}/resume": {
+        "parameters": [_path("rule_id", "a rule id", ID)],
+        "post": _admin(
+            "Resume a paused rule (role marketer)",
+            _json(ref("RuleControl"), "resumed"),
+            extra={"404": _error("no such rule"), "413": _error("body over the limit")},
+        ),
+    },
+    "/v1/instances/{instance_id}/end": {
+        "parameters": [_path("instance_id", "an instance id (timeline)", ID)],
+        "post": _admin(
+            "End a running instance: its timer and unsent messages are cancelled (role marketer)",
+            _json(ref("EndedInstance"), "ended"),
+            extra={
+                "404": _error("no such instance"),
+                "409": _error("the instance has ended already"),
+                "413": _error("body over the limit"),
+            },
+        ),
+    },
+    "/v1/test-sends": {
+        "post": _admin(
+            "Send a test of a template to an address, rendered with sample data; counted in "
+            "no stats (role marketer)",
+            _json(ref("TestSend"), "the provider's answer"),
+            body={
+                "required": True,
+                "content": {"application/json": {"schema": ref("TestSendRequest")}},
+            },
+            extra={
+                "404": _error("no such template"),
+                "409": _error("the channel is not configured"),
+                "413": _error("body over the limit"),
+                "422": _error("the template does not render"),
+            },
+        )
+    },
+    "/v1/audit": {
+        "get": _admin(
+            "Actions taken by hand, newest first: who, what, when",
+            _json(ref("Audit"), "the actions"),
+            [
+                _query("target", "only actions on this rule, template or instance", ID),
+                _query(
+                    "limit",
+                    "how many",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                ),
+            ],
+        )
     },
     "/v1/stats": {
         "get": _admin(
@@ -410,10 +510,23 @@ PATHS: dict[str, dict[str, Any]] = {
     "/": {"get": _page("Dashboard: rules and their funnels", "400", parameters=[_SINCE])},
     "/ui/login": {
         "post": _op(
-            "Log in with the admin token: a session cookie",
+            "Log in with an account's token: a session cookie",
             PUBLIC,
-            {"303": _redirect("to `next` (a path on this site)"), "401": _HTML_401},
-            body=_form({"token": {"type": "string"}, "next": {"type": "string"}}),
+            {
+                "303": _redirect("to `next` (a path on this site)"),
+                "401": _HTML_401,
+                "429": {
+                    **_html("too many failed logins from this address or for this name"),
+                    "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+                },
+            },
+            body=_form(
+                {
+                    "token": {"type": "string"},
+                    "name": {"type": "string"},
+                    "next": {"type": "string"},
+                }
+            ),
             tags=("dashboard",),
         )
     },
@@ -428,6 +541,22 @@ PATHS: dict[str, dict[str, Any]] = {
     "/ui/rules/{rule}": {
         "parameters": [_path("rule", "a rule id")],
         "get": _page("A rule: funnel, outcomes, A/B", "400", "404", parameters=[_SINCE]),
+    },
+    "/ui/rules/{rule}/pause": {
+        "parameters": [_path("rule", "a rule id")],
+        "post": _action("Pause the rule (form: hold=on to hold running instances)", hold=True),
+    },
+    "/ui/rules/{rule}/resume": {
+        "parameters": [_path("rule", "a rule id")],
+        "post": _action("Resume the rule"),
+    },
+    "/ui/instances/{instance}/end": {
+        "parameters": [_path("instance", "an instance id")],
+        "post": _action("End the instance"),
+    },
+    "/ui/templates/{name}/test-send": {
+        "parameters": [_path("name", "a template name")],
+        "post": _action("Send a test of the template (form: channel, address)", test=True),
     },
     "/ui/messages": {"get": _page("The newest messages", "400", parameters=[_RULE, _STATUS])},
     "/ui/users": {
@@ -465,7 +594,7 @@ DOCUMENT: Schema = {
     },
     "paths": PATHS,
     "components": {
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **ACTION_SCHEMAS},
         "securitySchemes": {
             "ingestBearer": {
                 "type": "http",

@@ -260,7 +260,12 @@ SCHEMAS: dict[str, Schema] = {
                     "properties": {
                         "id": {"type": "string"},
                         "path": {"type": "string"},
-                        "state": {"enum": ["active", "stale", "invalid", "deleted"]},
+                        "state": {"enum": ["active", "stale", "invalid", "deleted", "paused"]},
+                        "paused": {
+                            "description": "paused by hand: held running instances too, "
+                            "by whom, since when",
+                            "anyOf": [{"type": "object"}, {"type": "null"}],
+                        },
                         "errors": {"type": "array", "items": {"type": "string"}},
                     },
                 },

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from engine.api.ratelimit import Failures
 from engine.clock import Clock
 from engine.core.tracking import Tracker
 from engine.lang.config import Config
@@ -36,6 +37,7 @@ class AppState:
     broker: BrokerStatus = field(default_factory=BrokerStatus)
     rfm: RfmJob | None = None
     started_at: float = 0.0
+    logins: Failures = field(default_factory=Failures)  # failed dashboard logins
 
 
 STATE: web.AppKey[AppState] = web.AppKey("kaskad", AppState)

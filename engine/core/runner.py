@@ -62,6 +62,8 @@ class Engine(Steps):
         self.cascade = Cascade(self.policies, outbox, self.ids, self.tracker, rules.templates)
         self.rules = rules
         self.versions: dict[tuple[str, str], Rule] = {}
+        # Rules paused by hand (the daemon reads them from the store): they start nothing.
+        self.paused: frozenset[str] = frozenset()
         # rule version -> its audience fused, and the profile fields it reads
         self._audiences: dict[str, tuple[FusedTests, tuple[str, ...]]] = {}
         super().__init__()
@@ -126,7 +128,10 @@ class Engine(Steps):
         trigger: dict[str, Any],
         ctx: dict[str, Any],
     ) -> Instance | None:
-        """Start `rule` (whose trigger condition held) if its key, audience and mode allow."""
+        """Start `rule` (whose trigger condition held) if it is not paused and its key,
+        audience and mode allow."""
+        if rule.id in self.paused:
+            return None
         key = ""
         if rule.key is not None:
             try:

@@ -10,10 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from channels.kinds import kind_names
 from engine.errors import LoadError, Problem, did_you_mean
+from engine.lang.accounts import UserAccount
 from engine.lang.durations import parse_duration
 from engine.lang.policies_config import PoliciesConfig
 from engine.lang.sections import Section
@@ -55,6 +63,35 @@ class AuthConfig(Section):
     metrics_token: str | None = None
     # Serve open endpoints on a non-loopback server.host anyway (warned at every start).
     allow_open: bool = False
+    # Named accounts with a role (engine/lang/accounts.py); admin_token is the account admin.
+    users: list[UserAccount] = Field(default_factory=list)
+
+    @field_validator("users")
+    @classmethod
+    def _unique(cls, value: list[UserAccount]) -> list[UserAccount]:
+        seen: set[str] = set()
+        hashes: set[str] = set()
+        for i, user in enumerate(value):
+            if user.name in seen:
+                raise ValueError(f"user {i + 1}: the name '{user.name}' is used twice")
+            if user.token_sha256 in hashes:
+                raise ValueError(f"user {i + 1} ('{user.name}'): the same token as another user")
+            seen.add(user.name)
+            hashes.add(user.token_sha256)
+        return value
+
+    @model_validator(mode="after")
+    def _admin_name(self) -> AuthConfig:
+        if self.admin_token and any(u.name == "admin" for u in self.users):
+            raise ValueError(
+                "users: the name 'admin' is auth.admin_token's account; name the user otherwise"
+            )
+        return self
+
+    @property
+    def has_accounts(self) -> bool:
+        """Whether admin endpoints and the dashboard need a token (else they are open)."""
+        return bool(self.admin_token or self.users)
 
     @field_validator("ingest_tokens")
     @classmethod

@@ -159,7 +159,8 @@ INSTANCE_KEYS: tuple[str, ...] = ("started", ACTIVE, *_ENDS, *sorted(ENDED - set
 # A rule's state (also in GET /v1/rules and on the dashboard): its current file runs
 # (active); its file is broken and the previous version runs (stale, daemon only); its file
 # is broken and nothing runs (invalid); its file is gone but its numbers are not (deleted).
-RULE_STATES = ("active", "stale", "invalid", "deleted")
+# paused: stopped by hand (POST /v1/rules/{id}/pause): it starts no instance.
+RULE_STATES = ("active", "stale", "invalid", "deleted", "paused")
 
 
 def _step_key(path: str) -> tuple[tuple[int, int | str], ...]:
@@ -225,6 +226,7 @@ async def compute_stats(
         ids &= {rule}
     min_sample = policies.ab.min_sample
     holdouts, global_holdout = await measure_holdouts(store, q, rules, policies)
+    paused = {r for r, c in (await store.rule_controls()).items() if c.paused}
     return {
         "generated_at": iso(math.floor(now)),
         "since": iso(q.since) if since is not None else None,
@@ -232,14 +234,24 @@ async def compute_stats(
         "attribution": {"window": attribution.window, "touch": attribution.touch},
         "orders": _orders_json(await store.stats_orders(q)),
         "rules": [
-            {
-                **_rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample),
-                "holdout": holdouts.get(rid),
-            }
+            _paused(
+                {
+                    **_rule_json(rid, by_rule.get(rid, _Rule()), rules, min_sample),
+                    "holdout": holdouts.get(rid),
+                },
+                paused,
+            )
             for rid in sorted(ids)
         ],
         "global_holdout": global_holdout,
     }
+
+
+def _paused(row: dict[str, Any], paused: set[str]) -> dict[str, Any]:
+    """A loaded rule paused by hand is in state paused."""
+    if row["rule"] in paused and row["state"] in ("active", "stale"):
+        row["state"] = "paused"
+    return row
 
 
 def _orders_json(rows: list[tuple[str, int, float, int, float]]) -> dict[str, Any]:

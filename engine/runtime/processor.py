@@ -28,6 +28,7 @@ from engine.runtime.metrics import Metrics
 from engine.runtime.states import States, StoreStates
 from engine.runtime.units import OnCommit, Stopping, Units
 from engine.store.base import ConcurrentUpdate, JobRow, Store
+from engine.store.controls import RuleControl
 
 log = structlog.get_logger("kaskad.processor")
 
@@ -36,6 +37,8 @@ _IDLE_S = 3600.0
 # On a store other processes write: how often answers stored but never applied (a write
 # that failed after the provider answered, a replica that died) are handed to the engine.
 SWEEP_S = 5.0
+# How often the rules paused by hand are read again (another replica may pause one).
+CONTROLS_S = 2.0
 T = TypeVar("T")
 
 
@@ -85,10 +88,13 @@ class Processor:
         self._inbox_estimate = 0
         self._next_rules: RuleSet | None = None
         self._next_sweep = 0.0
+        self._next_controls = 0.0
+        self.controls: dict[str, RuleControl] = {}  # as last read (refresh_controls)
 
     async def start(self) -> None:
         """Before the loop: what waits in the inbox, and the jobs' schedules."""
         self._inbox_estimate = await self.store.inbox_size()
+        await self.refresh_controls(now=True)
         await self.plan_jobs()
 
     # -- the public interface: how ingest, the dispatcher and the API reach the loop ------
@@ -391,9 +397,20 @@ class Processor:
 
     # -- the loop --------------------------------------------------------------------------
 
+    async def refresh_controls(self, *, now: bool = False) -> None:
+        """The rules paused by hand, from the store: every CONTROLS_S, or `now` (this
+        process paused one). simulate never reads them: nothing there is paused."""
+        at = self.clock.now()
+        if not now and at < self._next_controls:
+            return
+        self._next_controls = at + CONTROLS_S
+        self.controls = await self.store.rule_controls()
+        self.engine.paused = frozenset(r for r, c in self.controls.items() if c.paused)
+
     async def run_once(self) -> int:
         """One pass over every kind of work: events first, then timers (SPEC 4)."""
         self._install_rules()
+        await self.refresh_controls()
         done = await self.step_calls()
         done += await self.step_inbox()
         done += await self.step_outcomes()

@@ -28,6 +28,7 @@ from engine.lang.ruleset import RuleSet, load_ruleset
 from engine.lang.validation import Checker
 from engine.lang.yamlfile import YDict, load_yaml
 from engine.store.base import Store
+from engine.store.controls import RuleControl
 
 log = structlog.get_logger("kaskad.rules")
 
@@ -40,6 +41,8 @@ class RuleManager:
         self.current = RuleSet()
         self.listeners: list[Callable[[RuleSet], None]] = []
         self.loaded_at = 0.0
+        # The rules paused by hand (the processor's last read of them), for describe().
+        self.controls: Callable[[], dict[str, RuleControl]] = dict
 
     def _merge(self, new: RuleSet) -> RuleSet:
         """Keep the previous version of any rule or template whose file is now broken."""
@@ -154,6 +157,7 @@ class RuleManager:
         for problem in rs.problems:
             by_file.setdefault(problem.path, []).append(problem)
         rules = []
+        controls = self.controls()
         for rule in sorted(rs.rules.values(), key=lambda r: r.id):
             trigger = rule.trigger
             errors = [str(p) for p in by_file.get(rule.path, [])]
@@ -177,7 +181,12 @@ class RuleManager:
                     "templates": sorted(rule.templates),
                     # "stale": a newer file version is broken, this one keeps running
                     # (the states: engine.measure.stats.RULE_STATES)
-                    "state": "stale" if errors else "active",
+                    "state": "paused"
+                    if rule.id in controls and controls[rule.id].paused
+                    else "stale"
+                    if errors
+                    else "active",
+                    "paused": paused_json(controls.get(rule.id)),
                     "errors": errors + notes,
                 }
             )
@@ -197,6 +206,13 @@ class RuleManager:
             "problems": [str(p) for p in rs.problems],
             "loaded_at": self.loaded_at,
         }
+
+
+def paused_json(control: RuleControl | None) -> dict[str, Any] | None:
+    """A paused rule's pause: whether its running instances are held, by whom, since."""
+    if control is None or not control.paused:
+        return None
+    return {"hold": control.hold, "by": control.by, "at": iso(control.at)}
 
 
 def _read(path: str) -> str | None:

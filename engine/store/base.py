@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from engine.core.changes import Changes, Order
 from engine.core.model import Instance, Message, UserState
+from engine.store.controls import AuditRow, RuleControl
 from engine.store.user_log import LoggedEvent
 
 
@@ -341,6 +342,25 @@ class Store(Protocol):
 
     async def forget_user_events_before(self, when: float) -> int:
         """Drop logged events older than `when` (storage.event_retention); how many went."""
+
+    # -- actions by hand (issue 13: store/sqlite_controls.py, postgres_controls.py) ---------
+
+    async def rule_controls(self) -> dict[str, RuleControl]:
+        """Every rule's pause as last set by hand (resumed ones too), by rule id."""
+        ...
+
+    async def set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
+        """Pause or resume a rule, and its audit row, in one transaction."""
+        ...
+
+    async def record_audit(self, row: AuditRow) -> None: ...
+
+    async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """The newest actions first; `target`: those on one rule, instance or template."""
+        ...
+
+    async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
+        """(user id, rule id, status) of an instance, None for an unknown one."""
         ...
 
 

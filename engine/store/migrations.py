@@ -583,3 +583,46 @@ POSTGRES_MIGRATIONS.append(
 # and kept up to date by triggers in every transaction that writes either.
 SQLITE_MIGRATIONS.append(sqlite_migration())
 POSTGRES_MIGRATIONS.append(postgres_migration())
+
+# Actions from the dashboard and API (issue 13): a rule paused by hand (and whether its
+# running instances are held), kept across restarts and reloads, and who did what, when.
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE rule_controls (
+        rule_id TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        hold INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target, id);
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE rule_controls (
+        rule_id TEXT COLLATE "C" PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        hold INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT COLLATE "C" NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_target ON audit (target, id);
+    """
+)

@@ -34,6 +34,7 @@ from engine.store.base import ConcurrentUpdate, new_secret
 from engine.store.health import records_writes
 from engine.store.migrations import POSTGRES_MIGRATIONS
 from engine.store.postgres_bulk import upsert_arrays, upsert_rows
+from engine.store.postgres_controls import PostgresControls
 from engine.store.postgres_core import (
     CONNECT_TIMEOUT_S,
     INSTANCE_SQL,
@@ -121,6 +122,7 @@ class PostgresStore(
     PostgresQueue,
     PostgresOutcomes,
     PostgresUsers,
+    PostgresControls,
 ):
     @classmethod
     async def open(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from engine.core.workspace import FACTS
 from engine.store.base import JobRow
+from engine.store.controls import HELD_RULES
 from engine.store.postgres_core import LOCK_NS, PostgresCore, free
 
 # next_due while another live replica holds the earliest timer: look again this soon.
@@ -18,7 +19,8 @@ class PostgresJobs(PostgresCore):
         row = await self.pool.fetchrow(
             f"SELECT due_at, held, extract(epoch FROM clock_timestamp())::float8 FROM ("
             f"(SELECT due_at, NOT {free('claimed_by', '$1')} AS held FROM instances "
-            "WHERE due_at IS NOT NULL ORDER BY due_at, id LIMIT 1) UNION ALL "
+            f"WHERE due_at IS NOT NULL AND rule_id NOT IN ({HELD_RULES}) "
+            "ORDER BY due_at, id LIMIT 1) UNION ALL "
             f"(SELECT due_at, NOT {free('claimed_by', '$1')} FROM user_facts "
             "WHERE due_at IS NOT NULL ORDER BY due_at LIMIT 1)) t ORDER BY due_at LIMIT 1",
             me,
@@ -37,7 +39,8 @@ class PostgresJobs(PostgresCore):
         rows = await self.pool.fetch(
             "WITH i AS (UPDATE instances SET claimed_by = $3 WHERE id = ANY(ARRAY("
             "SELECT id FROM instances WHERE due_at IS NOT NULL AND due_at <= $1 "
-            f"AND {free('claimed_by', '$3')} ORDER BY due_at, id LIMIT $2 "
+            f"AND {free('claimed_by', '$3')} AND rule_id NOT IN ({HELD_RULES}) "
+            "ORDER BY due_at, id LIMIT $2 "
             "FOR UPDATE SKIP LOCKED)) RETURNING due_at, id, user_id), "
             "f AS (UPDATE user_facts SET claimed_by = $3 WHERE user_id = ANY(ARRAY("
             "SELECT user_id FROM user_facts WHERE due_at IS NOT NULL "

@@ -13,6 +13,7 @@ from collections.abc import Collection
 import asyncpg
 
 from engine.core.model import Message
+from engine.store.controls import HELD_RULES
 from engine.store.postgres_core import LIVE_OWNERS, PostgresCore, free, retrying, row_count
 from engine.store.rows import MESSAGE_COLUMNS, message_from
 
@@ -35,6 +36,7 @@ class PostgresQueue(PostgresCore):
         channels = (
             "AND channel <> ALL($1::text[]) AND ($2::text IS NULL OR channel = $2) "
             "AND ($3::float8 IS NULL OR created_at <= $3) "
+            f"AND rule_id NOT IN ({HELD_RULES}) "  # a held rule's sends wait (controls.py)
         )
         narrowing = (list(skip), only, queued_before)
         async with self.pool.acquire() as conn, conn.transaction():

@@ -31,6 +31,7 @@ from engine.store.rows import (
     message_row,
     stored_json,
 )
+from engine.store.sqlite_controls import SqliteControls
 from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, Op, serialized
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
@@ -82,6 +83,7 @@ class SqliteStore(
     SqliteQueue,
     SqliteOutcomes,
     SqliteUsers,
+    SqliteControls,
 ):
     """The store on SQLite; its parts by concern are the mixins (sqlite_*.py)."""
 

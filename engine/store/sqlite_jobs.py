@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.core.workspace import FACTS
 from engine.store.base import JobRow
+from engine.store.controls import HELD_RULES
 from engine.store.sqlite_core import SqliteCore, serialized
 
 
@@ -11,8 +12,9 @@ class SqliteJobs(SqliteCore):
     @serialized
     async def next_due(self) -> float | None:
         rows = await self._rows(
-            "SELECT min(due) FROM (SELECT min(due_at) AS due FROM instances "
-            "WHERE due_at IS NOT NULL UNION ALL SELECT min(due_at) FROM user_facts "
+            "SELECT min(due) FROM (SELECT due_at AS due FROM (SELECT due_at FROM instances "
+            f"WHERE due_at IS NOT NULL AND rule_id NOT IN ({HELD_RULES}) "
+            "ORDER BY due_at LIMIT 1) UNION ALL SELECT min(due_at) FROM user_facts "
             "WHERE due_at IS NOT NULL)"
         )
         return rows[0][0] if rows else None
@@ -25,6 +27,7 @@ class SqliteJobs(SqliteCore):
                 "SELECT due_at, key, user_id FROM ("
                 "SELECT due_at, id AS key, user_id FROM instances "
                 "WHERE due_at IS NOT NULL AND due_at <= ? "
+                f"AND rule_id NOT IN ({HELD_RULES}) "
                 f"UNION ALL SELECT due_at, '{FACTS}', user_id FROM user_facts "
                 "WHERE due_at IS NOT NULL AND due_at <= ?) ORDER BY due_at, key LIMIT ?",
                 (until, until, limit),

@@ -8,6 +8,7 @@ from collections.abc import Collection
 from typing import Any
 
 from engine.core.model import Message
+from engine.store.controls import HELD_RULES
 from engine.store.rows import message_from
 from engine.store.sqlite_core import MESSAGE_SQL, SqliteCore, serialized
 
@@ -106,7 +107,8 @@ def _queue_filter(
     skip: Collection[str], only: str | None, queued_before: float | None
 ) -> tuple[str, list[Any]]:
     """The dispatcher's narrowing of a claim, as " AND ..." SQL and its parameters."""
-    where, params = "", list[Any]()
+    # A held rule's sends wait until it is resumed (store/controls.py).
+    where, params = f" AND rule_id NOT IN ({HELD_RULES})", list[Any]()
     if skip:
         where += f" AND channel NOT IN ({', '.join('?' * len(skip))})"
         params.extend(skip)

@@ -5,6 +5,7 @@ no A/B, hostile names. (The pages over real data: test_dashboard_http.py.)"""
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from html import unescape
 from html.parser import HTMLParser
@@ -435,12 +436,19 @@ def test_since_parsing_is_forgiving_but_says_what_it_could_not_read() -> None:
     assert since is None and problem is not None and "'last tuesday'" in problem
 
 
-def test_session_cookie_is_an_expiring_hmac_not_the_token() -> None:
-    value = dashboard.session_value("admin-token", int(NOW) + 60)
-    assert "admin-token" not in value
-    assert dashboard.session_ok("admin-token", value, NOW)
-    assert not dashboard.session_ok("admin-token", value, NOW + 61)  # expired
-    assert not dashboard.session_ok("other-token", value, NOW)  # token rotated
-    forged = f"{int(NOW) + 10**6}.{value.partition('.')[2]}"  # expiry pushed out
-    assert not dashboard.session_ok("admin-token", forged, NOW)
-    assert not dashboard.session_ok("admin-token", "garbage", NOW)
+def test_session_cookie_is_an_expiring_hmac_of_the_account_not_the_token() -> None:
+    key = hashlib.sha256(b"admin-token").hexdigest()
+    value = dashboard.session_value("admin", key, int(NOW) + 60)
+    assert "admin-token" not in value and key not in value
+    assert value.startswith("admin.")
+    assert dashboard.session_ok("admin", key, value, NOW)
+    assert not dashboard.session_ok("admin", key, value, NOW + 61)  # expired
+    other = hashlib.sha256(b"other-token").hexdigest()
+    assert not dashboard.session_ok("admin", other, value, NOW)  # token rotated
+    name, expires, mac = value.split(".")
+    forged = f"{name}.{int(NOW) + 10**6}.{mac}"  # expiry pushed out
+    assert not dashboard.session_ok("admin", key, forged, NOW)
+    # Another account's name on this MAC: refused.
+    assert not dashboard.session_ok("ann", key, f"ann.{expires}.{mac}", NOW)
+    assert not dashboard.session_ok("admin", key, "garbage", NOW)
+    assert not dashboard.session_ok("admin", key, "admin.²³.x", NOW)

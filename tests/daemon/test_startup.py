@@ -56,7 +56,7 @@ async def test_a_public_host_without_tokens_is_refused_before_anything_opens(
         if hasattr(daemon, "runner"):  # it started: stop it, the assertion has failed
             await daemon.stop()
     assert exited.value.code == (
-        "config: server.host '0.0.0.0' is not loopback: set auth.admin_token and "
+        "config: server.host '0.0.0.0' is not loopback: set auth.admin_token (or auth.users) and "
         "auth.ingest_tokens (or auth.ingest_hmac_secret), or auth.allow_open: true to serve "
         "the API without them"
     )

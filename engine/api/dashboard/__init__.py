@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.api.dashboard import act
 from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
 from engine.api.dashboard.data import merge_rules, parse_since, since_context
 from engine.api.dashboard.overview import overview
@@ -43,3 +44,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/ui/users", users_page)
     router.add_get("/ui/templates", templates_page)
     router.add_get("/ui/templates/{name}", template_page)
+    act.add_routes(router)  # the action forms: pause, resume, end, test send

@@ -1,68 +1,128 @@
-"""Who may see the dashboard: the admin token as `Authorization: Bearer`, or a session
-cookie set by the login form (an expiring HMAC keyed by the token, never the token itself).
+"""Who may see the dashboard, and do what: a token as `Authorization: Bearer`, or a session
+cookie set by the login form (the account's name, an expiry and an HMAC keyed by the
+SHA-256 of the account's token, never the token itself). Pages need any account (role
+viewer); actions (POST forms) need a role and, with a cookie, the session's CSRF token.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from engine.api.auth import admin_denied, same_text
+from engine.api.accounts import (
+    ACCOUNT_KEY,
+    ANONYMOUS,
+    CSRF_KEY,
+    Account,
+    bearer_account,
+    by_name,
+    by_token,
+    refused,
+)
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
 from engine.api.state import STATE
+from engine.lang.accounts import NAME
 
 COOKIE = "kaskad_session"
 SESSION_S = 12 * 3600
 Page = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def session_value(token: str, expires: int) -> str:
-    mac = hmac.new(token.encode(), f"kaskad-dashboard:{expires}".encode(), hashlib.sha256)
-    return f"{expires}.{mac.hexdigest()}"
+def session_value(name: str, key: str, expires: int) -> str:
+    """The cookie of account `name` (whose token's SHA-256 is `key`) until `expires`."""
+    mac = hmac.new(key.encode(), f"kaskad-dashboard:{name}:{expires}".encode(), hashlib.sha256)
+    return f"{name}.{expires}.{mac.hexdigest()}"
 
 
-def session_ok(token: str, value: str, now: float) -> bool:
+def session_name(value: str, now: float) -> str | None:
+    """The account name a cookie claims, if it is well formed and not expired (the MAC is
+    checked by session_ok against that account's key)."""
     # ASCII digits of a plausible length only: str.isdigit() takes '²', which int() refuses,
     # int() refuses 5000 digits, and compare_digest() refuses non-ASCII text.
-    expires, _, _ = value.partition(".")
-    if not value.isascii() or not expires.isdigit() or len(expires) > 12 or int(expires) < now:
+    name, _, rest = value.partition(".")
+    expires, _, _ = rest.partition(".")
+    if (
+        not value.isascii()
+        or not NAME.fullmatch(name)
+        or not expires.isdigit()
+        or len(expires) > 12
+        or int(expires) < now
+    ):
+        return None
+    return name
+
+
+def session_ok(name: str, key: str, value: str, now: float) -> bool:
+    if session_name(value, now) != name:
         return False
-    return hmac.compare_digest(value, session_value(token, int(expires)))
+    expires = int(value.split(".")[1])
+    return hmac.compare_digest(value, session_value(name, key, expires))
 
 
-def authorized(request: web.Request) -> bool:
+def csrf_token(cookie: str) -> str:
+    """The token every form of this session carries: only pages of this site, which the
+    session's cookie opened, can know it."""
+    return hmac.new(cookie.encode(), b"kaskad-csrf", hashlib.sha256).hexdigest()
+
+
+async def _open_csrf(request: web.Request) -> None:
+    """Without accounts (an open dashboard) there is no session: the forms carry a token
+    made from a secret of the store, which a page of another site cannot read."""
+    secret = await request.app[STATE].store.secret("dashboard_csrf")
+    request[CSRF_KEY] = csrf_token(secret)
+
+
+def account_of(request: web.Request) -> Account | None:
+    """The request's account: its Bearer token, else its session cookie (ANONYMOUS when no
+    account is configured)."""
     state = request.app[STATE]
     auth = state.config.auth
-    if not admin_denied(request, auth):
-        return True  # no admin token configured, or a valid Bearer token
+    account = bearer_account(request, auth)
+    if account is not None:
+        return account
     cookie = request.cookies.get(COOKIE)
-    return bool(
-        auth.admin_token and cookie and session_ok(auth.admin_token, cookie, state.clock.now())
-    )
+    name = session_name(cookie, state.clock.now()) if cookie else None
+    found = by_name(auth, name) if name else None
+    if cookie and found and session_ok(found.name, found.key, cookie, state.clock.now()):
+        request[CSRF_KEY] = csrf_token(cookie)
+        return found
+    return None
 
 
-def _login_form(request: web.Request, message: str | None = None) -> web.Response:
+def _login_form(
+    request: web.Request, message: str | None = None, status: int = 401
+) -> web.Response:
     target = request.path_qs if request.method == "GET" else "/"
-    response = html(request, "login.html", 401, next=target, message=message, logout=False)
+    response = html(request, "login.html", status, next=target, message=message, logout=False)
     response.headers["WWW-Authenticate"] = 'Bearer realm="kaskad"'
     return response
 
 
+def _denied(request: web.Request) -> web.Response:
+    message = None
+    if "Authorization" in request.headers:
+        message = "That token is not valid."
+    elif COOKIE in request.cookies:
+        message = "Your session has ended; log in again."
+    return _login_form(request, message)
+
+
 def page(handler: Page) -> Page:
-    """The handler when the request is authorized, else the login form (401)."""
+    """The handler when the request has an account, else the login form (401)."""
 
     async def guarded(request: web.Request) -> web.Response:
-        if not authorized(request):
-            message = None
-            if "Authorization" in request.headers:
-                message = "That token is not valid."
-            elif COOKIE in request.cookies:
-                message = "Your session has ended; log in again."
-            return _login_form(request, message)
+        account = account_of(request)
+        if account is None:
+            return _denied(request)
+        request[ACCOUNT_KEY] = account
+        if account is ANONYMOUS:
+            await _open_csrf(request)
         try:
             return await handler(request)
         except InvalidParameter as exc:
@@ -71,6 +131,58 @@ def page(handler: Page) -> Page:
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__
     return guarded
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A form posted from another site: its Origin names another host (browsers send
+    Origin on POST; `null` under this site's no-referrer policy)."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return False
+    return urlsplit(origin).netloc != request.host
+
+
+def action(role: str) -> Callable[[Page], Page]:
+    """A POST form's handler, for accounts of `role` or above: the login form without an
+    account, a 403 page naming the role needed, or a 403 when the form's CSRF token (with a
+    session cookie) is missing or wrong, or it comes from another site."""
+
+    def wrap(handler: Page) -> Page:
+        async def guarded(request: web.Request) -> web.Response:
+            account = account_of(request)
+            if account is None:
+                return _denied(request)
+            request[ACCOUNT_KEY] = account
+            if account is ANONYMOUS:
+                await _open_csrf(request)
+            form = await request.post()
+            expected = request.get(CSRF_KEY)
+            given = str(form.get("csrf", ""))
+            if _cross_site(request) or (
+                expected is not None
+                and not hmac.compare_digest(given.encode(), str(expected).encode())
+            ):
+                return html(
+                    request,
+                    "error.html",
+                    403,
+                    title="Refused",
+                    message="This form did not come from this dashboard; reload the page "
+                    "and try again.",
+                )
+            why = refused(account, role)
+            if why is not None:
+                return html(request, "error.html", 403, title="Not allowed", message=why)
+            try:
+                return await handler(request)
+            except InvalidParameter as exc:
+                return html(request, "error.html", 400, title="Bad request", message=str(exc))
+
+        guarded.__name__ = handler.__name__
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
+    return wrap
 
 
 def _safe_next(target: str) -> str:
@@ -90,18 +202,33 @@ def _safe_next(target: str) -> str:
 
 
 async def login(request: web.Request) -> web.Response:
+    """The login form's token (and, if given, account name) to a session cookie; failures
+    are limited per client address and per account name (429 with Retry-After)."""
     state = request.app[STATE]
+    auth = state.config.auth
     form = await request.post()
     token, target = str(form.get("token", "")), _safe_next(str(form.get("next", "/")))
-    admin = state.config.auth.admin_token
+    name = str(form.get("name", "")).strip()[:64]
     response = web.Response(status=303, headers={"Location": target, **HEADERS})
-    if not admin:
+    if not auth.has_accounts:
         return response
-    if not same_text(token, admin):
+    now = state.clock.now()
+    keys = [f"ip:{request.remote or '?'}"] + ([f"name:{name}"] if name else [])
+    wait = state.logins.retry_after(keys, now)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
+        refusal = _login_form(
+            request, f"Too many failed logins; try again in {seconds} s.", status=429
+        )
+        refusal.headers["Retry-After"] = str(seconds)
+        return refusal
+    account = by_token(auth, token)
+    if account is None or (name and account.name != name):
+        state.logins.failed(keys, now)
         return _login_form(request, "That token is not valid.")
     response.set_cookie(
         COOKIE,
-        session_value(admin, int(state.clock.now()) + SESSION_S),
+        session_value(account.name, account.key, int(now) + SESSION_S),
         max_age=SESSION_S,
         path="/",
         httponly=True,
@@ -115,3 +242,6 @@ async def logout(request: web.Request) -> web.Response:
     response = web.Response(status=303, headers={"Location": "/", **HEADERS})
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
+
+
+__all__ = ["ANONYMOUS", "COOKIE", "account_of", "action", "login", "logout", "page"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.api.dashboard.act import rule_actions
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
@@ -44,6 +45,7 @@ async def rule_page(request: web.Request) -> web.Response:
         stats_error=stats_error,
         messages=recent,
         trends=await rule_trends(state, rule_id, since),
+        act=await rule_actions(request, rule_id),
         **context,
     )
 

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
+from engine.api.accounts import ACCOUNT_KEY, CSRF_KEY
 from engine.api.dashboard.charts import funnel_chart, lift_chart
 from engine.api.dashboard.filters import FILTERS
 from engine.api.dashboard.journey import journey_svg
@@ -62,7 +63,9 @@ def render(template: str, /, **context: Any) -> str:
 def html(request: web.Request, template: str, status: int = 200, /, **context: Any) -> web.Response:
     """The page as a response; the context every page's frame (base.html) needs filled in."""
     state = request.app[STATE]
-    context.setdefault("logout", bool(state.config.auth.admin_token))
+    context.setdefault("logout", state.config.auth.has_accounts)
+    context.setdefault("account", request.get(ACCOUNT_KEY))  # None on the login form
+    context.setdefault("csrf", request.get(CSRF_KEY, ""))
     context.setdefault("since_param", None)
     context.setdefault("notice", None)
     text = render(template, request_path=request.path, **context)

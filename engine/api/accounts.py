@@ -1,0 +1,92 @@
+"""Who is asking: a Bearer token (or the dashboard's session) mapped to a named account
+with a role (config `auth.users`, and `auth.admin_token` as the account `admin`), and what
+each role may do on the admin API."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from engine.api.auth import bearer_text
+from engine.lang.accounts import role_at_least
+from engine.lang.config import AuthConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    role: str
+    key: str  # the SHA-256 of its token (hex): the key of its session cookies
+
+
+# request[ACCOUNT_KEY]: the request's account; request[CSRF_KEY]: the token a dashboard form
+# of this session carries (set only for a session cookie).
+ACCOUNT_KEY: web.RequestKey[Account] = web.RequestKey("kaskad.account", Account)
+CSRF_KEY: web.RequestKey[str] = web.RequestKey("kaskad.csrf", str)
+
+# No account configured: everyone is this one (the daemon warns at every start).
+ANONYMOUS = Account("anonymous", "admin", "")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def accounts(auth: AuthConfig) -> list[Account]:
+    found = [Account(u.name, u.role, u.token_sha256) for u in auth.users]
+    if auth.admin_token:
+        found.append(Account("admin", "admin", token_hash(auth.admin_token)))
+    return found
+
+
+def by_token(auth: AuthConfig, token: str) -> Account | None:
+    """The account whose token this is: every hash is compared in constant time, with no
+    early exit, so the time taken says nothing about which one (nearly) matched."""
+    given = token_hash(token).encode()
+    found = None
+    for account in accounts(auth):
+        if hmac.compare_digest(given, account.key.encode()):
+            found = account
+    return found
+
+
+def by_name(auth: AuthConfig, name: str) -> Account | None:
+    return next((a for a in accounts(auth) if a.name == name), None)
+
+
+def bearer_account(request: web.Request, auth: AuthConfig) -> Account | None:
+    """The account of the request's Bearer token; ANONYMOUS with no accounts configured."""
+    if not auth.has_accounts:
+        return ANONYMOUS
+    token = bearer_text(request)
+    return None if token is None else by_token(auth, token)
+
+
+# -- what each role may do on the API --------------------------------------------------------
+
+# POST routes a marketer may use (every other write needs an admin; every read a viewer).
+MARKETER_WRITES = (
+    "/v1/rules/{rule_id}/pause",
+    "/v1/rules/{rule_id}/resume",
+    "/v1/instances/{instance_id}/end",
+    "/v1/test-sends",
+)
+
+
+def needed_role(request: web.Request) -> str:
+    """The least role that may make this request."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return "viewer"
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else request.path
+    return "marketer" if canonical in MARKETER_WRITES else "admin"
+
+
+def refused(account: Account, needed: str) -> str | None:
+    """Why `account` may not do what needs role `needed`, else None."""
+    if role_at_least(account.role, needed):
+        return None
+    return f"this needs role {needed} or above; '{account.name}' has role {account.role}"

@@ -1,0 +1,55 @@
+"""SqliteStore's actions by hand (issue 13): rules paused, and the audit log."""
+
+from __future__ import annotations
+
+from engine.store.controls import AuditRow, RuleControl
+from engine.store.sqlite_core import SqliteCore, serialized
+
+_AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+
+
+class SqliteControls(SqliteCore):
+    @serialized
+    async def rule_controls(self) -> dict[str, RuleControl]:
+        rows = await self._rows(
+            "SELECT rule_id, paused, hold, changed_by, changed_at FROM rule_controls"
+        )
+        return {r[0]: RuleControl(r[0], bool(r[1]), bool(r[2]), r[3], r[4]) for r in rows}
+
+    @serialized
+    async def set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                "INSERT INTO rule_controls (rule_id, paused, hold, changed_by, changed_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rule_id) DO UPDATE SET "
+                "paused = excluded.paused, hold = excluded.hold, "
+                "changed_by = excluded.changed_by, changed_at = excluded.changed_at",
+                (control.rule_id, int(control.paused), int(control.hold), control.by, control.at),
+            )
+            await db.execute(_AUDIT, (control.at, control.by, action, control.rule_id, detail))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    @serialized
+    async def record_audit(self, row: AuditRow) -> None:
+        await self.db.execute(_AUDIT, (row.at, row.who, row.action, row.target, row.detail))
+
+    @serialized
+    async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
+        where, params = ("WHERE target = ? ", [target]) if target is not None else ("", [])
+        rows = await self._rows(
+            f"SELECT at, who, action, target, detail FROM audit {where}ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [AuditRow(*r) for r in rows]
+
+    @serialized
+    async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
+        rows = await self._rows(
+            "SELECT user_id, rule_id, status FROM instances WHERE id = ?", (instance_id,)
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
