@@ -75,6 +75,9 @@ class Changes:
     # (user id, segment id) -> since when the user is a member, or None: no longer one
     # (the segment_members index beside profile["segments"], written with the profile)
     segment_members: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    # When the unit of work ran (its workspace's time): the time of the status changes it
+    # records in the messages' history (engine/store/history.py); None: the messages' own.
+    now: float | None = None
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""

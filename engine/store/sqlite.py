@@ -32,6 +32,7 @@ from engine.store.sqlite_core import CHUNK, INSTANCE_SQL, MESSAGE_SQL, serialize
 from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
+from engine.store.sqlite_messages import SqliteMessages
 from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
@@ -55,6 +56,7 @@ class SqliteStore(
     SqliteHoldout,
     SqliteSegments,
     SqliteJobs,
+    SqliteMessages,
     SqliteReads,
     SqliteInbox,
     SqliteQueue,
@@ -225,6 +227,7 @@ class SqliteStore(
             if changes.segment_members:
                 await self._save_segment_members(changes.segment_members)
             if changes.messages:
+                await self._save_history(changes.messages.values(), changes.now)
                 await db.executemany(
                     f"INSERT OR REPLACE INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                     f"VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})",
@@ -256,6 +259,11 @@ class SqliteStore(
         for table in ("profiles", "interests", "user_facts", "segment_members"):
             await self.db.executemany(f"DELETE FROM {table} WHERE user_id = ?", params)
         # Keep counts for stats, drop the personal content.
+        await self.db.executemany(
+            "UPDATE message_events SET detail = NULL WHERE message_id IN "
+            "(SELECT id FROM messages WHERE user_id = ?)",
+            params,
+        )
         await self.db.executemany(
             "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ?", params
         )
