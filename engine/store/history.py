@@ -54,7 +54,9 @@ def events_of(old: OldRow | None, m: Message, now: float | None) -> list[EventRo
         if m.status == "skipped":
             rows.append((m.id, m.created_at, "skipped", _detail(m.reason, m.detail)))
             return rows
-        rows.append((m.id, m.created_at, "queued", m.reason))
+        # A new message's reason while queued is its deferral (quiet hours); a final one
+        # (an answer in the same unit) goes with that answer.
+        rows.append((m.id, m.created_at, "queued", m.reason if m.status == "queued" else None))
         old = ("queued", None, None, None, None)
     status, sent_at = old[0], old[1]
     if m.sent_at is not None and sent_at is None:
