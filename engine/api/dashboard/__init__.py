@@ -12,8 +12,8 @@ from aiohttp import web
 
 from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
 from engine.api.dashboard.data import merge_rules, parse_since, since_context
+from engine.api.dashboard.message_pages import message_detail_page, messages_page
 from engine.api.dashboard.pages import (
-    messages_page,
     overview,
     rule_page,
     template_page,
@@ -40,6 +40,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/ui/logout", logout)
     router.add_get("/ui/rules/{rule}", rule_page)
     router.add_get("/ui/messages", messages_page)
+    router.add_get("/ui/messages/{message_id}", message_detail_page)
     router.add_get("/ui/users", users_page)
     router.add_get("/ui/templates", templates_page)
     router.add_get("/ui/templates/{name}", template_page)

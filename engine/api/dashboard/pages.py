@@ -12,12 +12,9 @@ from engine.api.admin import timeline
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
-from engine.api.params import ident, path_id, query_id
+from engine.api.params import ident, path_id
 from engine.api.state import STATE
-from engine.core.model import MESSAGE_STATUSES
 from engine.core.preview import SAMPLE_FACTS, SAMPLE_USER, render_channels, sample_trigger
-
-MESSAGES_LIMIT = 100
 
 
 def _since_context(request: web.Request) -> tuple[float | None, dict[str, Any]]:
@@ -64,24 +61,6 @@ async def rule_page(request: web.Request) -> web.Response:
         stats_error=stats_error,
         messages=recent,
         **context,
-    )
-
-
-@page
-async def messages_page(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    rule = query_id(request.query, "rule")
-    status = query_id(request.query, "status")
-    messages = await state.store.messages(rule=rule, status=status, limit=MESSAGES_LIMIT)
-    return html(
-        request,
-        "messages.html",
-        messages=messages,
-        rule=rule,
-        status=status,
-        statuses=MESSAGE_STATUSES,
-        rule_ids=sorted(state.rules.current.rules),
-        limit=MESSAGES_LIMIT,
     )
 
 
