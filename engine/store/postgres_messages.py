@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.core.model import Message
+from engine.store.base import MessageFilter
 from engine.store.history import OLD_COLUMNS, EventRow, events_of, sort_events
 from engine.store.postgres_core import MESSAGE_SQL, PostgresCore
 from engine.store.rows import message_from
@@ -45,6 +46,38 @@ async def save_history(conn: Conn, messages: list[Message], now: float | None) -
     await insert_events(conn, events)
 
 
+def page_sql(
+    f: MessageFilter, before: tuple[float, str] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a page of the delivery log."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("user_id", f.user_id),
+        ("rule_id", f.rule),
+        ("status", f.status),
+        ("channel", f.channel),
+        ("reason", f.reason),
+    ):
+        if value is not None:
+            params.append(value)
+            where.append(f"{column} = ${len(params)}")
+    if f.since is not None:
+        params.append(f.since)
+        where.append(f"created_at >= ${len(params)}")
+    if f.until is not None:
+        params.append(f.until)
+        where.append(f"created_at < ${len(params)}")
+    if before is not None:
+        params.extend(before)
+        n = len(params)
+        where.append(f"(created_at, id) < (${n - 1}::float8, ${n}::text)")
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    params.append(limit)
+    sql = f"{MESSAGE_SQL}{clause} ORDER BY created_at DESC, id DESC LIMIT ${len(params)}"
+    return sql, params
+
+
 class PostgresMessages(PostgresCore):
     async def messages(
         self,
@@ -59,35 +92,9 @@ class PostgresMessages(PostgresCore):
         since: float | None = None,
         until: float | None = None,
     ) -> list[Message]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("user_id", user_id),
-            ("rule_id", rule),
-            ("status", status),
-            ("channel", channel),
-            ("reason", reason),
-        ):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        if since is not None:
-            params.append(since)
-            where.append(f"created_at >= ${len(params)}")
-        if until is not None:
-            params.append(until)
-            where.append(f"created_at < ${len(params)}")
-        if before is not None:
-            params.extend(before)
-            n = len(params)
-            where.append(f"(created_at, id) < (${n - 1}::float8, ${n}::text)")
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.pool.fetch(
-            f"{MESSAGE_SQL}{clause} ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}",
-            *params,
-            limit,
-        )
-        return [message_from(tuple(r)) for r in rows]
+        f = MessageFilter(user_id, rule, status, channel, reason, since, until)
+        sql, params = page_sql(f, before, limit)
+        return [message_from(tuple(r)) for r in await self.pool.fetch(sql, *params)]
 
     async def message_history(self, message_id: str) -> list[tuple[float, str, str | None]]:
         rows = await self.pool.fetch(
