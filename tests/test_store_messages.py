@@ -139,3 +139,12 @@ async def test_filters_mix_and_pages_follow_the_cursor(store: Store) -> None:
                 break
             before = (page[-1].created_at, page[-1].id)
         assert pages == expected, f
+
+
+async def test_a_message_replacing_another_of_its_step_takes_its_history_away(
+    store: Store,
+) -> None:
+    await save(store, T0, msg("m1", "u1"))
+    await save(store, T0 + 1, msg("m2", "u1", status="skipped", reason="no_address"))
+    assert await store.message_history("m1") == []
+    assert await store.message_history("m2") == [(T0, "skipped", "no_address")]

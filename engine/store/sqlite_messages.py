@@ -110,5 +110,18 @@ class SqliteMessages(SqliteCore):
         events: list[EventRow] = []
         for m in batch:
             events.extend(events_of(old.get(m.id), m, now))
+        # A new message replaces any other of its (instance, step, channel) (INSERT OR
+        # REPLACE on messages_once): that one's history goes with it.
+        replacing = [
+            (m.instance_id, m.step, m.channel, m.id)
+            for m in batch
+            if m.id not in old and m.channel is not None
+        ]
+        if replacing:
+            await self.db.executemany(
+                "DELETE FROM message_events WHERE message_id IN (SELECT id FROM messages "
+                "WHERE instance_id = ? AND step = ? AND channel = ? AND id <> ?)",
+                replacing,
+            )
         if events:
             await self.db.executemany(INSERT_EVENTS, events)
