@@ -16,8 +16,9 @@ from engine.store.sqlite_core import CHUNK, MESSAGE_SQL, SqliteCore, serialized
 INSERT_EVENTS = (
     "INSERT OR IGNORE INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)"
 )
-# The filter column that leads each index (migration 14), in the order tried: the most
-# selective first. A status most messages reach is a poor lead; the rule is better then.
+# The filter column that leads each of the delivery log's indexes (migrations.py), tried in
+# order, the most selective first: a status most messages reach is a poor lead, the rule
+# a better one then.
 _LEADS = (
     ("user_id", "messages_by_user"),
     ("reason", "messages_by_reason"),
