@@ -1,10 +1,7 @@
-"""Profiles, the user timeline, the delivery log, rules, health and metrics."""
+"""Profiles, the user timeline, rules, health and metrics (the delivery log: messages)."""
 
 from __future__ import annotations
 
-import base64
-import json
-import math
 from typing import Any
 
 from aiohttp import web
@@ -12,15 +9,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api.accounts import ACCOUNT_KEY, bearer_account, needed_role, refused
 from engine.api.auth import metrics_denied
-from engine.api.errors import Handler, InvalidParameter, error
-from engine.api.params import path_id, query_id, query_int, read_json
+from engine.api.errors import Handler, error
+from engine.api.message_view import message_json
+from engine.api.params import path_id, read_json
 from engine.api.state import STATE
 from engine.api.user_events import events_of
 from engine.clock import iso
 from engine.core.changes import Order
-from engine.core.model import Instance, Message, profile_context
+from engine.core.model import Instance, profile_context
 from engine.errors import EventError
-from engine.lang.events import parse_event, text_problem
+from engine.lang.events import parse_event
 from engine.lang.policies_config import Attribution
 from engine.store.base import Store
 
@@ -105,28 +103,6 @@ async def delete_profile(request: web.Request) -> web.Response:
     uid = path_id(request)
     await state.processor.erase(uid)
     return web.json_response({"erased": uid})
-
-
-def _message_json(m: Message) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "rule": m.rule_id,
-        "user_id": m.user_id,
-        "step": m.step,
-        "channel": m.channel,
-        "template": m.template,
-        "variant": m.variant,
-        "status": m.status,
-        "reason": m.reason,
-        "detail": m.detail,
-        "created_at": _t(m.created_at),
-        "sent_at": _t(m.sent_at),
-        "delivered_at": _t(m.delivered_at),
-        "opened_at": _t(m.opened_at),
-        "clicked_at": _t(m.clicked_at),
-        "provider_id": m.provider_id,
-        "attempts": m.attempts,
-    }
 
 
 def _instance_json(i: Instance) -> dict[str, Any]:
@@ -218,7 +194,7 @@ async def timeline(
             {
                 "time": _t(m.sent_at or m.created_at),
                 "kind": f"message.{m.status}",
-                **_message_json(m),
+                **message_json(m),
             }
         )
     items.sort(key=lambda x: (x["time"] or "", x["kind"]), reverse=True)
@@ -229,58 +205,6 @@ async def timeline(
         "timeline": items,
         "events": await events_of(store, uid),
     }
-
-
-def _cursor_encode(m: Message) -> str:
-    raw = json.dumps([m.created_at, m.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _cursor_decode(text: str) -> tuple[float, str]:
-    """(created_at, message id) of a cursor _cursor_encode made; ValueError otherwise."""
-    if not text.isascii() or len(text) > 400:
-        raise ValueError("not a cursor")
-    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    value = json.loads(raw)  # short: it cannot nest deep enough to recurse far
-    if not isinstance(value, list) or len(value) != 2:
-        raise ValueError("not a cursor")
-    created, mid = value
-    if (
-        isinstance(created, bool)
-        or not isinstance(created, int | float)
-        or not math.isfinite(created)
-        or not isinstance(mid, str)
-        or text_problem(mid) is not None
-    ):
-        raise ValueError("not a cursor")
-    return float(created), mid
-
-
-async def get_messages(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    q = request.query
-    limit = query_int(q, "limit", 100, 1, 1000)
-    before = None
-    if q.get("cursor"):
-        try:
-            before = _cursor_decode(q["cursor"])
-        except ValueError:
-            raise InvalidParameter("cursor", "is not one this API gave out") from None
-    messages = await state.store.messages(
-        user_id=query_id(q, "user_id"),
-        rule=query_id(q, "rule"),
-        status=query_id(q, "status"),
-        limit=limit + 1,
-        before=before,
-    )
-    more = len(messages) > limit
-    messages = messages[:limit]
-    return web.json_response(
-        {
-            "messages": [_message_json(m) for m in messages],
-            "next_cursor": _cursor_encode(messages[-1]) if more and messages else None,
-        }
-    )
 
 
 def _rules_json(described: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from engine.api import (
     callbacks,
     dashboard,
     ingest,
+    messages,
     openapi,
     segments,
     stats,
@@ -33,7 +34,8 @@ def make_app(state: AppState) -> web.Application:
     r.add_put("/v1/profiles/{user_id}", admin.put_profile)
     r.add_delete("/v1/profiles/{user_id}", admin.delete_profile)
     r.add_get("/v1/users/{user_id}/timeline", admin.get_timeline)
-    r.add_get("/v1/messages", admin.get_messages)
+    r.add_get("/v1/messages", messages.get_messages)
+    r.add_get("/v1/messages/{message_id}", messages.get_message)
     r.add_get("/v1/rules", admin.get_rules)
     r.add_post("/v1/rules/reload", admin.reload_rules)
     act.add_routes(r)  # pause, resume, end an instance, test sends, the audit log

@@ -81,6 +81,13 @@ _HTML_401 = _html("the login form")
 _SINCE = _query("since", "a duration back from now (24h, 7d), an ISO date, or `all` (the default)")
 _STATUS = _query("status", "only messages with this status (queued, sent, skipped, ...)")
 _RULE = _query("rule", "only this rule's data")
+_CHANNEL = _query("channel", "only messages of this channel (email, sms, ...)")
+_REASON = _query("reason", "only messages with this skip or failure reason (no_consent, ...)")
+_FROM = _query("from", "created at or after: an ISO 8601 date or time")
+_TO = _query("to", "created before: an ISO 8601 time, or a date (up to its end)")
+_CURSOR = _query("cursor", "next_cursor of the previous page")
+_MESSAGE_FILTERS = [_RULE, _STATUS, _CHANNEL, _REASON, _FROM, _TO]
+_MESSAGE_ID = _path("message_id", "a message id (GET /v1/messages)", ID)
 
 
 def _op(
@@ -248,16 +255,23 @@ PATHS: dict[str, dict[str, Any]] = {
             _json(ref("Messages"), "a page of messages"),
             [
                 _query("user_id", "only this user's messages", ID),
-                _RULE,
-                _STATUS,
+                *_MESSAGE_FILTERS,
                 _query(
                     "limit",
                     "page size",
                     {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                 ),
-                _query("cursor", "next_cursor of the previous page"),
+                _CURSOR,
             ],
         )
+    },
+    "/v1/messages/{message_id}": {
+        "parameters": [_MESSAGE_ID],
+        "get": _admin(
+            "One message: its content as sent, tracking links, history",
+            _json(ref("MessageDetail"), "the message"),
+            extra={"404": _error("no such message")},
+        ),
     },
     "/v1/rules": {
         "get": _admin("Loaded rules, their state and errors", _json(ref("Rules"), "the rules"))
@@ -558,7 +572,17 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [_path("name", "a template name")],
         "post": _action("Send a test of the template (form: channel, address)", test=True),
     },
-    "/ui/messages": {"get": _page("The newest messages", "400", parameters=[_RULE, _STATUS])},
+    "/ui/messages": {
+        "get": _page(
+            "The delivery log, newest first",
+            "400",
+            parameters=[_query("user_id", "only this user's messages"), *_MESSAGE_FILTERS, _CURSOR],
+        )
+    },
+    "/ui/messages/{message_id}": {
+        "parameters": [_path("message_id", "a message id")],
+        "get": _page("One message: what was sent, its links and history", "400", "404"),
+    },
     "/ui/users": {
         "get": _page(
             "Find a user; their profile card, chains and timeline",

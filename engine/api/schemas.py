@@ -107,6 +107,43 @@ _MESSAGE: Schema = {
     },
 }
 
+_MESSAGE_DETAIL: Schema = {
+    "type": "object",
+    "required": [*_MESSAGE["required"], "content", "links", "history", "history_source"],
+    "properties": {
+        **_MESSAGE["properties"],
+        "instance_id": NULLABLE_STR,
+        "category": {"type": "string"},
+        "recipient": {"type": ["array", "null"], "description": "the addresses sent to"},
+        "next_attempt_at": TIME,
+        "content": {"type": "object", "description": "the rendered fields, as sent"},
+        "headers": {"type": "object"},
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["url", "kind", "destination", "verified", "field"],
+                "properties": {
+                    "url": {"type": "string"},
+                    "kind": {"enum": ["click", "open", "unsubscribe"]},
+                    "destination": NULLABLE_STR,
+                    "verified": {"type": "boolean"},
+                    "field": {"type": "string"},
+                },
+            },
+        },
+        "history": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "status", "detail"],
+                "properties": {"at": TIME, "status": {"type": "string"}, "detail": NULLABLE_STR},
+            },
+        },
+        "history_source": {"enum": ["recorded", "implied"]},
+    },
+}
+
 _INSTANCE: Schema = {
     "type": "object",
     "required": ["id", "rule", "status", "started_at"],
@@ -204,6 +241,7 @@ SCHEMAS: dict[str, Schema] = {
     "ProfileData": _PROFILE_DATA,
     "Profile": {"type": "object", "description": "every standard field, then the shop's own"},
     "Message": _MESSAGE,
+    "MessageDetail": _MESSAGE_DETAIL,
     "Messages": {
         "type": "object",
         "required": ["messages", "next_cursor"],

@@ -96,6 +96,9 @@ class Changes:
     addresses: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     # the users' own events, in order, for the bounded per-user event log
     user_events: list[UserEvent] = field(default_factory=list)
+    # When the unit of work ran (its workspace's time): the time of the status changes it
+    # records in the messages' history (engine/store/history.py); None: the messages' own.
+    now: float | None = None
 
     def interest(self, product_id: str, kind: str, user_id: str, at: float | None) -> None:
         """State (at = now) or withdraw (None) one interest."""

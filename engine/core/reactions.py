@@ -51,6 +51,11 @@ def record_reaction(ws: Workspace, st: UserState, ev: Event) -> Message | None:
         ws.save_profile(st)
     elif ev.type == "message.failed" and message.status in ("queued", "sent"):
         message.status, message.reason = "failed", "provider_rejected"
+        code = ev.data.get("error_code")
+        # What the message's history shows: a bounce after the provider took it.
+        message.detail = "failed by the provider's receipt" + (
+            f" (error {code})" if isinstance(code, str | int) else ""
+        )
     ws.save_message(message)
     return message
 

@@ -96,6 +96,7 @@ class Workspace:
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
+        changes.now = self.now
         return changes
 
     def next_timer(self) -> tuple[float, str, str] | None:

@@ -258,7 +258,11 @@ class Dispatcher:
             return True
         if state.outage is not None and not probe:
             await self.store.reschedule(
-                message.id, message.attempts, state.outage.until, state.outage.why
+                message.id,
+                message.attempts,
+                state.outage.until,
+                state.outage.why,
+                at=self.clock.now(),
             )
             return True
         return False
@@ -327,7 +331,11 @@ class Dispatcher:
                 )
         if verdict.requeue_at is not None:
             await self.store.reschedule(
-                message.id, verdict.attempts, verdict.requeue_at, outcome.detail
+                message.id,
+                verdict.attempts,
+                verdict.requeue_at,
+                outcome.detail,
+                at=self.clock.now(),
             )
             if verdict.attempts > message.attempts:
                 log.info(

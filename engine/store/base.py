@@ -53,6 +53,20 @@ RfmRow = tuple[str, int, int, int, Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """What a page of the delivery log shows: each given value must match; `since` and
+    `until` bound created_at as [since, until)."""
+
+    user_id: str | None = None
+    rule: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobRow:
     """A scheduled job: its next fire time, and the run in progress (run_at) if any."""
 
@@ -134,7 +148,20 @@ class Store(Protocol):
         status: str | None = None,
         limit: int = 100,
         before: tuple[float, str] | None = None,
-    ) -> list[Message]: ...
+        channel: str | None = None,
+        reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Message]:
+        """The delivery log, newest first (created_at, then id, descending), after the
+        cursor `before` = (created_at, id) of the last message of the previous page; the
+        filters as MessageFilter's. Each page reads one run of an index."""
+        ...
+
+    async def message_history(self, message_id: str) -> list[tuple[float, str, str | None]]:
+        """(time, status, detail) of every status change of the message, in order:
+        queued, skipped, sending, retry, sent, delivered, opened, clicked, failed, cancelled."""
+        ...
 
     async def message(self, message_id: str) -> Message | None: ...
 
@@ -198,8 +225,17 @@ class Store(Protocol):
         ...
 
     async def reschedule(
-        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
-    ) -> None: ...
+        self,
+        message_id: str,
+        attempts: int,
+        next_attempt_at: float,
+        detail: str,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Back to the queue after a failed attempt (or a paused channel), with a `retry`
+        in its history at `at` (None: next_attempt_at)."""
+        ...
 
     async def save_rule_version(
         self, version: str, rule_id: str, path: str, source: str, now: float
@@ -221,8 +257,8 @@ class Store(Protocol):
 
     async def delete_messages_before(self, when: float, limit: int) -> int:
         """Delete up to `limit` messages created before `when` (those queued, in flight or
-        with an answer not yet applied stay); how many went. Nothing refers to a message by
-        key (orders copy what they need), so nothing else is deleted with them."""
+        with an answer not yet applied stay), and their history; how many went. Nothing else
+        refers to a message by key (orders copy what they need)."""
         ...
 
     async def ping(self) -> None: ...

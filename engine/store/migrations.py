@@ -626,3 +626,54 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX audit_target ON audit (target, id);
     """
 )
+
+# The delivery log's pages (issue 13): newest first, filtered by rule, channel, status,
+# reason or user, each from an index in (created_at, id) order that also holds the other
+# filters' columns, so a page reads a run of one index, never the message table; the old
+# (rule_id, created_at) and (user_id, created_at) indexes are prefixes of the new ones.
+# message_events: every status change of a message with its time (queued, sending, retry,
+# sent, delivered, opened, clicked, failed, skipped, cancelled), written in the transaction
+# that changes the message, deleted with it by the retention job.
+SQLITE_MIGRATIONS.append(
+    """
+    DROP INDEX messages_rule;
+    DROP INDEX messages_user;
+    CREATE INDEX messages_by_user ON messages (user_id, created_at, id);
+    CREATE INDEX messages_by_rule ON messages (rule_id, created_at, id, channel, status, reason);
+    CREATE INDEX messages_by_channel ON messages (channel, created_at, id, rule_id, status,
+        reason);
+    CREATE INDEX messages_by_status ON messages (status, created_at, id, rule_id, channel,
+        reason);
+    CREATE INDEX messages_by_reason ON messages (reason, created_at, id, rule_id, channel,
+        status) WHERE reason IS NOT NULL;
+    CREATE TABLE message_events (
+        message_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT,
+        PRIMARY KEY (message_id, at, status)
+    ) WITHOUT ROWID;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    DROP INDEX messages_rule;
+    DROP INDEX messages_user;
+    CREATE INDEX messages_by_user ON messages (user_id, created_at, id);
+    CREATE INDEX messages_by_rule ON messages (rule_id, created_at, id)
+        INCLUDE (channel, status, reason);
+    CREATE INDEX messages_by_channel ON messages (channel, created_at, id)
+        INCLUDE (rule_id, status, reason);
+    CREATE INDEX messages_by_status ON messages (status, created_at, id)
+        INCLUDE (rule_id, channel, reason);
+    CREATE INDEX messages_by_reason ON messages (reason, created_at, id)
+        INCLUDE (rule_id, channel, status) WHERE reason IS NOT NULL;
+    CREATE TABLE message_events (
+        message_id TEXT COLLATE "C" NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        status TEXT COLLATE "C" NOT NULL,
+        detail TEXT,
+        PRIMARY KEY (message_id, at, status)
+    );
+    """
+)

@@ -46,6 +46,7 @@ from engine.store.postgres_holdout import PostgresHoldout
 from engine.store.postgres_inbox import PostgresInbox
 from engine.store.postgres_jobs import PostgresJobs
 from engine.store.postgres_journey import PostgresJourney
+from engine.store.postgres_messages import PostgresMessages, save_history
 from engine.store.postgres_outcomes import PostgresOutcomes
 from engine.store.postgres_queue import PostgresQueue
 from engine.store.postgres_reads import PostgresReads
@@ -117,6 +118,7 @@ class PostgresStore(
     PostgresHoldout,
     PostgresSegments,
     PostgresJobs,
+    PostgresMessages,
     PostgresReads,
     PostgresInbox,
     PostgresQueue,
@@ -308,7 +310,7 @@ class PostgresStore(
                 await self._save_segment_members(conn, changes.segment_members)
             await self._save_user_rows(conn, changes)
             if changes.messages:
-                await _save_messages(conn, list(changes.messages.values()))
+                await _save_messages(conn, list(changes.messages.values()), changes.now)
             if changes.orders:
                 await conn.executemany(INSERT_ORDER, [order_row(o) for o in changes.orders])
             if changes.journey:
@@ -427,20 +429,22 @@ class PostgresStore(
         return str(value)
 
 
-async def _save_messages(conn: Conn, messages: list[Message]) -> None:
-    """Upsert by id; like SQLite's INSERT OR REPLACE, a message replaces any other row of
-    its (instance, step, channel) (the messages_once index)."""
+async def _save_messages(conn: Conn, messages: list[Message], now: float | None) -> None:
+    """Upsert by id, with the messages' history; like SQLite's INSERT OR REPLACE, a message
+    replaces any other row of its (instance, step, channel) (the messages_once index)."""
     latest: dict[tuple[str, str, str | None] | str, Message] = {}
     for m in messages:
         latest.pop(m.id, None)
         latest[(m.instance_id, m.step, m.channel) if m.channel is not None else m.id] = m
     rows = list(latest.values())
+    await save_history(conn, rows, now)
     keyed = [m for m in rows if m.channel is not None]
     if keyed:
         await conn.execute(
-            "DELETE FROM messages m USING unnest($1::text[], $2::text[], $3::text[], "
-            "$4::text[]) AS n(id, instance_id, step, channel) WHERE m.instance_id = "
-            "n.instance_id AND m.step = n.step AND m.channel = n.channel AND m.id <> n.id",
+            "WITH gone AS (DELETE FROM messages m USING unnest($1::text[], $2::text[], "
+            "$3::text[], $4::text[]) AS n(id, instance_id, step, channel) WHERE m.instance_id "
+            "= n.instance_id AND m.step = n.step AND m.channel = n.channel AND m.id <> n.id "
+            "RETURNING m.id) DELETE FROM message_events e USING gone WHERE e.message_id = gone.id",
             [m.id for m in keyed],
             [m.instance_id for m in keyed],
             [m.step for m in keyed],
@@ -453,6 +457,11 @@ async def _erase(conn: Conn, users: list[str]) -> None:
     for table in ("profiles", "interests", "user_facts", "segment_members"):
         await conn.execute(f"DELETE FROM {table} WHERE user_id = ANY($1::text[])", users)
     # Keep counts for stats, drop the personal content.
+    await conn.execute(
+        "UPDATE message_events e SET detail = NULL FROM messages m "
+        "WHERE m.user_id = ANY($1::text[]) AND e.message_id = m.id",
+        users,
+    )
     await conn.execute(
         "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ANY($1::text[])",
         users,

@@ -14,7 +14,9 @@ import asyncpg
 
 from engine.core.model import Message
 from engine.store.controls import HELD_RULES
+from engine.store.history import retry_detail
 from engine.store.postgres_core import LIVE_OWNERS, PostgresCore, free, retrying, row_count
+from engine.store.postgres_messages import insert_events
 from engine.store.rows import MESSAGE_COLUMNS, message_from
 
 
@@ -63,6 +65,11 @@ class PostgresQueue(PostgresCore):
                 now,
                 limit - len(orphans),
                 me,
+            )
+            await insert_events(
+                conn,
+                [(r["id"], now, "sending", f"attempt {r['attempts'] + 1}") for r in rows]
+                + [(r["id"], now, "sending", "taken over from a gone replica") for r in orphans],
             )
         claimed = [message_from(tuple(r)) for r in [*orphans, *rows]]
         claimed.sort(
@@ -116,26 +123,39 @@ class PostgresQueue(PostgresCore):
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def reschedule(
-        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+        self,
+        message_id: str,
+        attempts: int,
+        next_attempt_at: float,
+        detail: str,
+        *,
+        at: float | None = None,
     ) -> None:
         me = await self._me()
         await retrying(
             self.pool,
-            "UPDATE messages SET status = 'queued', attempts = $1, next_attempt_at = $2, "
-            "detail = $3, claimed_by = NULL WHERE id = $4 AND status = 'sending' "
-            "AND claimed_by = $5",
+            "WITH m AS (UPDATE messages SET status = 'queued', attempts = $1, "
+            "next_attempt_at = $2, detail = $3, claimed_by = NULL WHERE id = $4 "
+            "AND status = 'sending' AND claimed_by = $5 RETURNING id) "
+            "INSERT INTO message_events (message_id, at, status, detail) "
+            "SELECT id, $6, 'retry', $7 FROM m ON CONFLICT DO NOTHING",
             attempts,
             next_attempt_at,
             detail,
             message_id,
             me,
+            next_attempt_at if at is None else at,
+            retry_detail(detail, attempts),
         )
 
     async def delete_messages_before(self, when: float, limit: int) -> int:
-        status = await self.pool.execute(
-            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < $1 "
-            "AND status NOT IN ('queued', 'sending', 'answered') ORDER BY created_at LIMIT $2)",
+        gone = await self.pool.fetchval(
+            "WITH gone AS (DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+            "WHERE created_at < $1 AND status NOT IN ('queued', 'sending', 'answered') "
+            "ORDER BY created_at LIMIT $2) RETURNING id), "
+            "events AS (DELETE FROM message_events e USING gone WHERE e.message_id = gone.id) "
+            "SELECT count(*) FROM gone",
             when,
             limit,
         )
-        return row_count(status)
+        return int(gone)

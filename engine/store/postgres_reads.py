@@ -3,8 +3,6 @@ instances, rule versions and gauges."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from engine.core.model import Instance, Message
 from engine.store.postgres_core import INSTANCE_SQL, MESSAGE_SQL, PostgresCore
 from engine.store.rows import instance_from, message_from
@@ -34,33 +32,6 @@ class PostgresReads(PostgresCore):
             limit,
         )
         return [r[0] for r in rows]
-
-    async def messages(
-        self,
-        *,
-        user_id: str | None = None,
-        rule: str | None = None,
-        status: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[Message]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("user_id", user_id), ("rule_id", rule), ("status", status)):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        if before is not None:
-            params.extend(before)
-            n = len(params)
-            where.append(f"(created_at < ${n - 1} OR (created_at = ${n - 1} AND id < ${n}))")
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.pool.fetch(
-            f"{MESSAGE_SQL}{clause} ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}",
-            *params,
-            limit,
-        )
-        return [message_from(tuple(r)) for r in rows]
 
     async def message(self, message_id: str) -> Message | None:
         row = await self.pool.fetchrow(f"{MESSAGE_SQL} WHERE id = $1", message_id)

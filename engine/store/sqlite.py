@@ -37,6 +37,7 @@ from engine.store.sqlite_holdout import SqliteHoldout
 from engine.store.sqlite_inbox import SqliteInbox
 from engine.store.sqlite_jobs import SqliteJobs
 from engine.store.sqlite_journey import SqliteJourney
+from engine.store.sqlite_messages import SqliteMessages
 from engine.store.sqlite_outcomes import SqliteOutcomes
 from engine.store.sqlite_queue import SqliteQueue
 from engine.store.sqlite_reads import SqliteReads
@@ -78,6 +79,7 @@ class SqliteStore(
     SqliteHoldout,
     SqliteSegments,
     SqliteJobs,
+    SqliteMessages,
     SqliteReads,
     SqliteInbox,
     SqliteQueue,
@@ -235,6 +237,8 @@ class SqliteStore(
                 latest.pop(key, None)
                 latest[key] = m
             messages = list(latest.values())
+            # Their status history (read before the write: save holds the store's lock).
+            ops += await self._history_ops(messages, changes.now)
             many(
                 _MESSAGE_ONCE,
                 [
@@ -331,6 +335,14 @@ def _erase_ops(users: set[str]) -> list[Op]:
         for table in ("profiles", "interests", "user_facts", "segment_members")
     ]
     # Keep counts for stats, drop the personal content.
+    ops.append(
+        (
+            "UPDATE message_events SET detail = NULL WHERE message_id IN "
+            "(SELECT id FROM messages WHERE user_id = ?)",
+            params,
+            True,
+        )
+    )
     erase = "UPDATE messages SET payload = NULL, detail = NULL WHERE user_id = ?"
     ops.append((erase, params, True))
     ops.append(

@@ -9,8 +9,12 @@ from typing import Any
 
 from engine.core.model import Message
 from engine.store.controls import HELD_RULES
-from engine.store.rows import message_from
+from engine.store.history import retry_detail
+from engine.store.rows import MESSAGE_COLUMNS, message_from
 from engine.store.sqlite_core import MESSAGE_SQL, SqliteCore, serialized
+from engine.store.sqlite_messages import INSERT_EVENTS
+
+_ATTEMPTS = MESSAGE_COLUMNS.index("attempts")
 
 
 class SqliteQueue(SqliteCore):
@@ -38,6 +42,10 @@ class SqliteQueue(SqliteCore):
                 rows = conn.execute(sql, (now, *params, limit)).fetchall()
                 conn.executemany(
                     "UPDATE messages SET status = 'sending' WHERE id = ?", [(r[0],) for r in rows]
+                )
+                conn.executemany(
+                    INSERT_EVENTS,
+                    [(r[0], now, "sending", f"attempt {r[_ATTEMPTS] + 1}") for r in rows],
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -85,22 +93,58 @@ class SqliteQueue(SqliteCore):
 
     @serialized
     async def reschedule(
-        self, message_id: str, attempts: int, next_attempt_at: float, detail: str
+        self,
+        message_id: str,
+        attempts: int,
+        next_attempt_at: float,
+        detail: str,
+        *,
+        at: float | None = None,
     ) -> None:
-        await self.db.execute(
-            "UPDATE messages SET status = 'queued', attempts = ?, next_attempt_at = ?, "
-            "detail = ? WHERE id = ? AND status = 'sending'",
-            (attempts, next_attempt_at, detail, message_id),
-        )
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute(
+                "UPDATE messages SET status = 'queued', attempts = ?, next_attempt_at = ?, "
+                "detail = ? WHERE id = ? AND status = 'sending'",
+                (attempts, next_attempt_at, detail, message_id),
+            )
+            if cur.rowcount:
+                await db.execute(
+                    INSERT_EVENTS,
+                    (
+                        message_id,
+                        next_attempt_at if at is None else at,
+                        "retry",
+                        retry_detail(detail, attempts),
+                    ),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
 
     @serialized
     async def delete_messages_before(self, when: float, limit: int) -> int:
-        cur = await self.db.execute(
-            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < ? "
-            "AND status NOT IN ('queued', 'sending', 'answered') ORDER BY created_at LIMIT ?)",
-            (when, limit),
-        )
-        return cur.rowcount
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [
+                (r[0],)
+                for r in await self._rows(
+                    "SELECT id FROM messages WHERE created_at < ? "
+                    "AND status NOT IN ('queued', 'sending', 'answered') "
+                    "ORDER BY created_at LIMIT ?",
+                    (when, limit),
+                )
+            ]
+            await db.executemany("DELETE FROM message_events WHERE message_id = ?", ids)
+            await db.executemany("DELETE FROM messages WHERE id = ?", ids)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return len(ids)
 
 
 def _queue_filter(

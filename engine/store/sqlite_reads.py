@@ -3,8 +3,6 @@ instances, rule versions and gauges."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from engine.core.model import Instance, Message
 from engine.store.rows import instance_from, message_from
 from engine.store.sqlite_core import INSTANCE_SQL, MESSAGE_SQL, SqliteCore, serialized
@@ -36,26 +34,6 @@ class SqliteReads(SqliteCore):
                 (after, limit),
             )
         ]
-
-    @serialized
-    async def messages(
-        self,
-        *,
-        user_id: str | None = None,
-        rule: str | None = None,
-        status: str | None = None,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[Message]:
-        where, params = _filters(user_id=user_id, rule_id=rule, status=status)
-        if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params.extend([before[0], before[0], before[1]])
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._rows(
-            f"{MESSAGE_SQL}{clause} ORDER BY created_at DESC, id DESC LIMIT ?", [*params, limit]
-        )
-        return [message_from(r) for r in rows]
 
     @serialized
     async def message(self, message_id: str) -> Message | None:
@@ -116,13 +94,3 @@ class SqliteReads(SqliteCore):
             "queued_messages": queued,
             "inbox": inbox,
         }
-
-
-def _filters(**values: Any) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in values.items():
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    return where, params

@@ -187,6 +187,12 @@ async def test_failed_and_unknown_wamids(receipts: Client) -> None:
     assert (await message(receipts, ids["u2"])).status == "delivered"
     _, log = await receipts.admin("GET", "/v1/messages?status=failed")
     assert [m["id"] for m in log["messages"]] == [ids["u1"]]
+    # The bounce is the last of the message's status changes.
+    _, detail = await receipts.admin("GET", f"/v1/messages/{ids['u1']}")
+    assert [h["status"] for h in detail["history"]][-1] == "failed"
+    assert detail["history"][-1]["detail"] == (
+        "provider_rejected: failed by the provider's receipt"
+    )
 
 
 async def test_erased_users_receipts_are_dropped(receipts: Client) -> None:

@@ -271,6 +271,18 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     assert texts and all("skipped" in t and "no_address" in t for t in texts), texts
     assert any("bonus_credited ivy" in t for t in texts)  # the live one
 
+    # One sent e-mail: what was sent (in a sandboxed frame) and its status changes.
+    Select(wait_for("select#status")).select_by_value("sent")
+    Select(driver.find_element(By.CSS_SELECTOR, "select#channel")).select_by_value("email")
+    driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    WebDriverWait(driver, 15).until(ec.url_contains("channel=email"))
+    driver.find_element(By.CSS_SELECTOR, "table.messages tbody tr td a").click()
+    history = wait_for("table.history").text
+    assert "queued" in history and "sent" in history, history
+    frame = driver.find_element(By.CSS_SELECTOR, "section.sent-field iframe.preview")
+    assert frame.get_attribute("sandbox") == ""
+    driver.save_screenshot(str(ARTIFACTS / "message.png"))
+
     # User search by email: bob's card and timeline, with his order attributed to the promo
     # click, and his own events (the cart he left) beside what kaskad did.
     driver.find_element(By.LINK_TEXT, "Users").click()

@@ -336,11 +336,23 @@ def test_hostile_names_are_escaped_everywhere() -> None:
     html = page(
         "messages.html",
         messages=[message],
-        rule=HOSTILE,
-        status=None,
+        values={
+            "rule": HOSTILE,
+            "channel": "",
+            "status": "",
+            "reason": HOSTILE,
+            "user_id": HOSTILE,
+            "from": HOSTILE,
+            "to": "",
+        },
         statuses=("sent", "skipped"),
+        channels=("email",),
+        reasons=(HOSTILE,),
         rule_ids=[HOSTILE],
         limit=100,
+        first_url="/ui/messages",
+        paged=True,
+        next_url="/ui/messages?cursor=x",
     )
     assert "<script>" not in html
     assert "/ui/users?q=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in html

@@ -13,12 +13,9 @@ from aiohttp import web
 from engine.api.dashboard import act
 from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
 from engine.api.dashboard.data import merge_rules, parse_since, since_context
+from engine.api.dashboard.message_pages import message_detail_page, messages_page
 from engine.api.dashboard.overview import overview
-from engine.api.dashboard.pages import (
-    messages_page,
-    rule_page,
-    templates_page,
-)
+from engine.api.dashboard.pages import rule_page, templates_page
 from engine.api.dashboard.preview import template_page
 from engine.api.dashboard.render import render
 from engine.api.dashboard.users import users_page
@@ -41,6 +38,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/ui/logout", logout)
     router.add_get("/ui/rules/{rule}", rule_page)
     router.add_get("/ui/messages", messages_page)
+    router.add_get("/ui/messages/{message_id}", message_detail_page)
     router.add_get("/ui/users", users_page)
     router.add_get("/ui/templates", templates_page)
     router.add_get("/ui/templates/{name}", template_page)

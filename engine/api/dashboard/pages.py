@@ -12,11 +12,8 @@ from engine.api.dashboard.auth import page
 from engine.api.dashboard.data import load_stats, merge_rules, since_context
 from engine.api.dashboard.render import html
 from engine.api.dashboard.trend_charts import rule_trends
-from engine.api.params import path_id, query_id
+from engine.api.params import path_id
 from engine.api.state import STATE
-from engine.core.model import MESSAGE_STATUSES
-
-MESSAGES_LIMIT = 100
 
 
 def _since_context(request: web.Request) -> tuple[float | None, dict[str, Any]]:
@@ -47,24 +44,6 @@ async def rule_page(request: web.Request) -> web.Response:
         trends=await rule_trends(state, rule_id, since),
         act=await rule_actions(request, rule_id),
         **context,
-    )
-
-
-@page
-async def messages_page(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    rule = query_id(request.query, "rule")
-    status = query_id(request.query, "status")
-    messages = await state.store.messages(rule=rule, status=status, limit=MESSAGES_LIMIT)
-    return html(
-        request,
-        "messages.html",
-        messages=messages,
-        rule=rule,
-        status=status,
-        statuses=MESSAGE_STATUSES,
-        rule_ids=sorted(state.rules.current.rules),
-        limit=MESSAGES_LIMIT,
     )
 
 
