@@ -767,7 +767,7 @@ async def test_outcome_writes_survive_a_terminated_connection(pg_url: str) -> No
                     await admin.execute("SELECT pg_stat_clear_snapshot()")
                     pid = await admin.fetchval(
                         "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'UPDATE messages%' AND pid <> pg_backend_pid()"
+                        "AND query LIKE '%UPDATE messages SET%' AND pid <> pg_backend_pid()"
                     )
                 assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
             await task

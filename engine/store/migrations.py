@@ -636,16 +636,17 @@ POSTGRES_MIGRATIONS.append(
 # that changes the message, deleted with it by the retention job.
 SQLITE_MIGRATIONS.append(
     """
-    DROP INDEX messages_rule;
-    DROP INDEX messages_user;
-    CREATE INDEX messages_by_user ON messages (user_id, created_at, id);
-    CREATE INDEX messages_by_rule ON messages (rule_id, created_at, id, channel, status, reason);
-    CREATE INDEX messages_by_channel ON messages (channel, created_at, id, rule_id, status,
-        reason);
-    CREATE INDEX messages_by_status ON messages (status, created_at, id, rule_id, channel,
-        reason);
-    CREATE INDEX messages_by_reason ON messages (reason, created_at, id, rule_id, channel,
-        status) WHERE reason IS NOT NULL;
+    DROP INDEX IF EXISTS messages_rule;
+    DROP INDEX IF EXISTS messages_user;
+    CREATE INDEX IF NOT EXISTS messages_by_user ON messages (user_id, created_at, id);
+    CREATE INDEX IF NOT EXISTS messages_by_rule ON messages (rule_id, created_at, id, channel,
+        status, reason);
+    CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (channel, created_at, id,
+        rule_id, status, reason);
+    CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, created_at, id,
+        rule_id, channel, reason);
+    CREATE INDEX IF NOT EXISTS messages_by_reason ON messages (reason, created_at, id,
+        rule_id, channel, status) WHERE reason IS NOT NULL;
     CREATE TABLE message_events (
         message_id TEXT NOT NULL,
         at REAL NOT NULL,
@@ -657,16 +658,16 @@ SQLITE_MIGRATIONS.append(
 )
 POSTGRES_MIGRATIONS.append(
     """
-    DROP INDEX messages_rule;
-    DROP INDEX messages_user;
-    CREATE INDEX messages_by_user ON messages (user_id, created_at, id);
-    CREATE INDEX messages_by_rule ON messages (rule_id, created_at, id)
+    DROP INDEX IF EXISTS messages_rule;
+    DROP INDEX IF EXISTS messages_user;
+    CREATE INDEX IF NOT EXISTS messages_by_user ON messages (user_id, created_at, id);
+    CREATE INDEX IF NOT EXISTS messages_by_rule ON messages (rule_id, created_at, id)
         INCLUDE (channel, status, reason);
-    CREATE INDEX messages_by_channel ON messages (channel, created_at, id)
+    CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (channel, created_at, id)
         INCLUDE (rule_id, status, reason);
-    CREATE INDEX messages_by_status ON messages (status, created_at, id)
+    CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, created_at, id)
         INCLUDE (rule_id, channel, reason);
-    CREATE INDEX messages_by_reason ON messages (reason, created_at, id)
+    CREATE INDEX IF NOT EXISTS messages_by_reason ON messages (reason, created_at, id)
         INCLUDE (rule_id, channel, status) WHERE reason IS NOT NULL;
     CREATE TABLE message_events (
         message_id TEXT COLLATE "C" NOT NULL,

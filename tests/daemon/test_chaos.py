@@ -1,6 +1,7 @@
 """Three real daemon processes on one PostgreSQL, under load and chaos: events for the same
 users through different replicas (each also posted twice), price drops posted right after
-the favourites they fan out to, a one-off broadcast, every database connection terminated
+the favourites they fan out to, a one-off broadcast and an every-minute one (each fire
+time runs once across the replicas), every database connection terminated
 mid-load, one replica SIGSTOPped (its claims lapse with its lease: the others send
 everything while it stays stopped) then SIGKILLed.
 
@@ -50,6 +51,13 @@ key: "{{ event.data.product_id }}"
 steps:
   - send: {template: t, cascade: [webhook]}
 """
+# Every minute, to every profile there is: each fire time runs once across the replicas.
+MINUTE = """\
+rule: chaos_minute
+trigger: {schedule: "* * * * *", timezone: UTC}
+steps:
+  - send: {template: t, cascade: [webhook]}
+"""
 TEMPLATE = """\
 template: t
 webhook: {body: {kind: chaos}}
@@ -84,6 +92,7 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
         (rules / "cart.yaml").write_text(CART)
         (rules / "drop.yaml").write_text(DROP)
         (rules / "t.yaml").write_text(TEMPLATE)
+        (rules / "minute.yaml").write_text(MINUTE)
         replicas: list[DaemonProcess] = []
         for name in ("a", "b", "c"):
             port = free_port()
@@ -196,6 +205,17 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
             delivered = set(receiver.accepted_ids())
             bodies = {d.headers["webhook-id"]: d.json for d in receiver.deliveries}
             per_pair = Counter((bodies[m]["rule"], bodies[m]["user_id"]) for m in delivered)
+            # The every-minute broadcast: no user got more than one message per fire time
+            # (a run cut short by the stopped replica is resumed, not repeated).
+            fires = {
+                line["fire"]
+                for r in replicas
+                for line in r.events("job.started")
+                if line.get("job") == "broadcast:chaos_minute"
+            }
+            minute = Counter({k: n for k, n in per_pair.items() if k[0] == "chaos_minute"})
+            per_pair -= minute
+            assert all(n <= len(fires) for n in minute.values()), (fires, minute.most_common(3))
             want = Counter(
                 [("chaos_cart", u) for u in everyone]
                 + [("chaos_all", u) for u in everyone]
@@ -227,10 +247,11 @@ async def test_three_replicas_send_every_message_once_through_chaos(tmp_path: Pa
                 left = await stuck()
             assert not any(left.values()), left
             sent = await admin.fetchval("SELECT count(*) FROM messages WHERE status = 'sent'")
-            assert sent == expected
+            assert sent == expected + sum(minute.values())
             repeats = len(receiver.accepted_ids()) - len(delivered)
             print(
-                f"\nchaos: {expected} messages to {len(everyone)} users, each sent once "
+                f"\nchaos: {expected} messages to {len(everyone)} users, each sent once, and "
+                f"{sum(minute.values())} from {len(fires)} every-minute fire(s) "
                 f"({repeats} provider calls repeated under the same idempotency key), "
                 f"{terminated} connections terminated, "
                 f"{time.monotonic() - started:.1f} s"
