@@ -4,6 +4,7 @@ events in a few words. (Fixtures are in conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -114,6 +115,14 @@ async def roll_back_migrations(url: str, db_file: Path, marker: str, undo: list[
     migrations = SQLITE_MIGRATIONS if sqlite else POSTGRES_MIGRATIONS
     first = next(i for i, m in enumerate(migrations, 1) if marker in m)
     trends = next(i for i, m in enumerate(migrations, 1) if "stats_hours" in m)
+    # The tables later migrations made go too (they run again); the trend rows' below.
+    later = [
+        t
+        for m in migrations[first:]
+        for t in re.findall(r"CREATE TABLE (\w+)", m)
+        if t not in TREND_TABLES
+    ]
+    undo = [*undo, *(f"DROP TABLE IF EXISTS {t}" for t in later)]
     if sqlite:
         db = sqlite3.connect(db_file)
         if trends >= first:

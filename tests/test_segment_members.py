@@ -4,7 +4,6 @@ members already on profiles filled in by the migration."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +51,9 @@ async def test_an_entry_and_a_leave_in_one_unit_leave_the_last_word(store: Store
 
 
 async def _roll_back_last_migration(url: str, tmp_path: Path) -> None:
-    """The database as it was before segment_members existed (the tables of that migration
-    and of later ones dropped; the trend rows' are the helper's)."""
-    from engine.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-    from tests.helpers import TREND_TABLES
-
-    migrations = SQLITE_MIGRATIONS if url.startswith("sqlite") else POSTGRES_MIGRATIONS
-    first = next(i for i, m in enumerate(migrations) if "CREATE TABLE segment_members" in m)
-    tables = [
-        t
-        for m in migrations[first:]
-        for t in re.findall(r"CREATE TABLE (\w+)", m)
-        if t not in TREND_TABLES
-    ]
+    """The database as it was before segment_members existed (and what came after it)."""
     await roll_back_migrations(
-        url,
-        tmp_path / "kaskad.db",
-        "CREATE TABLE segment_members",
-        [f"DROP TABLE {t}" for t in tables],
+        url, tmp_path / "kaskad.db", "CREATE TABLE segment_members", ["DROP TABLE segment_members"]
     )
 
 
