@@ -6,6 +6,7 @@ viewer); actions (POST forms) need a role and, with a cookie, the session's CSRF
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -116,6 +117,7 @@ def _denied(request: web.Request) -> web.Response:
 def page(handler: Page) -> Page:
     """The handler when the request has an account, else the login form (401)."""
 
+    @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.Response:
         account = account_of(request)
         if account is None:
@@ -128,8 +130,6 @@ def page(handler: Page) -> Page:
         except InvalidParameter as exc:
             return html(request, "error.html", 400, title="Bad request", message=str(exc))
 
-    guarded.__name__ = handler.__name__
-    guarded.__doc__ = handler.__doc__
     return guarded
 
 
@@ -148,13 +148,9 @@ def action(role: str) -> Callable[[Page], Page]:
     session cookie) is missing or wrong, or it comes from another site."""
 
     def wrap(handler: Page) -> Page:
-        async def guarded(request: web.Request) -> web.Response:
-            account = account_of(request)
-            if account is None:
-                return _denied(request)
-            request[ACCOUNT_KEY] = account
-            if account is ANONYMOUS:
-                await _open_csrf(request)
+        @functools.wraps(handler)
+        async def checked(request: web.Request) -> web.Response:
+            account = request[ACCOUNT_KEY]  # page() found it
             form = await request.post()
             expected = request.get(CSRF_KEY)
             given = str(form.get("csrf", ""))
@@ -173,14 +169,9 @@ def action(role: str) -> Callable[[Page], Page]:
             why = refused(account, role)
             if why is not None:
                 return html(request, "error.html", 403, title="Not allowed", message=why)
-            try:
-                return await handler(request)
-            except InvalidParameter as exc:
-                return html(request, "error.html", 400, title="Bad request", message=str(exc))
+            return await handler(request)
 
-        guarded.__name__ = handler.__name__
-        guarded.__doc__ = handler.__doc__
-        return guarded
+        return page(checked)
 
     return wrap
 
