@@ -70,11 +70,13 @@ def test_a_sparkline_and_an_empty_chart() -> None:
 def test_buckets_hourly_under_three_days_and_whole_ranges() -> None:
     assert bucket_for(T0, T0 + 2 * DAY) == HOUR
     assert bucket_for(T0, T0 + 3 * DAY) == DAY and bucket_for(None, T0) == DAY
-    assert _buckets(T0 + 1800, T0 + 3 * HOUR, HOUR, set()) == [T0, T0 + HOUR, T0 + 2 * HOUR]
+    assert _buckets(T0 + 1800, T0 + 3 * HOUR - 1, HOUR, set()) == [T0, T0 + HOUR, T0 + 2 * HOUR]
+    # until is now, and now counts: at the turn of an hour, the new hour is shown.
+    assert _buckets(T0 + 1800, T0 + 3 * HOUR, HOUR, set())[-1] == T0 + 3 * HOUR
     assert _buckets(None, T0 + DAY + 5, DAY, {T0 - DAY}) == [T0 - DAY, T0, T0 + DAY]
     assert _buckets(None, T0, DAY, set()) == []
     # A range of decades starts at the first data; a month is shown whole.
-    assert _buckets(0.0, T0 + DAY, DAY, {T0 - DAY}) == [T0 - DAY, T0]
+    assert _buckets(0.0, T0 + DAY - 1, DAY, {T0 - DAY}) == [T0 - DAY, T0]
     assert len(_buckets(T0 - 30 * DAY, T0 + 1, DAY, {T0})) == 31
 
 

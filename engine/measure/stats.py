@@ -8,6 +8,7 @@ measured in holdout.py.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Iterable
@@ -23,7 +24,7 @@ from engine.lang.ruleset import RuleSet
 from engine.measure.holdout import measure_holdouts
 from engine.measure.journey import journey_json
 from engine.measure.proportions import SIGNIFICANCE, compare, p_text
-from engine.store.base import StatsQuery, Store
+from engine.store.base import OrderCounts, StatsQuery, Store
 
 # Unix seconds of 0001-01-01 and 9999-12-31T23:59:59: any range is clamped into this.
 MIN_TIME = -62135596800.0
@@ -185,11 +186,14 @@ async def compute_stats(
     since: float | None = None,
     until: float | None = None,
     now: float,
+    orders: bool = True,
 ) -> dict[str, Any]:
     """The stats JSON for [since, until): each row counted on its own time (messages when
     created, instances when started, orders when placed); A/B cohorts are the users whose
     instance started in range, with their clicks and attributed orders whenever they came;
-    holdouts compare the users whose instance started in range (see measure/holdout.py)."""
+    holdouts compare the users whose instance started in range (see measure/holdout.py).
+    `orders`: count all orders of the range too (the shop's totals, whatever the rule);
+    without, "orders" is null (a rule's dashboard page does not show them)."""
     attribution = policies.attribution
     q = StatsQuery(
         since=clamp(since) if since is not None else MIN_TIME,
@@ -203,20 +207,31 @@ async def compute_stats(
     def of(rule_id: str) -> _Rule:
         return by_rule.setdefault(rule_id, _Rule())
 
-    for rid, step, channel, variant, status, reason, *numbers in await store.stats_messages(q):
+    # The reads are independent: PostgreSQL answers them side by side on the pool's
+    # connections (SQLite's reader takes them in turn).
+    async with asyncio.TaskGroup() as tg:
+        messages = tg.create_task(store.stats_messages(q))
+        attributed = tg.create_task(store.stats_attributed(q))
+        instances = tg.create_task(store.stats_instances(q))
+        cohorts = tg.create_task(store.stats_variants(q))
+        journeys = tg.create_task(store.journey_counts(q))
+        holdout = tg.create_task(measure_holdouts(store, q, rules, policies))
+        controls = tg.create_task(store.rule_controls())
+        order_rows = tg.create_task(store.stats_orders(q)) if orders else None
+    for rid, step, channel, variant, status, reason, *numbers in messages.result():
         for row in of(rid).rows(step, channel, variant):
             row.add(status, reason, numbers)
-    for rid, step, channel, variant, orders, revenue in await store.stats_attributed(q):
+    for rid, step, channel, variant, n_orders, revenue in attributed.result():
         for row in of(rid).rows(step, channel, variant):
-            row.converted += orders
+            row.converted += n_orders
             row.revenue += revenue
-    for rid, status, count in await store.stats_instances(q):
+    for rid, status, count in instances.result():
         tally = of(rid).instances
         tally[status] = tally.get(status, 0) + count
         tally["started"] = tally.get("started", 0) + count
-    for rid, variant, users, clickers, converters in await store.stats_variants(q):
+    for rid, variant, users, clickers, converters in cohorts.result():
         of(rid).cohorts[variant] = (users, clickers, converters)
-    for rid, step, edge, count in await store.journey_counts(q):
+    for rid, step, edge, count in journeys.result():
         of(rid).journey[(step, edge)] = count
 
     ids = set(by_rule)
@@ -225,14 +240,14 @@ async def compute_stats(
     if rule is not None:
         ids &= {rule}
     min_sample = policies.ab.min_sample
-    holdouts, global_holdout = await measure_holdouts(store, q, rules, policies)
-    paused = {r for r, c in (await store.rule_controls()).items() if c.paused}
+    holdouts, global_holdout = holdout.result()
+    paused = {r for r, c in controls.result().items() if c.paused}
     return {
         "generated_at": iso(math.floor(now)),
         "since": iso(q.since) if since is not None else None,
         "until": iso(q.until) if until is not None else None,
         "attribution": {"window": attribution.window, "touch": attribution.touch},
-        "orders": _orders_json(await store.stats_orders(q)),
+        "orders": _orders_json(order_rows.result()) if order_rows else None,
         "rules": [
             _paused(
                 {
@@ -254,7 +269,7 @@ def _paused(row: dict[str, Any], paused: set[str]) -> dict[str, Any]:
     return row
 
 
-def _orders_json(rows: list[tuple[str, int, float, int, float]]) -> dict[str, Any]:
+def _orders_json(rows: list[OrderCounts]) -> dict[str, Any]:
     by_source = {s: {"count": 0, "revenue": 0.0} for s in ("online", "offline")}
     count = attributed = 0
     revenue = attributed_revenue = 0.0

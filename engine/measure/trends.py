@@ -123,7 +123,7 @@ MAX_BUCKETS = 400  # a longer range starts at its first bucket with data
 
 
 def _buckets(since: float | None, until: float, bucket: int, seen: set[int]) -> list[int]:
-    end = math.ceil(until / bucket) * bucket - bucket  # the bucket holding until's last second
+    end = math.floor(until / bucket) * bucket  # the bucket holding until
     first_data = min(seen) if seen else None
     if since is None:
         if first_data is None:
@@ -151,11 +151,12 @@ async def load_trends(
     bucket: int | None = None,
     detail: bool = True,
 ) -> Trends:
-    """The trends of [since, until) (since None: all time), the range widened to whole
-    hours (the rows' grain). Without detail no channels nor variants (fewer rows)."""
+    """The trends of [since, until] (since None: all time; until is usually now, and what
+    happened this second counts), the range widened to whole hours (the rows' grain).
+    Without detail no channels nor variants (fewer rows)."""
     size = bucket or bucket_for(since, until)
     start = math.floor(since / HOUR) * HOUR if since is not None else -(2**62)
-    end = math.ceil(until / HOUR) * HOUR
+    end = math.floor(until / HOUR) * HOUR + HOUR
     attribution = policies.attribution
     rules: dict[str, Series] = {}
     overall, orders = Series(), Series()

@@ -330,6 +330,10 @@ class Store(Protocol):
         `window_s`; without detail per rule only."""
         ...
 
+    async def instance_rules(self) -> list[str]:
+        """Every rule id that has an instance (of any time), in id order."""
+        ...
+
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:
         """Per rule, its instances started in [since, until) that bad data stopped."""
         ...

@@ -11,7 +11,9 @@ from engine.store.base import StatsQuery
 Placeholder = Callable[[int], str]  # the n-th parameter (1-based) -> its placeholder
 
 
-class _Sql:
+class Sql:
+    """Parameters in order, each as the store's placeholder for it."""
+
     def __init__(self, placeholder: Placeholder) -> None:
         self.placeholder = placeholder
         self.params: list[Any] = []
@@ -33,7 +35,7 @@ def rule_holdout(
     """(rule, group, users, goal conversions, order conversions, revenue) per rule and group
     (see Store.stats_holdout). A user converts by order when one came after an instance
     start, within the window; each order counts once however many instances it follows."""
-    p = _Sql(placeholder)
+    p = Sql(placeholder)
     since, until = p(q.since), p(q.until)
     rule = f" AND rule_id = {p(q.rule)}" if q.rule is not None else ""
     named = p.among(rules)
@@ -67,7 +69,7 @@ def global_holdout(
     """(group, users, order conversions, revenue) of the global holdout and everyone else
     (see Store.stats_global_holdout): orders within the window after the user's first
     start of a marketing rule in range."""
-    p = _Sql(placeholder)
+    p = Sql(placeholder)
     since, until = p(q.since), p(q.until)
     rule = f" AND rule_id = {p(q.rule)}" if q.rule is not None else ""
     marketing = p.among(rules)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.store.trends_sql import postgres_migration, sqlite_migration
+from engine.store.trends_sql import TOUCH_KINDS, postgres_migration, sqlite_migration
 
 SQLITE_MIGRATIONS: list[str] = [
     # 1: the initial schema. Times are unix seconds (REAL), JSON as TEXT.
@@ -677,4 +677,41 @@ POSTGRES_MIGRATIONS.append(
         PRIMARY KEY (message_id, at, status)
     );
     """
+)
+
+# The rule page's reads at scale (issue 13: 1M messages, a rule's page under 1 s): instance
+# counts and holdouts of a rule over a time range read one run of instances_rule_started
+# (the old (rule_id, status, started_at) order made a range read every status's run, and
+# PostgreSQL had no such index at all); the A/B cohorts (engine/store/cohort_sql.py) start
+# from partial indexes that hold the A/B instances, the clicked messages and the orders
+# attributed to a variant only, so they cost little to keep.
+_COHORT_INDEXES = """
+    CREATE INDEX IF NOT EXISTS messages_clicked ON messages (rule_id, instance_id)
+        WHERE clicked_at IS NOT NULL;
+""" + "".join(
+    f"""
+    CREATE INDEX IF NOT EXISTS orders_{k}_variant ON orders ({k}_rule, {k}_variant, user_id,
+        at, {k}_at) WHERE {k}_variant IS NOT NULL;
+"""
+    for k in TOUCH_KINDS
+)
+SQLITE_MIGRATIONS.append(
+    """
+    DROP INDEX IF EXISTS instances_stats;
+    DROP INDEX IF EXISTS instances_variants;
+    CREATE INDEX IF NOT EXISTS instances_rule_started ON instances (rule_id, started_at,
+        status, holdout, user_id);
+    CREATE INDEX IF NOT EXISTS instances_variant_started ON instances (rule_id, started_at,
+        variant, user_id) WHERE variant IS NOT NULL;
+    """
+    + _COHORT_INDEXES
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE INDEX IF NOT EXISTS instances_rule_started ON instances (rule_id, started_at)
+        INCLUDE (status, holdout, user_id);
+    CREATE INDEX IF NOT EXISTS instances_variant_started ON instances (rule_id, started_at)
+        INCLUDE (variant, user_id) WHERE variant IS NOT NULL;
+    """
+    + _COHORT_INDEXES
 )

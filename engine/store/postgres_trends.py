@@ -13,6 +13,7 @@ from engine.store.trends_sql import (
     DAY,
     FOLD_MESSAGES,
     FOLD_ORDERS,
+    RULE_IDS,
     WINDOW_SETTING,
     hour_range,
     read_errors,
@@ -73,6 +74,9 @@ class PostgresTrends:
                 sql = read_orders(grain, bucket, rule is not None, "postgres", detail)
                 out += [tuple(r) for r in await conn.fetch(sql, *args)]
         return out
+
+    async def instance_rules(self) -> list[str]:
+        return [r[0] for r in await self.pool.fetch(RULE_IDS)]
 
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:
         rows = await self.pool.fetch(read_errors("postgres"), since, until)

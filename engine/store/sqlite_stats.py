@@ -9,6 +9,7 @@ from typing import Any
 import aiosqlite
 
 from engine.core.changes import Order
+from engine.store import cohort_sql
 from engine.store.base import (
     AttributedCounts,
     MessageCounts,
@@ -88,23 +89,8 @@ class SqliteStats(SqliteCore):
         return [tuple(r) for r in rows]
 
     async def stats_variants(self, q: StatsQuery) -> list[VariantCounts]:
-        k = touch_kind(q.touch)
-        rule, params = _rule_filter(q, "i.rule_id")
-        # Per instance: did one of its messages get a click (the (instance_id, ...) index of
-        # messages), does its user have an order attributed to this rule and variant (the
-        # orders key starts with user_id)?
-        rows = await self._read(
-            "SELECT i.rule_id, i.variant, count(DISTINCT i.user_id), "
-            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE "
-            "m.instance_id = i.id AND m.clicked_at IS NOT NULL) THEN i.user_id END), "
-            "count(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE "
-            f"o.user_id = i.user_id AND o.{k}_rule = i.rule_id AND o.{k}_variant = i.variant "
-            f"AND o.at - o.{k}_at <= ?) THEN i.user_id END) "
-            "FROM instances i WHERE i.variant IS NOT NULL AND i.started_at >= ? "
-            f"AND i.started_at < ?{rule} GROUP BY i.rule_id, i.variant",
-            [q.window_s, q.since, q.until, *params],
-        )
-        return [tuple(r) for r in rows]
+        sql, params = cohort_sql.variant_cohorts(q, lambda _n: "?")
+        return [tuple(r) for r in await self._read(sql, params)]
 
     async def stats_orders(self, q: StatsQuery) -> list[OrderCounts]:
         k = touch_kind(q.touch)

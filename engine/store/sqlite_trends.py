@@ -9,6 +9,7 @@ from engine.store.sqlite_core import serialized
 from engine.store.sqlite_stats import SqliteStats
 from engine.store.trends_sql import (
     DAY,
+    RULE_IDS,
     WINDOW_SETTING,
     hour_range,
     read_errors,
@@ -52,6 +53,9 @@ class SqliteTrends(SqliteStats):
             sql = read_orders(grain, bucket, rule is not None, "sqlite", detail)
             out += [tuple(r) for r in await self._read(sql, params)]
         return out
+
+    async def instance_rules(self) -> list[str]:
+        return [r[0] for r in await self._read(RULE_IDS)]
 
     async def instance_errors(self, since: float, until: float) -> dict[str, int]:
         rows = await self._read(read_errors("sqlite"), (since, until))

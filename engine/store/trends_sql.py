@@ -359,6 +359,15 @@ def read_errors(dialect: str) -> str:
     )
 
 
+# Every rule id with an instance, in id order: a loose index scan (one probe of an index
+# that starts with rule_id per rule), not a read of every instance.
+RULE_IDS = (
+    "WITH RECURSIVE r(id) AS (SELECT min(rule_id) FROM instances UNION ALL "
+    "SELECT (SELECT min(rule_id) FROM instances WHERE rule_id > r.id) FROM r "
+    "WHERE r.id IS NOT NULL) SELECT id FROM r WHERE id IS NOT NULL"
+)
+
+
 def hour_range(since: float, until: float) -> tuple[int, int]:
     """[since, until) widened to whole hours, as the rows' keys."""
     low = max(since, -(2**52))

@@ -55,8 +55,8 @@ def since_context(raw: str | None, now: float) -> tuple[float | None, dict[str, 
 async def load_stats(
     state: AppState, *, rule: str | None = None, since: float | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """The stats JSON (engine.stats), or None and why not: a page shows what it has rather
-    than fail because the numbers could not be computed."""
+    """The stats JSON (engine.stats) without the shop's order totals, or None and why not:
+    a page shows what it has rather than fail because the numbers could not be computed."""
     try:
         stats = await compute_stats(
             state.store,
@@ -66,6 +66,7 @@ async def load_stats(
             since=since,
             until=None,
             now=state.clock.now(),
+            orders=False,  # the shop's order totals are the overview's, from order_days
         )
     except Exception as exc:
         log.exception("dashboard.stats_failed", rule=rule)

@@ -10,7 +10,7 @@ in the range are listed apart, folded in a <details>.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,15 +89,20 @@ def parse_params(query: Any) -> dict[str, str]:
 
 
 def rule_rows(
-    loaded: Mapping[str, Rule], t: Trends, errors: dict[str, int], described: dict[str, Any]
+    loaded: Mapping[str, Rule],
+    t: Trends,
+    errors: dict[str, int],
+    described: dict[str, Any],
+    with_instances: Collection[str] = (),
 ) -> list[RuleRow]:
-    """Every loaded, broken or gone-with-data rule with its numbers over the range."""
+    """Every loaded, broken or gone-with-data rule (messages or orders in the range, or
+    instances of any time, as in /v1/stats) with its numbers over the range."""
     rows: dict[str, RuleRow] = {}
     for r in merge_rules(described, None):
         rows[r["id"]] = RuleRow(r["id"], r["name"], r["state"], list(r["errors"]))
     for d in described.get("rules", []):
         rows[d["id"]].channels |= set(d.get("channels") or ())
-    for rid in set(t.rules) | set(errors):
+    for rid in set(t.rules) | set(errors) | set(with_instances):
         rows.setdefault(rid, RuleRow(rid, rid, "deleted", []))
     per = "hour" if t.bucket == HOUR else "day"
     for rid, row in rows.items():
@@ -158,9 +163,10 @@ def overview_context(
     since_param: str | None,
     attribution: Attribution,
     global_holdout: dict[str, Any] | None,
+    with_instances: Collection[str] = (),
 ) -> dict[str, Any]:
     """What overview.html shows (apart from the frame's since/notice)."""
-    rows = rule_rows(loaded, t, errors, described)
+    rows = rule_rows(loaded, t, errors, described, with_instances)
     shown = select(rows, params)
     base = {k: v for k, v in params.items() if k in FILTERS}
     since = since_param if since_param != "all" else None
@@ -207,11 +213,12 @@ async def overview(request: web.Request) -> web.Response:
             clamp(since) if since is not None else MIN_TIME, MAX_TIME
         )
         global_holdout = await _holdout(state, since, now)
+        with_instances = await state.store.instance_rules()
     except Exception as exc:
         log.exception("dashboard.overview_failed")
         problem = f"Statistics could not be read ({type(exc).__name__}); see the log."
         t = Trends(HOUR, [], {}, Series(), Series(), {})
-        errors, global_holdout = {}, None
+        errors, global_holdout, with_instances = {}, None, []
     body = overview_context(
         t=t,
         errors=errors,
@@ -221,6 +228,7 @@ async def overview(request: web.Request) -> web.Response:
         since_param=context["since_param"],
         attribution=state.config.policies.attribution,
         global_holdout=global_holdout,
+        with_instances=with_instances,
     )
     return html(
         request,
