@@ -80,8 +80,9 @@ def message_filter(query: Mapping[str, str]) -> MessageFilter:
     )
 
 
-def cursor_encode(m: Message) -> str:
-    raw = json.dumps([m.created_at, m.id]).encode()
+def cursor_encode(created_at: float, message_id: str) -> str:
+    """The cursor of the page after the message with this time and id."""
+    raw = json.dumps([created_at, message_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -134,7 +135,8 @@ async def message_page(
     )
     more = len(messages) > limit
     messages = messages[:limit]
-    return messages, cursor_encode(messages[-1]) if more and messages else None, f
+    last = messages[-1] if more and messages else None
+    return messages, cursor_encode(last.created_at, last.id) if last else None, f
 
 
 async def get_messages(request: web.Request) -> web.Response:
