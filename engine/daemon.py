@@ -182,7 +182,7 @@ def warn_open_surfaces(config: Config) -> None:
             hint="set auth.admin_token: anyone can read and erase profiles, messages, stats",
         )
         log.warning("dashboard.open", hint="set auth.admin_token: anyone can open the dashboard")
-    if not auth.metrics_token and not auth.admin_token:
+    if not auth.metrics_token and not auth.has_accounts:
         log.warning(
             "metrics.open", hint="set auth.metrics_token or auth.admin_token: /metrics is open"
         )

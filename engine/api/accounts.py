@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from engine.api.auth import bearer_text
+from engine.api.auth import bearer_text, same_text
 from engine.lang.accounts import role_at_least
 from engine.lang.config import AuthConfig
 
@@ -63,6 +63,20 @@ def bearer_account(request: web.Request, auth: AuthConfig) -> Account | None:
         return ANONYMOUS
     token = bearer_text(request)
     return None if token is None else by_token(auth, token)
+
+
+def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
+    """GET /metrics takes auth.metrics_token or the token of any account (the admin token,
+    any of auth.users: reading numbers is every role's right); open only with none."""
+    if not auth.metrics_token and not auth.has_accounts:
+        return False
+    token = bearer_text(request)
+    if token is None:
+        return True
+    # Both are checked (no early exit), so the time says nothing of which matched.
+    scraper = bool(auth.metrics_token) and same_text(token, auth.metrics_token or "")
+    account = by_token(auth, token) if auth.has_accounts else None
+    return not scraper and account is None
 
 
 # -- what each role may do on the API --------------------------------------------------------

@@ -7,8 +7,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engine.api.accounts import ACCOUNT_KEY, bearer_account, needed_role, refused
-from engine.api.auth import metrics_denied
+from engine.api.accounts import ACCOUNT_KEY, bearer_account, metrics_denied, needed_role, refused
 from engine.api.errors import Handler, error
 from engine.api.message_view import message_json
 from engine.api.params import path_id, read_json
@@ -257,7 +256,7 @@ async def metrics(request: web.Request) -> web.Response:
         return error(
             401,
             "unauthorized",
-            "/metrics needs Authorization: Bearer <auth.metrics_token or auth.admin_token>",
+            "/metrics needs Authorization: Bearer <auth.metrics_token, or an account's token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     m = state.metrics

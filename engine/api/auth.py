@@ -79,13 +79,3 @@ def _signed(
 def ingest_denied(request: web.Request, body: bytes, auth: AuthConfig, now: float) -> str | None:
     """None when the request may ingest, else why not."""
     return ingest_auth(request, body, auth, now).denied
-
-
-def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
-    """GET /metrics takes auth.metrics_token or the admin token; open only with neither."""
-    accepted = [t for t in (auth.metrics_token, auth.admin_token) if t]
-    if not accepted:
-        return False
-    token = bearer_text(request)
-    # Every token is compared (no early exit), so the time says nothing of which matched.
-    return token is None or not any([same_text(token, t) for t in accepted])

@@ -644,7 +644,7 @@ DOCUMENT: Schema = {
             "metricsBearer": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "auth.metrics_token (the admin token works too)",
+                "description": "auth.metrics_token (any account's token works too)",
             },
             "dashboardSession": {
                 "type": "apiKey",

@@ -4,6 +4,7 @@ open surface is warned about, and /metrics takes a token."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,8 +137,12 @@ async def test_a_protected_daemon_warns_about_nothing(
     assert secret == {"event": "tracking.secret", "source": "store", "log_level": "info"}
 
 
-async def test_metrics_take_the_metrics_token_or_the_admin_token(tmp_path: Path) -> None:
-    auth = "{ingest_tokens: [i], admin_token: admin, metrics_token: scrape}"
+async def test_metrics_take_the_metrics_token_or_an_accounts_token(tmp_path: Path) -> None:
+    viewer = hashlib.sha256(b"vera").hexdigest()
+    auth = (
+        "{ingest_tokens: [i], admin_token: admin, metrics_token: scrape, "
+        f"users: [{{name: vera, token_sha256: {viewer}, role: viewer}}]}}"
+    )
     daemon = Daemon(config(tmp_path, "127.0.0.1", auth), VirtualClock(START), background=False)
     await daemon.start()
     try:
@@ -154,9 +159,25 @@ async def test_metrics_take_the_metrics_token_or_the_admin_token(tmp_path: Path)
             assert (await scrape("sçrape"))[0] == 401  # not ASCII: refused, not a 500
             assert (await scrape("scrape"))[0] == 200
             assert (await scrape("admin"))[0] == 200
+            assert (await scrape("vera"))[0] == 200  # a named account, even a viewer
             # The metrics token opens nothing else.
             headers = {"Authorization": "Bearer scrape"}
             assert (await client.request("GET", "/v1/messages", headers=headers))[0] == 401
+    finally:
+        await daemon.stop()
+
+
+async def test_named_accounts_alone_close_the_metrics(tmp_path: Path) -> None:
+    viewer = hashlib.sha256(b"vera").hexdigest()
+    auth = f"{{ingest_tokens: [i], users: [{{name: vera, token_sha256: {viewer}, role: viewer}}]}}"
+    daemon = Daemon(config(tmp_path, "127.0.0.1", auth), VirtualClock(START), background=False)
+    await daemon.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(daemon, session)
+            assert (await client.request("GET", "/metrics"))[0] == 401
+            vera = {"Authorization": "Bearer vera"}
+            assert (await client.request("GET", "/metrics", headers=vera))[0] == 200
     finally:
         await daemon.stop()
 
