@@ -75,6 +75,10 @@ class PostgresTrends:
                 out += [tuple(r) for r in await conn.fetch(sql, *args)]
         return out
 
+    async def fold_trends(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _fold(conn)
+
     async def instance_rules(self) -> list[str]:
         return [r[0] for r in await self.pool.fetch(RULE_IDS)]
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from engine.cli import main as cli_main
@@ -173,3 +174,23 @@ async def test_two_daemons_on_one_database_send_each_message_once(
         # Every provider call (the sandbox's answers, in both logs) happened once.
         calls = Counter(line["message"] for r in replicas for line in r.events("send.outcome"))
         assert len(calls) == USERS and set(calls.values()) == {1}, calls.most_common(3)
+
+
+async def test_the_trend_deltas_are_folded_every_five_minutes(
+    client: Client, storage_url: str
+) -> None:
+    """PostgreSQL's writers append trend deltas; the daemon folds them into the hourly and
+    daily rows on a 5-minute job, not only when the dashboard reads them."""
+    await client.post_events([test_api.profile("u1"), test_api.cart("u1")])
+    await client.advance(3600)  # abandoned_cart's email goes out
+    conn = await asyncpg.connect(storage_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM stats_delta") > 0
+        await client.advance(300)
+        assert await conn.fetchval("SELECT count(*) FROM stats_delta") == 0
+        sends = await conn.fetchval(
+            "SELECT sum(sends) FROM stats_days WHERE rule_id = 'abandoned_cart'"
+        )
+        assert sends == 1
+    finally:
+        await conn.close()
