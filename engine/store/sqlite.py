@@ -237,8 +237,8 @@ class SqliteStore(
                 latest.pop(key, None)
                 latest[key] = m
             messages = list(latest.values())
-            # Their status history (read before the write: save holds the store's lock).
-            ops += await self._history_ops(messages, changes.now)
+            # Their status history, from their stored rows (read in the transaction).
+            ops += self._history_ops(messages, changes.now)
             many(
                 _MESSAGE_ONCE,
                 [

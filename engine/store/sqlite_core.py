@@ -63,17 +63,23 @@ class SqliteCore(WriteHealth):
 
 
 # A write statement of a unit: (sql, parameters, executemany?).
-Op = tuple[str, Any, bool]
+Statement = tuple[str, Any, bool]
+# Or statements that depend on what the store holds: made in the connection's thread, inside
+# the unit's transaction, from its reads (one trip, and nothing changes between the read
+# and the write).
+Deferred = Callable[[sqlite3.Connection], list[Statement]]
+Op = Statement | Deferred
 
 
 def run_ops(ops: list[Op], conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql, params, many in ops:
-            if many:
-                conn.executemany(sql, params)
-            else:
-                conn.execute(sql, params)
+        for op in ops:
+            for sql, params, many in op(conn) if callable(op) else (op,):
+                if many:
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

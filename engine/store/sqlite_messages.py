@@ -4,6 +4,8 @@ an index, chosen here: SQLite keeps no statistics to choose by), and each messag
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +13,14 @@ from engine.core.model import Message
 from engine.store.base import MessageFilter
 from engine.store.history import OLD_COLUMNS, EventRow, events_of, sort_events
 from engine.store.rows import message_from
-from engine.store.sqlite_core import CHUNK, MESSAGE_SQL, Op, SqliteCore, serialized
+from engine.store.sqlite_core import (
+    CHUNK,
+    MESSAGE_SQL,
+    Op,
+    SqliteCore,
+    Statement,
+    serialized,
+)
 
 INSERT_EVENTS = (
     "INSERT OR IGNORE INTO message_events (message_id, at, status, detail) VALUES (?, ?, ?, ?)"
@@ -96,39 +105,46 @@ class SqliteMessages(SqliteCore):
         )
         return sort_events([(r[0], r[1], r[2]) for r in rows])
 
-    async def _history_ops(self, messages: Iterable[Message], now: float | None) -> list[Op]:
-        """The history statements of saving these messages, for save's transaction (the
-        messages' stored rows are read first: save holds the store's lock)."""
+    def _history_ops(self, messages: Iterable[Message], now: float | None) -> list[Op]:
+        """The history statements of saving these messages, for save's transaction: made in
+        the connection's thread from the messages' stored rows, read in that transaction
+        before the messages are written."""
         batch = list(messages)
-        old: dict[str, Any] = {}
-        for start in range(0, len(batch), CHUNK):
-            ids = [m.id for m in batch[start : start + CHUNK]]
-            for row in await self._rows(
-                f"SELECT id, {', '.join(OLD_COLUMNS)} FROM messages "
-                f"WHERE id IN ({','.join('?' * len(ids))})",
-                ids,
-            ):
-                old[row[0]] = row[1:]
-        events: list[EventRow] = []
-        for m in batch:
-            events.extend(events_of(old.get(m.id), m, now))
-        ops: list[Op] = []
-        # A new message replaces any other of its (instance, step, channel) (the
-        # messages_once index): that one's history goes with it.
-        replacing = [
-            (m.instance_id, m.step, m.channel, m.id)
-            for m in batch
-            if m.id not in old and m.channel is not None
-        ]
-        if replacing:
-            ops.append(
-                (
-                    "DELETE FROM message_events WHERE message_id IN (SELECT id FROM messages "
-                    "WHERE instance_id = ? AND step = ? AND channel = ? AND id <> ?)",
-                    replacing,
-                    True,
-                )
+        return [functools.partial(_history_statements, batch, now)]
+
+
+def _history_statements(
+    batch: list[Message], now: float | None, conn: sqlite3.Connection
+) -> list[Statement]:
+    old: dict[str, Any] = {}
+    for start in range(0, len(batch), CHUNK):
+        ids = [m.id for m in batch[start : start + CHUNK]]
+        for row in conn.execute(
+            f"SELECT id, {', '.join(OLD_COLUMNS)} FROM messages "
+            f"WHERE id IN ({','.join('?' * len(ids))})",
+            ids,
+        ):
+            old[row[0]] = row[1:]
+    events: list[EventRow] = []
+    for m in batch:
+        events.extend(events_of(old.get(m.id), m, now))
+    out: list[Statement] = []
+    # A new message replaces any other of its (instance, step, channel) (the messages_once
+    # index): that one's history goes with it.
+    replacing = [
+        (m.instance_id, m.step, m.channel, m.id)
+        for m in batch
+        if m.id not in old and m.channel is not None
+    ]
+    if replacing:
+        out.append(
+            (
+                "DELETE FROM message_events WHERE message_id IN (SELECT id FROM messages "
+                "WHERE instance_id = ? AND step = ? AND channel = ? AND id <> ?)",
+                replacing,
+                True,
             )
-        if events:
-            ops.append((INSERT_EVENTS, events, True))
-        return ops
+        )
+    if events:
+        out.append((INSERT_EVENTS, events, True))
+    return out
