@@ -9,6 +9,8 @@ from typing import Any
 
 from engine.api.state import AppState
 from engine.clock import iso
+from engine.errors import EventError
+from engine.lang.events import check_text
 from engine.runtime.actions import ActionError, Actions, TestSend
 from engine.store.controls import AuditRow, RuleControl
 
@@ -28,7 +30,13 @@ def status_of(exc: ActionError) -> int:
 
 def actions(state: AppState) -> Actions:
     return Actions(
-        state.store, state.clock, state.config, state.processor, state.rules, state.dispatcher
+        state.store,
+        state.clock,
+        state.config,
+        state.processor,
+        state.rules,
+        state.dispatcher,
+        state.tracker,
     )
 
 
@@ -75,7 +83,15 @@ def parse_test_send(data: Any) -> TestSend:
         )
     if len(json.dumps(address)) > _MAX_ADDRESS:
         raise ActionError("invalid", f"address: longer than {_MAX_ADDRESS} characters")
-    unknown = sorted(set(data) - {"template", "channel", "address"})
+    try:
+        check_text(address, "address")
+    except EventError as exc:
+        raise ActionError("invalid", str(exc)) from None
+    for key in ("user", "rule"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+            raise ActionError("invalid", f"{key}: must be an id (a non-empty string) or null")
+    unknown = sorted(set(data) - {"template", "channel", "address", "user", "rule"})
     if unknown:
         raise ActionError("invalid", f"{unknown[0]}: unknown field")
-    return TestSend(data["template"], data["channel"], address)
+    return TestSend(data["template"], data["channel"], address, data.get("user"), data.get("rule"))

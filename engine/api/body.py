@@ -10,11 +10,14 @@ is no server error: one info line, no traceback.
 from __future__ import annotations
 
 import asyncio
+import codecs
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
+from multidict import MultiDict
 
-from engine.api.errors import Handler, client_gone, error
+from engine.api.errors import Handler, InvalidParameter, client_gone, error
 from engine.api.state import STATE
 
 log = structlog.get_logger("kaskad.api")
@@ -46,3 +49,34 @@ async def read_body(request: web.Request, handler: Handler) -> web.StreamRespons
         except ConnectionError as exc:
             return client_gone(request, exc)
     return await handler(request)
+
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+async def read_form(request: web.Request) -> MultiDict[str]:
+    """A form's fields: application/x-www-form-urlencoded (what the dashboard's forms and
+    Twilio's callbacks send) in UTF-8 or the charset it names; InvalidParameter (400)
+    naming Content-Type for any other body, or an unknown charset. (aiohttp's post() would
+    raise on a multipart body, which read_body has read already, and on a bogus charset.)"""
+    body = await request.read()
+    if not body:
+        return MultiDict()
+    if request.content_type != FORM_TYPE:
+        raise InvalidParameter(
+            "Content-Type", f"a form must be sent as {FORM_TYPE}, not {request.content_type}"
+        )
+    charset = request.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        raise InvalidParameter("Content-Type", f"unknown charset {charset[:40]!r}") from None
+    try:
+        text = body.decode(charset)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidParameter("body", f"not valid {charset[:40]} text") from None
+    try:
+        fields = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidParameter("body", f"a field is not valid {charset[:40]} text") from None
+    return MultiDict(fields)

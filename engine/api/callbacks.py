@@ -15,6 +15,7 @@ from aiohttp import web
 
 from channels.sms import verify_twilio_signature
 from channels.whatsapp import parse_statuses, verify_signature, verify_subscription
+from engine.api.body import read_form
 from engine.api.errors import error
 from engine.api.params import read_json
 from engine.api.reactions import erased, reaction, record
@@ -168,7 +169,7 @@ async def _twilio_status(request: web.Request) -> web.StreamResponse:
     if auth_token is None:
         return _not_configured("sms", "twilio", "auth_token")
     signature = request.headers.get("X-Twilio-Signature", "")
-    form = await request.post()
+    form = await read_form(request)
     params = {k: v for k, v in form.items() if isinstance(v, str)}
     if not signature.isascii():  # base64 is ASCII; other bytes would not even encode
         return error(403, "forbidden", "X-Twilio-Signature is missing or does not match")

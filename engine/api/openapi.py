@@ -313,15 +313,15 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/test-sends": {
         "post": _admin(
-            "Send a test of a template to an address, rendered with sample data; counted in "
-            "no stats (role marketer)",
+            "Send a test of a template to an address, rendered with sample data or a user's "
+            "(`user`), marked [Test]; counted in no stats (role marketer)",
             _json(ref("TestSend"), "the provider's answer"),
             body={
                 "required": True,
                 "content": {"application/json": {"schema": ref("TestSendRequest")}},
             },
             extra={
-                "404": _error("no such template"),
+                "404": _error("no such template, or no such user"),
                 "409": _error("the channel is not configured"),
                 "413": _error("body over the limit"),
                 "422": _error("the template does not render"),

@@ -57,6 +57,15 @@ ACTION_SCHEMAS: dict[str, Schema] = {
                 "a push token, or a web push subscription object",
                 "anyOf": [{"type": "string", "minLength": 1}, {"type": "object"}],
             },
+            "user": {
+                **NULLABLE_STR,
+                "description": "render with this user's stored profile and their last event "
+                "of the trigger's type (as the template page's preview does)",
+            },
+            "rule": {
+                **NULLABLE_STR,
+                "description": "the trigger of this rule sending the template",
+            },
         },
     },
     "TestSend": {
@@ -67,6 +76,8 @@ ACTION_SCHEMAS: dict[str, Schema] = {
             "template": {"type": "string"},
             "channel": {"type": "string"},
             "address": {},
+            "user": NULLABLE_STR,
+            "rule": NULLABLE_STR,
             "outcome": {
                 "enum": ["accepted", "retry", "reject_recipient", "reject_message", "config_error"]
             },

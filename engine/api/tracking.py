@@ -19,6 +19,7 @@ from engine.api.errors import error
 from engine.api.reactions import erased, reaction, record
 from engine.api.state import STATE, AppState
 from engine.core.model import Message
+from engine.runtime.actions import TEST_PREFIX
 
 log = structlog.get_logger("kaskad.tracking")
 
@@ -118,6 +119,19 @@ def _page(title: str, text: str, form: bool = False, status: int = 200) -> web.R
     )
 
 
+def _is_test(payload: dict[str, Any]) -> bool:
+    """A test send's link (runtime/actions.py): genuine, but of no user's message."""
+    return str(payload["m"]).startswith(TEST_PREFIX)
+
+
+def _test_page() -> web.Response:
+    return _page(
+        "A test message",
+        "This link came in a test send from the dashboard: there is nothing to unsubscribe "
+        "from, and nothing was changed.",
+    )
+
+
 def _what(channel: Any) -> str:
     return "e-mails" if channel == "email" else f"{channel} messages"
 
@@ -127,6 +141,8 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
     payload = _payload(state, "unsubscribe", request.match_info["token"])
     if payload is None:
         return error(404, "not_found", "this unsubscribe link is not valid")
+    if _is_test(payload):
+        return _test_page()
     # A GET changes nothing: link scanners fetch it; only the form's POST unsubscribes.
     return _page(
         "Unsubscribe",
@@ -141,6 +157,8 @@ async def unsubscribe(request: web.Request) -> web.Response:
     payload = _payload(state, "unsubscribe", request.match_info["token"])
     if payload is None:
         return error(404, "not_found", "this unsubscribe link is not valid")
+    if _is_test(payload):
+        return _test_page()
     mid, channel = payload["m"], payload.get("c")
     try:
         message, why = await _message(state, "unsubscribe", mid)

@@ -211,10 +211,14 @@ def render_channels(
     facts: dict[str, Any] | None = None,
     *,
     profile: dict[str, Any] | None = None,
+    message_id: str = "m-preview",
+    tracker: Tracker | None = None,
 ) -> list[Rendered]:
     """Every channel block of the template, rendered as a send would render it, for the
     profile `user` (profile.updated data plus user_id) makes, with derived `facts` on it;
-    or for a stored `profile` as it is (the dashboard's preview of a real user)."""
+    or for a stored `profile` as it is (the dashboard's preview of a real user). Links are
+    signed for `message_id` by `tracker` (a test send's are the daemon's own, so they
+    work); by default with the configured secret or a stand-in (a preview's)."""
     if profile is not None:
         profile = copy.deepcopy(profile)
     else:
@@ -223,7 +227,7 @@ def render_channels(
         profile.update(copy.deepcopy(facts or {}))
     event = trigger
     now = parse_time(event["time"]) if isinstance(event.get("time"), str) else 0.0
-    tracker = Tracker(config.tracking.base_url, config.tracking.secret or "preview")
+    links = tracker or Tracker(config.tracking.base_url, config.tracking.secret or "preview")
     out = []
     for channel in template.blocks:
         ctx = {
@@ -231,9 +235,9 @@ def render_channels(
             "trigger": event,
             "user": profile_context(profile),
             "now": datetime.fromtimestamp(now, UTC),
-            "message": {"id": "m-preview", "channel": channel, "rule": "preview"},
-            "track": lambda url: tracker.click_url("m-preview", str(url)),
-            "unsubscribe_url": tracker.unsubscribe_url("m-preview", channel),
+            "message": {"id": message_id, "channel": channel, "rule": "preview"},
+            "track": lambda url: links.click_url(message_id, str(url)),
+            "unsubscribe_url": links.unsubscribe_url(message_id, channel),
             "variant": None,
             "rule": {"id": "preview"},
         }

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from channels.base import OutboundMessage, Outcome
+from channels.kinds import find_kind
 from engine.clock import Clock
-from engine.core.preview import SAMPLE_FACTS, SAMPLE_USER, render_channels, sample_trigger
+from engine.core.addresses import normalize
+from engine.core.tracking import Tracker
 from engine.core.workspace import Workspace
 from engine.lang.config import Config
+from engine.runtime.preview_data import sample_input, user_input
 from engine.store.base import Store
 from engine.store.controls import AuditRow, RuleControl
 
@@ -24,7 +27,34 @@ if TYPE_CHECKING:
     from engine.runtime.reload import RuleManager
 
 ENDED_BY_USER = "ended_by_user"  # the end reason of an instance ended by hand
-TEST_USER = "test-send"  # the user id a test send is rendered for
+TEST_USER = "test-send"  # the recipient id of a test send (never a user's message)
+TEST_PREFIX = "test-"  # a test send's id starts so (tracking links know it by that)
+TEST_HEADER = "X-Kaskad-Test"  # on a test e-mail, beside "[Test]" before its subject
+# The fields a test's "[Test] " mark goes before: e-mail's subject, a push's title.
+_MARKED_FIELDS = ("subject", "title")
+
+
+def mark_test(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with "[Test] " before its subject or title (text bodies are left as
+    they are: a WhatsApp template's parameters must stay what the template says)."""
+    for key in _MARKED_FIELDS:
+        if isinstance(payload.get(key), str):
+            payload[key] = "[Test] " + payload[key]
+    return payload
+
+
+def address_problem(channel: str, address: Any) -> str | None:
+    """What is wrong with a test's address, as the channel's kind checks a profile's (and
+    an e-mail needs an @, a phone number 3 to 20 digits), else None."""
+    kind = find_kind(channel)
+    if kind is not None:
+        problem = kind.check_one(address)
+        if problem is not None:
+            return problem
+    lookup = {"email": "email", "sms": "phone", "whatsapp": "phone"}.get(channel)
+    if lookup is not None and isinstance(address, str) and normalize(lookup, address) is None:
+        return "not an e-mail address" if lookup == "email" else "not a phone number (E.164)"
+    return None
 
 
 class ActionError(Exception):
@@ -41,6 +71,8 @@ class TestSend:
     template: str
     channel: str
     address: str | dict[str, Any]
+    user: str | None = None  # render with this user's stored data (as the preview does)
+    rule: str | None = None  # with the trigger of this rule sending the template
 
 
 def _detail(**items: Any) -> str:
@@ -55,6 +87,7 @@ class Actions:
     processor: Processor
     rules: RuleManager
     dispatcher: Dispatcher | None
+    tracker: Tracker | None = None  # the daemon's: a test's links work
 
     async def set_paused(
         self, who: str, rule_id: str, *, paused: bool, hold: bool = False
@@ -106,9 +139,12 @@ class Actions:
         }
 
     async def test_send(self, who: str, req: TestSend) -> dict[str, Any]:
-        """Render the template's channel with the sample data, and send it through the
-        channel's adapter to the address: a test, recorded in the audit log only (no
-        message row: it counts in no stats, funnel, holdout or metric of a rule)."""
+        """Render the template's channel as its page previews it (the sample data, or the
+        chosen user's stored profile and last trigger event), mark it as a test, and send
+        it through the channel's adapter to the address: recorded in the audit log only
+        (no message row: it counts in no stats, funnel, holdout or metric of a rule). Its
+        links are signed for the test's id: a click leads to its page, recording nothing;
+        its unsubscribe link says it was a test."""
         ruleset = self.rules.current
         template = ruleset.templates.get(req.template)
         if template is None:
@@ -123,19 +159,29 @@ class Actions:
         channel = channels.get(req.channel)
         if channel is None:
             raise ActionError("channel_unavailable", f"channel '{req.channel}' is not configured")
-        sample = sample_trigger(ruleset, req.template, TEST_USER)
-        user = {**SAMPLE_USER, "user_id": TEST_USER}
+        problem = address_problem(req.channel, req.address)
+        if problem is not None:
+            raise ActionError("invalid", f"address: {problem}")
+        if req.user is not None:
+            data = await user_input(
+                self.store, self.clock, ruleset, req.template, req.user, req.rule
+            )
+            if data is None:
+                raise ActionError("not_found", f"no user '{req.user}' (no profile is stored)")
+        else:
+            data = sample_input(ruleset, req.template, req.rule)
+        message_id = f"{TEST_PREFIX}{secrets.token_hex(8)}"
         rendered = next(
             r
-            for r in render_channels(template, user, sample.trigger, self.config, SAMPLE_FACTS)
+            for r in data.render(template, self.config, message_id=message_id, tracker=self.tracker)
             if r.channel == req.channel
         )
         if rendered.fields is None:
             raise ActionError("template_error", f"the template does not render: {rendered.error}")
-        payload = dict(rendered.fields)
-        headers = payload.pop("_headers", None) or {}
+        payload = mark_test(dict(rendered.fields))
+        headers = {**(payload.pop("_headers", None) or {}), TEST_HEADER: "1"}
         message = OutboundMessage(
-            id=f"test-{secrets.token_hex(8)}",
+            id=message_id,
             channel=req.channel,
             user_id=TEST_USER,
             rule="test",
@@ -159,6 +205,8 @@ class Actions:
             "template": req.template,
             "channel": req.channel,
             "address": req.address,
+            "user": req.user,
+            "rule": req.rule,
             "outcome": outcome.kind,
             "provider_id": outcome.provider_id,
             "detail": outcome.detail,

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from engine.api.accounts import ACCOUNT_KEY, Account
 from engine.api.actions import actions, audit_json, parse_test_send, status_of
+from engine.api.body import read_form
 from engine.api.dashboard.auth import action
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.params import path_id
@@ -34,7 +35,7 @@ def _failed(request: web.Request, exc: ActionError) -> web.Response:
 @action("marketer")
 async def pause_form(request: web.Request) -> web.Response:
     rule_id = path_id(request, "rule")
-    form = await request.post()
+    form = await read_form(request)
     try:
         await actions(request.app[STATE]).set_paused(
             _who(request), rule_id, paused=True, hold=form.get("hold") == "on"
@@ -67,13 +68,15 @@ async def end_form(request: web.Request) -> web.Response:
 @action("marketer")
 async def test_send_form(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    form = await request.post()
+    form = await read_form(request)
     try:
         req: TestSend = parse_test_send(
             {
                 "template": name,
                 "channel": str(form.get("channel", "")),
                 "address": str(form.get("address", "")),
+                # What the page previewed: that user's data, that rule's trigger.
+                **{k: str(form[k]) for k in ("user", "rule") if form.get(k)},
             }
         )
         result = await actions(request.app[STATE]).test_send(_who(request), req)

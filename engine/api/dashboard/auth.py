@@ -25,6 +25,7 @@ from engine.api.accounts import (
     by_token,
     refused,
 )
+from engine.api.body import read_form
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
 from engine.api.state import STATE
@@ -151,7 +152,7 @@ def action(role: str) -> Callable[[Page], Page]:
         @functools.wraps(handler)
         async def checked(request: web.Request) -> web.Response:
             account = request[ACCOUNT_KEY]  # page() found it
-            form = await request.post()
+            form = await read_form(request)
             expected = request.get(CSRF_KEY)
             given = str(form.get("csrf", ""))
             if _cross_site(request) or (
@@ -197,7 +198,7 @@ async def login(request: web.Request) -> web.Response:
     are limited per client address and per account name (429 with Retry-After)."""
     state = request.app[STATE]
     auth = state.config.auth
-    form = await request.post()
+    form = await read_form(request)
     token, target = str(form.get("token", "")), _safe_next(str(form.get("next", "/")))
     name = str(form.get("name", "")).strip()[:64]
     response = web.Response(status=303, headers={"Location": target, **HEADERS})

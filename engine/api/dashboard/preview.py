@@ -12,19 +12,10 @@ from aiohttp import web
 from channels.kinds import find_kind
 from engine.api.dashboard.auth import page
 from engine.api.dashboard.render import html
-from engine.api.dashboard.users import load_profile
 from engine.api.params import query_id
-from engine.api.state import STATE, AppState
-from engine.clock import iso
-from engine.core.preview import (
-    SAMPLE_FACTS,
-    SAMPLE_USER,
-    Rendered,
-    render_channels,
-    rules_sending,
-    sample_trigger,
-)
-from engine.lang.templates import Template
+from engine.api.state import STATE
+from engine.core.preview import Rendered, rules_sending
+from engine.runtime.preview_data import sample_input, user_input
 
 
 def _shown(items: list[Rendered]) -> list[dict[str, Any]]:
@@ -40,42 +31,6 @@ def _shown(items: list[Rendered]) -> list[dict[str, Any]]:
     return channels
 
 
-async def _for_user(
-    state: AppState, template: Template, user_id: str, rule_id: str | None
-) -> tuple[list[Rendered] | None, str, str | None]:
-    """(rendered or None for no such user, where the trigger comes from, a notice)."""
-    profile = await load_profile(state, user_id)
-    if profile is None:
-        return None, "", None
-    ruleset = state.rules.current
-    sample = sample_trigger(ruleset, template.name, user_id, rule_id)
-    etype = sample.trigger.get("type")
-    notice = None
-    trigger = sample.trigger
-    origin = f"sample data: {sample.origin}"
-    if etype == "schedule" or not isinstance(etype, str):
-        origin = f"{sample.origin} (a broadcast has no event of the user's)"
-    else:
-        last = await state.store.user_events(user_id, types=[etype], limit=1)
-        if last and last[0].data is not None:
-            e = last[0]
-            trigger = {
-                "id": e.event_id,
-                "type": e.type,
-                "user_id": user_id,
-                "time": iso(e.at),
-                "data": e.data,
-            }
-            origin = f"the user's last {etype} event ({iso(e.at)})"
-        else:
-            notice = (
-                f"User {user_id} has no {etype} event in the event log (the newest 200 within "
-                "the event retention): the sample event is used with their profile."
-            )
-    rendered = render_channels(template, {}, trigger, state.config, profile=profile)
-    return rendered, origin, notice
-
-
 @page
 async def template_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -89,26 +44,25 @@ async def template_page(request: web.Request) -> web.Response:
     user_id = query_id(request.query, "user")
     rules = rules_sending(state.rules.current, name)
     status, notice = 200, None
-    rendered: list[Rendered] | None = None
-    origin = ""
+    data = None
     if user_id is not None:
-        rendered, origin, notice = await _for_user(state, template, user_id, rule_id)
-        if rendered is None:
+        data = await user_input(
+            state.store, state.clock, state.rules.current, name, user_id, rule_id
+        )
+        if data is None:
             status = 404
             notice = f"No user '{user_id}' (no profile is stored): showing the sample data."
-    if rendered is None:
-        sample = sample_trigger(state.rules.current, name, rule_id=rule_id)
-        rendered = render_channels(
-            template, SAMPLE_USER, sample.trigger, state.config, SAMPLE_FACTS
-        )
-        origin = sample.origin
+        else:
+            notice = data.notice
+    if data is None:
+        data = sample_input(state.rules.current, name, rule_id)
     return html(
         request,
         "template.html",
         status,
         template=template,
-        channels=_shown(rendered),
-        origin=origin,
+        channels=_shown(data.render(template, state.config)),
+        origin=data.origin,
         real_user=user_id if status == 200 else None,
         user_param=user_id or "",
         rules=rules,

@@ -6,7 +6,6 @@ profile_addresses lookup, a user's rows), never a scan of profiles."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -21,6 +20,7 @@ from engine.core.addresses import search_keys
 from engine.core.model import profile_context
 from engine.core.reach import address_key
 from engine.lang.events import MAX_ID_CHARS, text_problem
+from engine.runtime.preview_data import load_profile as stored_profile
 
 SIMILAR_LIMIT = 20
 # The longest text the search box takes (an email may be longer than an id).
@@ -29,11 +29,7 @@ MAX_QUERY_CHARS = 320
 
 async def load_profile(state: AppState, user_id: str) -> dict[str, Any] | None:
     """The user's stored profile, None when there is none (no events seen)."""
-    users = await state.store.load_users(
-        [user_id], messages_since=state.clock.now(), starts_since=math.inf
-    )
-    st = users[user_id]
-    return None if st.profile_dirty else st.profile
+    return await stored_profile(state.store, state.clock, user_id)
 
 
 async def search(state: AppState, query: str) -> tuple[str | None, list[dict[str, str]]]:
