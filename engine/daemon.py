@@ -331,16 +331,11 @@ class Daemon:
                 return
 
     def _jobs(self, rules: RuleSet) -> list[Job]:
-        """Broadcasts, retention, the trend fold and the nightly RFM, fired by the engine
-        loop (once across replicas)."""
+        """Broadcasts, retention and the nightly RFM, fired by the engine loop (once across
+        replicas)."""
         jobs = self.processor.broadcast_jobs(rules)
         # Its own task in the daemon: a first run over a large store must not hold the loop.
         jobs.append(cron_job("retention", "17 3 * * *", "UTC", self._retention, background=True))
-        # PostgreSQL's writers append trend deltas; folding them often keeps the dashboard's
-        # first read after a quiet spell short (a read folds whatever is left).
-        jobs.append(
-            cron_job("trends_fold", "*/5 * * * *", "UTC", self._fold_trends, background=True)
-        )
         rfm = self.config.policies.rfm
         if rfm is not None:
             at = parse_time_of_day(rfm.at)
@@ -354,9 +349,6 @@ class Daemon:
                 )
             )
         return jobs
-
-    async def _fold_trends(self, run: JobRow) -> None:
-        await self.store.fold_trends()
 
     async def _rfm(self, run: JobRow) -> None:
         await self.rfm.run()

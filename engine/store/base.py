@@ -332,7 +332,7 @@ class Store(Protocol):
 
     async def fold_trends(self) -> None:
         """Fold what writers appended since into the hourly and daily trend rows (a
-        read does it too; the daemon does it every 5 minutes, so a read finds little)."""
+        read does it too; PostgreSQL's heartbeat every 5 minutes, so a read finds little)."""
         ...
 
     async def instance_rules(self) -> list[str]:

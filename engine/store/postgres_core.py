@@ -41,6 +41,8 @@ MESSAGE_SQL = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages"
 # A replica's lease: renewed every LEASE_S / 4 by its heartbeat; a replica that misses it
 # (hung, stopped, its event loop blocked) loses its claims to the others.
 LEASE_S = 10.0
+# The heartbeat's housekeeping (folding the trend deltas) runs this often, in real time.
+HOUSEKEEPING_S = 300.0
 DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 # Owner ids whose claims hold: their session is alive (they hold their (LOCK_NS, id)
@@ -165,13 +167,24 @@ class PostgresCore(WriteHealth):
         beats = 0
         while True:
             await asyncio.sleep(self.lease_s / 4)
-            try:
-                await self.renew_lease(forget=beats % 1000 == 0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is away: the next beat tries again
-                log.warning("store.heartbeat_failed", error=repr(exc))
+            await self.beat(beats)
             beats += 1
+
+    async def beat(self, n: int) -> None:
+        """The heartbeat's n-th beat: renew the lease, and now and then the housekeeping
+        that is due on real time rather than the engine's (each replica does it; it is
+        safe to do twice)."""
+        try:
+            await self.renew_lease(forget=n % 1000 == 0)
+            if (n + 1) % max(1, round(HOUSEKEEPING_S / (self.lease_s / 4))) == 0:
+                await self.housekeeping()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database is away: the next beat tries again
+            log.warning("store.heartbeat_failed", error=repr(exc))
+
+    async def housekeeping(self) -> None:
+        """What the heartbeat does every HOUSEKEEPING_S (the mixins that need it override)."""
 
     async def renew_lease(self, *, forget: bool = False) -> float:
         """Renew this store's lease now; how long it had been lapsed (0: it had not). A

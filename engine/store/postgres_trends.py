@@ -79,6 +79,11 @@ class PostgresTrends:
         async with self.pool.acquire() as conn, conn.transaction():
             await _fold(conn)
 
+    async def housekeeping(self) -> None:
+        """The heartbeat folds the deltas every few minutes, so the dashboard's first read
+        after a quiet spell does not fold hours of them."""
+        await self.fold_trends()
+
     async def instance_rules(self) -> list[str]:
         return [r[0] for r in await self.pool.fetch(RULE_IDS)]
 

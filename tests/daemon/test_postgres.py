@@ -17,6 +17,8 @@ import pytest
 from engine.cli import main as cli_main
 from engine.clock import VirtualClock
 from engine.daemon import Daemon
+from engine.store.postgres import PostgresStore
+from engine.store.postgres_core import HOUSEKEEPING_S
 from tests.pgdb import pg_schema
 
 from . import test_api, test_segments_api
@@ -176,17 +178,23 @@ async def test_two_daemons_on_one_database_send_each_message_once(
         assert len(calls) == USERS and set(calls.values()) == {1}, calls.most_common(3)
 
 
-async def test_the_trend_deltas_are_folded_every_five_minutes(
+async def test_the_heartbeat_folds_the_trend_deltas_every_five_minutes(
     client: Client, storage_url: str
 ) -> None:
-    """PostgreSQL's writers append trend deltas; the daemon folds them into the hourly and
-    daily rows on a 5-minute job, not only when the dashboard reads them."""
+    """PostgreSQL's writers append trend deltas; the store's heartbeat folds them into the
+    hourly and daily rows every HOUSEKEEPING_S of real time, not only when the dashboard
+    reads them (its beats are called here, as the heartbeat task calls them)."""
+    store = client.daemon.store
+    assert isinstance(store, PostgresStore)
     await client.post_events([test_api.profile("u1"), test_api.cart("u1")])
     await client.advance(3600)  # abandoned_cart's email goes out
     conn = await asyncpg.connect(storage_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM stats_delta") > 0
-        await client.advance(300)
+        per_fold = round(HOUSEKEEPING_S / (store.lease_s / 4))
+        await store.beat(per_fold - 2)  # a beat between folds renews the lease only
+        assert await conn.fetchval("SELECT count(*) FROM stats_delta") > 0
+        await store.beat(per_fold - 1)  # the last beat of HOUSEKEEPING_S folds
         assert await conn.fetchval("SELECT count(*) FROM stats_delta") == 0
         sends = await conn.fetchval(
             "SELECT sum(sends) FROM stats_days WHERE rule_id = 'abandoned_cart'"
