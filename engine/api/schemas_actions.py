@@ -21,7 +21,8 @@ ACTION_SCHEMAS: dict[str, Schema] = {
                 "type": "boolean",
                 "default": False,
                 "description": "hold the running instances too: their timers and sends "
-                "wait until the rule is resumed (timers that came due meanwhile fire then)",
+                "wait until the rule is resumed (timers that came due meanwhile fire then, "
+                "the time held not counted toward policies.max_lateness)",
             }
         },
     },

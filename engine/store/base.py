@@ -395,7 +395,8 @@ class Store(Protocol):
         ...
 
     async def set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
-        """Pause or resume a rule, and its audit row, in one transaction."""
+        """Pause or resume a rule, and its audit row, in one transaction; a hold it ends
+        moves the rule's timers due by then on by the time they spent held (controls.py)."""
         ...
 
     async def record_audit(self, row: AuditRow) -> None: ...

@@ -715,3 +715,20 @@ POSTGRES_MIGRATIONS.append(
     """
     + _COHORT_INDEXES
 )
+
+# A hold's start (issue 13): time spent held does not count toward max_lateness. On resume
+# a held rule's timers move on by the time they spent held (store/controls.py), from when
+# the hold began, kept across a pause repeated with hold; a hold already in place began at
+# its last change.
+SQLITE_MIGRATIONS.append(
+    """
+    ALTER TABLE rule_controls ADD COLUMN held_since REAL;
+    UPDATE rule_controls SET held_since = changed_at WHERE paused = 1 AND hold = 1;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    ALTER TABLE rule_controls ADD COLUMN IF NOT EXISTS held_since DOUBLE PRECISION;
+    UPDATE rule_controls SET held_since = changed_at WHERE paused = 1 AND hold = 1;
+    """
+)

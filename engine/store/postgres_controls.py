@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from engine.store.controls import AuditRow, RuleControl
+import asyncpg
+
+from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since, hold_ended
 from engine.store.postgres_core import PostgresCore
 
+_DEADLOCK_TRIES = 3
 _AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
+# A hold ended (store/controls.py): the rule's timers due by its end ($1) move on by the
+# time they spent held (since $2).
+_UNHOLD = (
+    "UPDATE instances SET due_at = CASE WHEN due_at >= $2 THEN $1 ELSE due_at + ($1 - $2) END "
+    "WHERE rule_id = $3 AND status = 'active' AND due_at < $1"
+)
 
 
 class PostgresControls(PostgresCore):
@@ -16,17 +25,42 @@ class PostgresControls(PostgresCore):
         return {r[0]: RuleControl(r[0], bool(r[1]), bool(r[2]), r[3], r[4]) for r in rows}
 
     async def set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
+        # Moving a held rule's timers locks their rows, in no order a replica's save of two
+        # of them would share: a deadlock aborts one side, and this side tries again.
+        for attempt in range(_DEADLOCK_TRIES):
+            try:
+                await self._set_rule_control(control, action, detail)
+                return
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == _DEADLOCK_TRIES - 1:
+                    raise
+
+    async def _set_rule_control(self, control: RuleControl, action: str, detail: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
+            # The row locked: two replicas changing one rule's pause take turns, so a hold
+            # ends (and its timers move) once.
+            row = await conn.fetchrow(
+                "SELECT paused, hold, held_since, changed_at FROM rule_controls "
+                "WHERE rule_id = $1 FOR UPDATE",
+                control.rule_id,
+            )
+            old: ControlRow | None = None if row is None else (row[0], row[1], row[2], row[3])
+            since = hold_ended(old, control)
+            if since is not None:
+                await conn.execute(_UNHOLD, control.at, since, control.rule_id)
             await conn.execute(
-                "INSERT INTO rule_controls (rule_id, paused, hold, changed_by, changed_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rule_id) DO UPDATE SET "
+                "INSERT INTO rule_controls "
+                "(rule_id, paused, hold, changed_by, changed_at, held_since) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rule_id) DO UPDATE SET "
                 "paused = excluded.paused, hold = excluded.hold, "
-                "changed_by = excluded.changed_by, changed_at = excluded.changed_at",
+                "changed_by = excluded.changed_by, changed_at = excluded.changed_at, "
+                "held_since = excluded.held_since",
                 control.rule_id,
                 int(control.paused),
                 int(control.hold),
                 control.by,
                 control.at,
+                held_since(old, control),
             )
             await conn.execute(_AUDIT, control.at, control.by, action, control.rule_id, detail)
 

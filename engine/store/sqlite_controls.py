@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from engine.store.controls import AuditRow, RuleControl
+from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since, hold_ended
 from engine.store.sqlite_core import SqliteCore, serialized
 
 _AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+# A hold ended (store/controls.py): the rule's timers due by its end move on by the time
+# they spent held.
+_UNHOLD = (
+    "UPDATE instances SET due_at = CASE WHEN due_at >= :since THEN :at "
+    "ELSE due_at + (:at - :since) END "
+    "WHERE rule_id = :rule AND status = 'active' AND due_at < :at"
+)
 
 
 class SqliteControls(SqliteCore):
@@ -21,12 +28,33 @@ class SqliteControls(SqliteCore):
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
+            rows = await self._rows(
+                "SELECT paused, hold, held_since, changed_at FROM rule_controls WHERE rule_id = ?",
+                (control.rule_id,),
+            )
+            old: ControlRow | None = (
+                (rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
+            )
+            since = hold_ended(old, control)
+            if since is not None:
+                await db.execute(
+                    _UNHOLD, {"since": since, "at": control.at, "rule": control.rule_id}
+                )
             await db.execute(
-                "INSERT INTO rule_controls (rule_id, paused, hold, changed_by, changed_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (rule_id) DO UPDATE SET "
+                "INSERT INTO rule_controls "
+                "(rule_id, paused, hold, changed_by, changed_at, held_since) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rule_id) DO UPDATE SET "
                 "paused = excluded.paused, hold = excluded.hold, "
-                "changed_by = excluded.changed_by, changed_at = excluded.changed_at",
-                (control.rule_id, int(control.paused), int(control.hold), control.by, control.at),
+                "changed_by = excluded.changed_by, changed_at = excluded.changed_at, "
+                "held_since = excluded.held_since",
+                (
+                    control.rule_id,
+                    int(control.paused),
+                    int(control.hold),
+                    control.by,
+                    control.at,
+                    held_since(old, control),
+                ),
             )
             await db.execute(_AUDIT, (control.at, control.by, action, control.rule_id, detail))
             await db.execute("COMMIT")

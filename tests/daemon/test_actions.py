@@ -53,7 +53,13 @@ USERS = f"""
 """
 
 
-def config_text(tmp_path: Path, rules: Path, extra: str = "", url: str | None = None) -> str:
+def config_text(
+    tmp_path: Path,
+    rules: Path,
+    extra: str = "",
+    url: str | None = None,
+    policies: str = "{quiet_hours: null, frequency_caps: []}",
+) -> str:
     return f"""
 server: {{host: 127.0.0.1, port: 0}}
 storage: {{url: "{url or f"sqlite:///{tmp_path}/kaskad.db"}"}}
@@ -62,7 +68,7 @@ auth:
   ingest_tokens: [ingest-token]
   admin_token: admin-token
 {USERS}
-policies: {{quiet_hours: null, frequency_caps: []}}
+policies: {policies}
 {extra}
 """
 
@@ -215,6 +221,63 @@ async def test_running_instances_are_held_or_go_on_as_chosen_at_pause_time(
         await acts.advance(0)
         # On resume the timer that came due meanwhile fires at once.
     assert [m["status"] for m in await sends(acts)] == ["sent"]
+
+
+LATE_RULE = RULE.replace("wait: 1h", "wait: 20s")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_time_held_does_not_count_toward_max_lateness(tmp_path: Path, kind: str) -> None:
+    """With max_lateness 10s, a 20s wait held for 40s (across a restart of the daemon) fires
+    on resume as if it came due then; lateness after the resume counts as ever."""
+    rules = write_rules(tmp_path, TEMPLATE, LATE_RULE)
+    policies = "{quiet_hours: null, frequency_caps: [], max_lateness: 10s}"
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(pg_schema()) if kind == "postgres" else None
+        config = parse_config(config_text(tmp_path, rules, url=url, policies=policies))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        clock = VirtualClock(START)
+
+        async def started() -> Client:
+            daemon = Daemon(config, clock, background=False)
+            await daemon.start()
+            stack.push_async_callback(daemon.stop)
+            return Client(daemon, session)
+
+        async def act(client: Client, what: str, body: Any = None) -> None:
+            status, answer = await client.request(
+                "POST", f"/v1/rules/nudge/{what}", headers=MARKETER, json=body
+            )
+            assert status == 200, answer
+
+        client = await started()
+        await cart(client, "u1")
+        await act(client, "pause", {"hold": True})
+        await client.advance(40)
+        assert await sends(client) == []
+        # The hold spans a restart: the new daemon keeps the instance held.
+        await client.daemon.stop()
+        clock.advance_to(clock.now() + 3600)
+        client = await started()
+        await client.advance(0)
+        assert await sends(client) == []
+        await act(client, "resume")
+        await client.advance(0)
+        assert [m["status"] for m in await sends(client)] == ["sent"]
+        (inst,) = await instances(client, "u1")
+        assert (inst["status"], inst["end_reason"]) == ("completed", None), inst
+
+        # Held again, then found 30s after the resume: those 30s count, the hold does not.
+        await cart(client, "u2")
+        await act(client, "pause", {"hold": True})
+        await client.advance(40)
+        await act(client, "resume")
+        clock.advance_to(clock.now() + 30)
+        await client.daemon.pump()
+        (inst,) = await instances(client, "u2")
+        assert (inst["status"], inst["end_reason"]) == ("expired", "30s late"), inst
+        _, body = await client.admin("GET", "/v1/messages?rule=nudge&status=skipped")
+        assert [(m["user_id"], m["reason"]) for m in body["messages"]] == [("u2", "expired")]
 
 
 async def test_ending_an_instance_cancels_its_timer_and_is_audited(acts: Client) -> None:
