@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .proc import Daemons, free_port, http_json, http_session
-from .test_dashboard_browser import ARTIFACTS, browser  # noqa: F401  (the fixture)
+from .test_dashboard_browser import ARTIFACTS, browser, loads  # noqa: F401  (the fixture)
 from .test_pause_restart import ADMIN, cart_started, config
 
 
@@ -71,7 +71,7 @@ def drive(driver: Any, url: str) -> None:
     driver.get(url + "/ui/users?q=u1")
     end = wait_for("table.instances button")
     assert end.text == "End"
-    end.click()
+    loads(driver, end.click)
     wait_for("table.instances")
     assert "ended_by_user" in driver.find_element(By.CSS_SELECTOR, "table.instances").text
     assert not driver.find_elements(By.CSS_SELECTOR, "table.instances button")
@@ -81,7 +81,7 @@ def drive(driver: Any, url: str) -> None:
     driver.get(url + "/ui/templates/nudge_t")
     Select(wait_for("#test-channel")).select_by_value("sms")
     driver.find_element(By.ID, "test-address").send_keys("+15550009999")
-    driver.find_element(By.XPATH, "//button[.='Send test']").click()
+    loads(driver, driver.find_element(By.XPATH, "//button[.='Send test']").click)
     assert wait_for("main h1").text == "Test sent"
     assert "accepted" in driver.find_element(By.TAG_NAME, "main").text
     shot("test-sent")

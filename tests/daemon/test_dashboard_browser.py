@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     token = wait_for("form.login input[name=token]")
     assert_accessible(driver, "login")
     token.send_keys("not-the-token")
-    token.submit()
+    loads(driver, token.submit)
     assert "That token is not valid." in wait_for("form.login").text
     token = wait_for("form.login input[name=token]")
     token.send_keys(ADMIN_TOKEN)
@@ -315,7 +315,7 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
     # The same template for bob: his profile and his last event of the trigger's type.
     user = driver.find_element(By.CSS_SELECTOR, "input#user")
     user.send_keys("bob")
-    user.submit()
+    loads(driver, user.submit)
     origin = wait_for("#preview-origin").text
     assert "rendered for user bob with their stored profile" in origin, origin
     assert "template_error" not in driver.find_element(By.TAG_NAME, "main").text
@@ -341,6 +341,18 @@ def drive(driver: Any, url: str, cart: dict[str, Any]) -> None:
 
 AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"
 SERIOUS = ("serious", "critical")
+
+
+def loads(driver: Any, act: Callable[[], Any]) -> None:
+    """Do what loads a new page, and wait until the old one is gone (the new page may hold
+    the same elements, which a wait would otherwise find on the old one)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    act()
+    WebDriverWait(driver, 15).until(ec.staleness_of(old))
 
 
 def assert_accessible(driver: Any, name: str) -> None:
