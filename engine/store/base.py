@@ -401,7 +401,8 @@ class Store(Protocol):
     async def record_audit(self, row: AuditRow) -> None: ...
 
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
-        """The newest actions first; `target`: those on one rule, instance or template."""
+        """The newest actions first; `target`: those on one rule (its instances' ends
+        too), one instance or one template."""
         ...
 
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:

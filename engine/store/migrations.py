@@ -715,3 +715,23 @@ POSTGRES_MIGRATIONS.append(
     """
     + _COHORT_INDEXES
 )
+
+# GET /v1/audit?target=<instance id> finds an action on an instance (end_instance): the row
+# keeps the instance's id beside its rule's (the target, so the rule page lists it); rows
+# written before are filled from their detail.
+SQLITE_MIGRATIONS.append(
+    """
+    ALTER TABLE audit ADD COLUMN instance_id TEXT;
+    UPDATE audit SET instance_id = json_extract(detail, '$.instance')
+        WHERE action = 'end_instance' AND json_valid(detail);
+    CREATE INDEX audit_instance ON audit (instance_id, id) WHERE instance_id IS NOT NULL;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    ALTER TABLE audit ADD COLUMN instance_id TEXT COLLATE "C";
+    UPDATE audit SET instance_id = detail::jsonb ->> 'instance'
+        WHERE action = 'end_instance' AND detail LIKE '{%}';
+    CREATE INDEX audit_instance ON audit (instance_id, id) WHERE instance_id IS NOT NULL;
+    """
+)

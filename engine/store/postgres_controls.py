@@ -5,7 +5,11 @@ from __future__ import annotations
 from engine.store.controls import AuditRow, RuleControl
 from engine.store.postgres_core import PostgresCore
 
-_AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
+_AUDIT = (
+    "INSERT INTO audit (at, who, action, target, detail, instance_id) "
+    "VALUES ($1, $2, $3, $4, $5, $6)"
+)
+_COLUMNS = "at, who, action, target, detail, instance_id"
 
 
 class PostgresControls(PostgresCore):
@@ -28,25 +32,29 @@ class PostgresControls(PostgresCore):
                 control.by,
                 control.at,
             )
-            await conn.execute(_AUDIT, control.at, control.by, action, control.rule_id, detail)
+            await conn.execute(
+                _AUDIT, control.at, control.by, action, control.rule_id, detail, None
+            )
 
     async def record_audit(self, row: AuditRow) -> None:
-        await self.pool.execute(_AUDIT, row.at, row.who, row.action, row.target, row.detail)
+        await self.pool.execute(
+            _AUDIT, row.at, row.who, row.action, row.target, row.detail, row.instance_id
+        )
 
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
         if target is None:
             rows = await self.pool.fetch(
-                "SELECT at, who, action, target, detail FROM audit ORDER BY id DESC LIMIT $1",
-                limit,
+                f"SELECT {_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1", limit
             )
         else:
+            # On the target itself, or on an instance of it (the row's target is the rule).
             rows = await self.pool.fetch(
-                "SELECT at, who, action, target, detail FROM audit WHERE target = $1 "
+                f"SELECT {_COLUMNS} FROM audit WHERE target = $1 OR instance_id = $1 "
                 "ORDER BY id DESC LIMIT $2",
                 target,
                 limit,
             )
-        return [AuditRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
         row = await self.pool.fetchrow(

@@ -5,7 +5,12 @@ from __future__ import annotations
 from engine.store.controls import AuditRow, RuleControl
 from engine.store.sqlite_core import SqliteCore, serialized
 
-_AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)"
+_AUDIT = (
+    "INSERT INTO audit (at, who, action, target, detail, instance_id) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+# An action on the target itself, or on an instance of it (the row's target is the rule).
+_ON_TARGET = "WHERE target = ? OR instance_id = ? "
 
 
 class SqliteControls(SqliteCore):
@@ -28,7 +33,9 @@ class SqliteControls(SqliteCore):
                 "changed_by = excluded.changed_by, changed_at = excluded.changed_at",
                 (control.rule_id, int(control.paused), int(control.hold), control.by, control.at),
             )
-            await db.execute(_AUDIT, (control.at, control.by, action, control.rule_id, detail))
+            await db.execute(
+                _AUDIT, (control.at, control.by, action, control.rule_id, detail, None)
+            )
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -36,13 +43,16 @@ class SqliteControls(SqliteCore):
 
     @serialized
     async def record_audit(self, row: AuditRow) -> None:
-        await self.db.execute(_AUDIT, (row.at, row.who, row.action, row.target, row.detail))
+        await self.db.execute(
+            _AUDIT, (row.at, row.who, row.action, row.target, row.detail, row.instance_id)
+        )
 
     @serialized
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
-        where, params = ("WHERE target = ? ", [target]) if target is not None else ("", [])
+        where, params = ("", []) if target is None else (_ON_TARGET, [target, target])
         rows = await self._rows(
-            f"SELECT at, who, action, target, detail FROM audit {where}ORDER BY id DESC LIMIT ?",
+            f"SELECT at, who, action, target, detail, instance_id FROM audit {where}"
+            "ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
         return [AuditRow(*r) for r in rows]
