@@ -1,6 +1,7 @@
 """The store's actions by hand (issue 13) on SQLite and PostgreSQL alike: a rule's pause
 survives reopening, a held rule's timers and sends wait, the audit log reads back (an
-instance's action by its rule and by the instance)."""
+instance's action by its rule and by the instance); the dashboard sessions ended by
+logout."""
 
 from __future__ import annotations
 
@@ -74,6 +75,18 @@ async def test_an_instance_action_is_found_by_its_rule_and_by_its_instance(store
     assert await store.audit("i1") == [end]
     assert await store.audit("i2") == []
     assert (await store.audit())[-1] == end
+
+
+async def test_ended_sessions_are_kept_until_their_cookies_expire(store: Store) -> None:
+    assert await store.ended_sessions(T0) == set()
+    await store.end_session("a" * 64, T0 + 100, T0)
+    await store.end_session("a" * 64, T0 + 100, T0)  # twice: one row
+    await store.end_session("b" * 64, T0 + 10, T0)
+    assert await store.ended_sessions(T0) == {"a" * 64, "b" * 64}
+    assert await store.ended_sessions(T0 + 11) == {"a" * 64}  # b's cookie has expired
+    # The next logout forgets the expired ones.
+    await store.end_session("c" * 64, T0 + 200, T0 + 150)
+    assert await store.ended_sessions(T0) == {"c" * 64}
 
 
 async def test_the_migration_finds_the_instance_of_earlier_end_instance_rows(

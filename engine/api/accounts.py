@@ -19,7 +19,7 @@ from engine.lang.config import AuthConfig
 class Account:
     name: str
     role: str
-    key: str  # the SHA-256 of its token (hex): the key of its session cookies
+    key: str  # the SHA-256 of its token (hex): part of its session cookies' MAC
 
 
 # request[ACCOUNT_KEY]: the request's account; request[CSRF_KEY]: the token a dashboard form

@@ -546,7 +546,7 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/ui/logout": {
         "post": _op(
-            "Log out",
+            "Log out: the session ends on every replica",
             PUBLIC,
             {"303": _redirect("to the dashboard")},
             tags=("dashboard",),

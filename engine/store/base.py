@@ -405,6 +405,15 @@ class Store(Protocol):
         too), one instance or one template."""
         ...
 
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        """Note a dashboard session ended (by logout) until `expires_at`, when its cookie
+        expires anyway; forget those ended before `now`."""
+        ...
+
+    async def ended_sessions(self, now: float) -> set[str]:
+        """The dashboard sessions ended by logout whose cookies have not expired yet."""
+        ...
+
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
         """(user id, rule id, status) of an instance, None for an unknown one."""
         ...

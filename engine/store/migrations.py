@@ -735,3 +735,22 @@ POSTGRES_MIGRATIONS.append(
     CREATE INDEX audit_instance ON audit (instance_id, id) WHERE instance_id IS NOT NULL;
     """
 )
+
+# The dashboard sessions ended by logout (their cookie's MAC), kept until the cookie would
+# have expired anyway; every replica reads them (engine/api/sessions.py).
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE ended_sessions (
+        session TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE ended_sessions (
+        session TEXT COLLATE "C" PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    """
+)

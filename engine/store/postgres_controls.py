@@ -1,4 +1,5 @@
-"""PostgresStore's actions by hand (issue 13): rules paused, and the audit log."""
+"""PostgresStore's actions by hand (issue 13): rules paused, the audit log; and the dashboard
+sessions ended by logout."""
 
 from __future__ import annotations
 
@@ -55,6 +56,22 @@ class PostgresControls(PostgresCore):
                 limit,
             )
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO ended_sessions (session, expires_at) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                session,
+                expires_at,
+            )
+            await conn.execute("DELETE FROM ended_sessions WHERE expires_at < $1", now)
+
+    async def ended_sessions(self, now: float) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT session FROM ended_sessions WHERE expires_at >= $1", now
+        )
+        return {r[0] for r in rows}
 
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
         row = await self.pool.fetchrow(

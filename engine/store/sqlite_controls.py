@@ -1,4 +1,5 @@
-"""SqliteStore's actions by hand (issue 13): rules paused, and the audit log."""
+"""SqliteStore's actions by hand (issue 13): rules paused, the audit log; and the dashboard
+sessions ended by logout."""
 
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ class SqliteControls(SqliteCore):
             (*params, limit),
         )
         return [AuditRow(*r) for r in rows]
+
+    @serialized
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        await self.db.execute(
+            "INSERT INTO ended_sessions (session, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (session, expires_at),
+        )
+        await self.db.execute("DELETE FROM ended_sessions WHERE expires_at < ?", (now,))
+
+    @serialized
+    async def ended_sessions(self, now: float) -> set[str]:
+        rows = await self._rows("SELECT session FROM ended_sessions WHERE expires_at >= ?", (now,))
+        return {r[0] for r in rows}
 
     @serialized
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:

@@ -1,7 +1,8 @@
 """Who may see the dashboard, and do what: a token as `Authorization: Bearer`, or a session
-cookie set by the login form (the account's name, an expiry and an HMAC keyed by the
-SHA-256 of the account's token, never the token itself). Pages need any account (role
-viewer); actions (POST forms) need a role and, with a cookie, the session's CSRF token.
+cookie set by the login form (api/sessions.py: the account's name, an expiry and an HMAC
+keyed by a secret of the store and the SHA-256 of the account's token, never the token
+itself). Pages need any account (role viewer); actions (POST forms) need a role and, with a
+cookie, the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -21,49 +22,16 @@ from engine.api.accounts import (
     CSRF_KEY,
     Account,
     bearer_account,
-    by_name,
     by_token,
     refused,
 )
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
+from engine.api.sessions import SESSION_S
 from engine.api.state import STATE
-from engine.lang.accounts import NAME
 
 COOKIE = "kaskad_session"
-SESSION_S = 12 * 3600
 Page = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def session_value(name: str, key: str, expires: int) -> str:
-    """The cookie of account `name` (whose token's SHA-256 is `key`) until `expires`."""
-    mac = hmac.new(key.encode(), f"kaskad-dashboard:{name}:{expires}".encode(), hashlib.sha256)
-    return f"{name}.{expires}.{mac.hexdigest()}"
-
-
-def session_name(value: str, now: float) -> str | None:
-    """The account name a cookie claims, if it is well formed and not expired (the MAC is
-    checked by session_ok against that account's key)."""
-    # ASCII digits of a plausible length only: str.isdigit() takes '²', which int() refuses,
-    # int() refuses 5000 digits, and compare_digest() refuses non-ASCII text.
-    name, _, rest = value.partition(".")
-    expires, _, _ = rest.partition(".")
-    if (
-        not value.isascii()
-        or not NAME.fullmatch(name)
-        or not expires.isdigit()
-        or len(expires) > 12
-        or int(expires) < now
-    ):
-        return None
-    return name
-
-
-def session_ok(name: str, key: str, value: str, now: float) -> bool:
-    if session_name(value, now) != name:
-        return False
-    expires = int(value.split(".")[1])
-    return hmac.compare_digest(value, session_value(name, key, expires))
 
 
 def csrf_token(cookie: str) -> str:
@@ -79,7 +47,7 @@ async def _open_csrf(request: web.Request) -> None:
     request[CSRF_KEY] = csrf_token(secret)
 
 
-def account_of(request: web.Request) -> Account | None:
+async def account_of(request: web.Request) -> Account | None:
     """The request's account: its Bearer token, else its session cookie (ANONYMOUS when no
     account is configured)."""
     state = request.app[STATE]
@@ -88,12 +56,10 @@ def account_of(request: web.Request) -> Account | None:
     if account is not None:
         return account
     cookie = request.cookies.get(COOKIE)
-    name = session_name(cookie, state.clock.now()) if cookie else None
-    found = by_name(auth, name) if name else None
-    if cookie and found and session_ok(found.name, found.key, cookie, state.clock.now()):
+    found = await state.sessions.account(cookie, auth) if cookie else None
+    if cookie and found:
         request[CSRF_KEY] = csrf_token(cookie)
-        return found
-    return None
+    return found
 
 
 def _login_form(
@@ -119,7 +85,7 @@ def page(handler: Page) -> Page:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.Response:
-        account = account_of(request)
+        account = await account_of(request)
         if account is None:
             return _denied(request)
         request[ACCOUNT_KEY] = account
@@ -219,7 +185,7 @@ async def login(request: web.Request) -> web.Response:
         return _login_form(request, "That token is not valid.")
     response.set_cookie(
         COOKIE,
-        session_value(account.name, account.key, int(now) + SESSION_S),
+        await state.sessions.start(account),
         max_age=SESSION_S,
         path="/",
         httponly=True,
@@ -230,6 +196,11 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session on every replica (not only forget the cookie here)."""
+    state = request.app[STATE]
+    cookie = request.cookies.get(COOKIE)
+    if cookie and state.config.auth.has_accounts:
+        await state.sessions.end(cookie, state.config.auth)
     response = web.Response(status=303, headers={"Location": "/", **HEADERS})
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
