@@ -529,6 +529,7 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "303": _redirect("to `next` (a path on this site)"),
                 "401": _HTML_401,
+                "403": _html("the form came from another site (its Origin)"),
                 "429": {
                     **_html("too many failed logins from this address or for this name"),
                     "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
@@ -548,7 +549,10 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Log out: the session ends on every replica",
             PUBLIC,
-            {"303": _redirect("to the dashboard")},
+            {
+                "303": _redirect("to the dashboard"),
+                "403": _html("the form came from another site (its Origin)"),
+            },
             tags=("dashboard",),
         )
     },

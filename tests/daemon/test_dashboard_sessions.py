@@ -1,6 +1,6 @@
 """The dashboard's sessions: a cookie cannot be made from config.yaml (the MAC is keyed by a
 secret of the store), nor claim to last longer than a session; logout ends the session on
-every replica of one database."""
+every replica of one database; the login and logout forms refuse another site's posts."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.pgdb import pg_schema
 
 from .helpers import START, Client
 from .test_actions import RULE, TEMPLATE, config_text, sha
-from .test_dashboard_actions import get, post, session_of
+from .test_dashboard_actions import get, login, post, session_of
 
 MARK_KEY = sha("marketer-token")  # what config.yaml holds for mark
 
@@ -145,3 +145,32 @@ async def test_sessions_and_their_logouts_outlive_a_restart(tmp_path: Path) -> N
             assert (await get(client, "/", ended))[0] == 401
         finally:
             await second.stop()
+
+
+async def test_login_and_logout_refuse_a_form_from_another_site(dash: Client) -> None:
+    evil = {"Origin": "https://evil.example"}
+    form = {"token": "marketer-token", "next": "/"}
+    async with dash.session.post(
+        dash.base + "/ui/login", data=form, headers=evil, allow_redirects=False
+    ) as resp:
+        assert resp.status == 403 and "Set-Cookie" not in resp.headers
+        assert "did not come from this dashboard" in await resp.text()
+    mark = await session_of(dash, "marketer-token")
+    async with dash.session.post(
+        dash.base + "/ui/logout", headers={**mark, **evil}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 403 and "Set-Cookie" not in resp.headers
+    assert (await get(dash, "/", mark))[0] == 200  # still logged in
+    # This site's own forms: Origin names this host, or `null` (no-referrer), or none.
+    here = {"Origin": dash.base}
+    for origin in (here, {"Origin": "null"}, {}):
+        async with dash.session.post(
+            dash.base + "/ui/login", data=form, headers=origin, allow_redirects=False
+        ) as resp:
+            assert resp.status == 303 and COOKIE in resp.headers["Set-Cookie"], origin
+    async with dash.session.post(
+        dash.base + "/ui/logout", headers={**mark, **here}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 303
+    assert (await get(dash, "/", mark))[0] == 401
+    assert (await login(dash, "marketer-token")).status == 303

@@ -2,7 +2,8 @@
 cookie set by the login form (api/sessions.py: the account's name, an expiry and an HMAC
 keyed by a secret of the store and the SHA-256 of the account's token, never the token
 itself). Pages need any account (role viewer); actions (POST forms) need a role and, with a
-cookie, the session's CSRF token.
+cookie, the session's CSRF token. Forms posted from another site are refused, the login and
+logout too.
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ def _cross_site(request: web.Request) -> bool:
     return urlsplit(origin).netloc != request.host
 
 
+def _from_elsewhere(request: web.Request) -> web.Response:
+    return html(
+        request,
+        "error.html",
+        403,
+        title="Refused",
+        message="This form did not come from this dashboard; reload the page and try again.",
+    )
+
+
 def action(role: str) -> Callable[[Page], Page]:
     """A POST form's handler, for accounts of `role` or above: the login form without an
     account, a 403 page naming the role needed, or a 403 when the form's CSRF token (with a
@@ -124,14 +135,7 @@ def action(role: str) -> Callable[[Page], Page]:
                 expected is not None
                 and not hmac.compare_digest(given.encode(), str(expected).encode())
             ):
-                return html(
-                    request,
-                    "error.html",
-                    403,
-                    title="Refused",
-                    message="This form did not come from this dashboard; reload the page "
-                    "and try again.",
-                )
+                return _from_elsewhere(request)
             why = refused(account, role)
             if why is not None:
                 return html(request, "error.html", 403, title="Not allowed", message=why)
@@ -160,7 +164,10 @@ def _safe_next(target: str) -> str:
 
 async def login(request: web.Request) -> web.Response:
     """The login form's token (and, if given, account name) to a session cookie; failures
-    are limited per client address and per account name (429 with Retry-After)."""
+    are limited per client address and per account name (429 with Retry-After). A form
+    from another site is refused (login CSRF: a session of the attacker's account)."""
+    if _cross_site(request):
+        return _from_elsewhere(request)
     state = request.app[STATE]
     auth = state.config.auth
     form = await request.post()
@@ -196,7 +203,10 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    """End the session on every replica (not only forget the cookie here)."""
+    """End the session on every replica (not only forget the cookie here), unless the form
+    comes from another site."""
+    if _cross_site(request):
+        return _from_elsewhere(request)
     state = request.app[STATE]
     cookie = request.cookies.get(COOKIE)
     if cookie and state.config.auth.has_accounts:
