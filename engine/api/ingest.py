@@ -5,8 +5,9 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from engine.api.auth import ingest_auth
-from engine.api.errors import error
+from engine.api.auth import bearer_text, ingest_auth
+from engine.api.errors import error, too_many
+from engine.api.ratelimit import TooManyFailures, address_key
 from engine.api.state import STATE
 from engine.runtime.intake import NDJSON_TYPES, TooMany, decode
 
@@ -20,9 +21,20 @@ async def post_events(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         metrics.rejected.labels("too_large").inc()
         return error(413, "too_large", f"body over {config.max_body_bytes} bytes")
+    # A wrong ingest token counts against the address (its own count: not the dashboard's);
+    # while it is over the limit, every token from it waits, the right one too.
+    keys, token = [address_key(request, "ingest")], bearer_text(request)
+    if token is not None:
+        try:
+            state.auth_failures.check(keys, state.clock.now())
+        except TooManyFailures as exc:
+            metrics.rejected.labels("unauthorized").inc()
+            return too_many(exc)
     body = await request.read()
     auth = ingest_auth(request, body, state.config.auth, state.clock.now())
     if auth.denied:
+        if token is not None:  # the right token is let in: this one was wrong
+            state.auth_failures.failed(keys, state.clock.now())
         metrics.rejected.labels("unauthorized").inc()
         return error(401, "unauthorized", auth.denied)
     ctype = request.content_type

@@ -38,7 +38,8 @@ class AppState:
     broker: BrokerStatus = field(default_factory=BrokerStatus)
     rfm: RfmJob | None = None
     started_at: float = 0.0
-    logins: Failures = field(default_factory=Failures)  # failed dashboard logins
+    # Failed logins and wrong tokens, per client address (api/ratelimit.py).
+    auth_failures: Failures = field(default_factory=Failures)
     sessions: Sessions = field(init=False)  # the dashboard's sessions (api/sessions.py)
 
     def __post_init__(self) -> None:

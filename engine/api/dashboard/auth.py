@@ -3,7 +3,7 @@ cookie set by the login form (api/sessions.py: the account's name, an expiry and
 keyed by a secret of the store and the SHA-256 of the account's token, never the token
 itself). Pages need any account (role viewer); actions (POST forms) need a role and, with a
 cookie, the session's CSRF token. Forms posted from another site are refused, the login and
-logout too.
+logout too; failed logins and wrong tokens are limited per client address (429).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import math
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from engine.api.accounts import (
 )
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
+from engine.api.ratelimit import TooManyFailures, address_key
 from engine.api.sessions import SESSION_S
 from engine.api.state import STATE
 
@@ -50,10 +50,10 @@ async def _open_csrf(request: web.Request) -> None:
 
 async def account_of(request: web.Request) -> Account | None:
     """The request's account: its Bearer token, else its session cookie (ANONYMOUS when no
-    account is configured)."""
+    account is configured). TooManyFailures: a token from an address over the limit."""
     state = request.app[STATE]
     auth = state.config.auth
-    account = bearer_account(request, auth)
+    account = bearer_account(request, auth, state.auth_failures, state.clock.now())
     if account is not None:
         return account
     cookie = request.cookies.get(COOKIE)
@@ -72,6 +72,13 @@ def _login_form(
     return response
 
 
+def _too_many(request: web.Request, exc: TooManyFailures) -> web.Response:
+    seconds = exc.retry_after_s
+    refusal = _login_form(request, f"Too many failed logins; try again in {seconds} s.", status=429)
+    refusal.headers["Retry-After"] = str(seconds)
+    return refusal
+
+
 def _denied(request: web.Request) -> web.Response:
     message = None
     if "Authorization" in request.headers:
@@ -86,7 +93,10 @@ def page(handler: Page) -> Page:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.Response:
-        account = await account_of(request)
+        try:
+            account = await account_of(request)
+        except TooManyFailures as exc:
+            return _too_many(request, exc)
         if account is None:
             return _denied(request)
         request[ACCOUNT_KEY] = account
@@ -177,18 +187,14 @@ async def login(request: web.Request) -> web.Response:
     if not auth.has_accounts:
         return response
     now = state.clock.now()
-    keys = [f"ip:{request.remote or '?'}"] + ([f"name:{name}"] if name else [])
-    wait = state.logins.retry_after(keys, now)
-    if wait is not None:
-        seconds = max(1, math.ceil(wait))
-        refusal = _login_form(
-            request, f"Too many failed logins; try again in {seconds} s.", status=429
-        )
-        refusal.headers["Retry-After"] = str(seconds)
-        return refusal
+    keys = [address_key(request)] + ([f"name:{name}"] if name else [])
+    try:
+        state.auth_failures.check(keys, now)
+    except TooManyFailures as exc:
+        return _too_many(request, exc)
     account = by_token(auth, token)
     if account is None or (name and account.name != name):
-        state.logins.failed(keys, now)
+        state.auth_failures.failed(keys, now)
         return _login_form(request, "That token is not valid.")
     response.set_cookie(
         COOKIE,
