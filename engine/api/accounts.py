@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from engine.api.auth import bearer_text, same_text
+from engine.api.ratelimit import Failures, address_key
 from engine.lang.accounts import role_at_least
 from engine.lang.config import AuthConfig
 
@@ -19,7 +20,7 @@ from engine.lang.config import AuthConfig
 class Account:
     name: str
     role: str
-    key: str  # the SHA-256 of its token (hex): the key of its session cookies
+    key: str  # the SHA-256 of its token (hex): part of its session cookies' MAC
 
 
 # request[ACCOUNT_KEY]: the request's account; request[CSRF_KEY]: the token a dashboard form
@@ -57,26 +58,43 @@ def by_name(auth: AuthConfig, name: str) -> Account | None:
     return next((a for a in accounts(auth) if a.name == name), None)
 
 
-def bearer_account(request: web.Request, auth: AuthConfig) -> Account | None:
-    """The account of the request's Bearer token; ANONYMOUS with no accounts configured."""
+def bearer_account(
+    request: web.Request, auth: AuthConfig, failures: Failures, now: float
+) -> Account | None:
+    """The account of the request's Bearer token; ANONYMOUS with no accounts configured.
+    A wrong token counts against the client's address; while it is over the limit, every
+    token from it (the right one too: no answer may tell) raises TooManyFailures."""
     if not auth.has_accounts:
         return ANONYMOUS
     token = bearer_text(request)
-    return None if token is None else by_token(auth, token)
+    if token is None:
+        return None
+    keys = [address_key(request)]
+    failures.check(keys, now)
+    account = by_token(auth, token)
+    if account is None:
+        failures.failed(keys, now)
+    return account
 
 
-def metrics_denied(request: web.Request, auth: AuthConfig) -> bool:
+def metrics_denied(request: web.Request, auth: AuthConfig, failures: Failures, now: float) -> bool:
     """GET /metrics takes auth.metrics_token or the token of any account (the admin token,
-    any of auth.users: reading numbers is every role's right); open only with none."""
+    any of auth.users: reading numbers is every role's right); open only with none. A wrong
+    token counts against the address as on the admin API (TooManyFailures)."""
     if not auth.metrics_token and not auth.has_accounts:
         return False
     token = bearer_text(request)
     if token is None:
         return True
+    keys = [address_key(request)]
+    failures.check(keys, now)
     # Both are checked (no early exit), so the time says nothing of which matched.
     scraper = bool(auth.metrics_token) and same_text(token, auth.metrics_token or "")
     account = by_token(auth, token) if auth.has_accounts else None
-    return not scraper and account is None
+    if not scraper and account is None:
+        failures.failed(keys, now)
+        return True
+    return False
 
 
 # -- what each role may do on the API --------------------------------------------------------

@@ -8,9 +8,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api.accounts import ACCOUNT_KEY, bearer_account, metrics_denied, needed_role, refused
-from engine.api.errors import Handler, error
+from engine.api.errors import Handler, error, too_many
 from engine.api.message_view import message_json
 from engine.api.params import path_id, read_json
+from engine.api.ratelimit import TooManyFailures
 from engine.api.state import STATE
 from engine.api.user_events import events_of
 from engine.clock import iso
@@ -39,7 +40,13 @@ ADMIN_PREFIXES = (
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admin endpoints: a token of a configured account whose role allows the request."""
     if request.path.startswith(ADMIN_PREFIXES):
-        account = bearer_account(request, request.app[STATE].config.auth)
+        state = request.app[STATE]
+        try:
+            account = bearer_account(
+                request, state.config.auth, state.auth_failures, state.clock.now()
+            )
+        except TooManyFailures as exc:
+            return too_many(exc)
         if account is None:
             return error(
                 401,
@@ -252,7 +259,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if metrics_denied(request, state.config.auth):
+    try:
+        denied = metrics_denied(request, state.config.auth, state.auth_failures, state.clock.now())
+    except TooManyFailures as exc:
+        return too_many(exc)
+    if denied:
         return error(
             401,
             "unauthorized",

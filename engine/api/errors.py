@@ -9,6 +9,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.api.ratelimit import TooManyFailures
+
 log = structlog.get_logger("kaskad.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,6 +40,16 @@ def error(
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
     return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+
+def too_many(exc: TooManyFailures) -> web.Response:
+    seconds = exc.retry_after_s
+    return error(
+        429,
+        "too_many_failures",
+        f"too many failed authentications from this address; retry in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def client_gone(request: web.Request, exc: BaseException) -> web.Response:

@@ -78,6 +78,13 @@ _UNAUTHORIZED = _error("missing or wrong credentials")
 _FORBIDDEN = _error("the account's role may not do this: the message names the role needed")
 _INVALID = _error("a parameter is invalid: the message and details name it")
 _HTML_401 = _html("the login form")
+# A wrong token (or failed login) counts against the client's address: over the limit,
+# every token from it, the right one too, waits (api/ratelimit.py).
+_TOO_MANY = _error("too many failed authentications from this address; retry", retry=True)
+_HTML_429: Schema = {
+    **_html("the login form: too many failed logins from this address"),
+    "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+}
 _SINCE = _query("since", "a duration back from now (24h, 7d), an ISO date, or `all` (the default)")
 _STATUS = _query("status", "only messages with this status (queued, sent, skipped, ...)")
 _RULE = _query("rule", "only this rule's data")
@@ -124,6 +131,7 @@ def _admin(
         "400": _INVALID,
         "401": _UNAUTHORIZED,
         "403": _FORBIDDEN,
+        "429": _TOO_MANY,
         **(extra or {}),
     }
     return _op(summary, ADMIN, responses, parameters=parameters, body=body, tags=("admin",))
@@ -134,7 +142,7 @@ _PAGE_ANSWERS = {"400": _html("what was wrong with the request"), "404": _html("
 
 def _page(summary: str, *codes: str, parameters: list[Schema] | None = None) -> Schema:
     """A dashboard page: HTML, the login form (401) without the token or a session."""
-    responses = {"200": _html("the page"), "401": _HTML_401}
+    responses = {"200": _html("the page"), "401": _HTML_401, "429": _HTML_429}
     responses.update((code, _PAGE_ANSWERS[code]) for code in codes)
     return _op(summary, DASHBOARD, responses, parameters=parameters, tags=("dashboard",))
 
@@ -149,6 +157,7 @@ def _action(summary: str, *, hold: bool = False, test: bool = False) -> Schema:
         fields.update(channel={"type": "string"}, address={"type": "string"})
     responses: dict[str, Schema] = {
         "401": _HTML_401,
+        "429": _HTML_429,
         "400": _html("what was wrong with the form"),
         "403": _html("the role may not, or the form did not come from this dashboard"),
         "404": _html("no such rule, instance or template"),
@@ -213,7 +222,10 @@ PATHS: dict[str, dict[str, Any]] = {
                 "401": _UNAUTHORIZED,
                 "413": _error("body, batch or nesting over the limits"),
                 "415": _error("not JSON or NDJSON"),
-                "429": _error("too many events waiting; retry", retry=True),
+                "429": _error(
+                    "too many events waiting; retry after Retry-After",
+                    retry=True,
+                ),
                 "503": _error("the store is unavailable; retry", retry=True),
             },
             body=_EVENTS_BODY,
@@ -509,6 +521,7 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "200": {"description": "text exposition format", "content": {"text/plain": {}}},
                 "401": _UNAUTHORIZED,
+                "429": _TOO_MANY,
             },
             tags=("operations",),
         )
@@ -529,6 +542,7 @@ PATHS: dict[str, dict[str, Any]] = {
             {
                 "303": _redirect("to `next` (a path on this site)"),
                 "401": _HTML_401,
+                "403": _html("the form came from another site (its Origin)"),
                 "429": {
                     **_html("too many failed logins from this address or for this name"),
                     "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
@@ -546,9 +560,12 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/ui/logout": {
         "post": _op(
-            "Log out",
+            "Log out: the session ends on every replica",
             PUBLIC,
-            {"303": _redirect("to the dashboard")},
+            {
+                "303": _redirect("to the dashboard"),
+                "403": _html("the form came from another site (its Origin)"),
+            },
             tags=("dashboard",),
         )
     },

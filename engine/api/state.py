@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from engine.api.ratelimit import Failures
+from engine.api.sessions import Sessions
 from engine.clock import Clock
 from engine.core.tracking import Tracker
 from engine.lang.config import Config
@@ -37,7 +38,12 @@ class AppState:
     broker: BrokerStatus = field(default_factory=BrokerStatus)
     rfm: RfmJob | None = None
     started_at: float = 0.0
-    logins: Failures = field(default_factory=Failures)  # failed dashboard logins
+    # Failed logins and wrong tokens, per client address (api/ratelimit.py).
+    auth_failures: Failures = field(default_factory=Failures)
+    sessions: Sessions = field(init=False)  # the dashboard's sessions (api/sessions.py)
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.store, self.clock)
 
 
 STATE: web.AppKey[AppState] = web.AppKey("kaskad", AppState)

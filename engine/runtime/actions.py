@@ -127,8 +127,9 @@ class Actions:
         if not await self.processor.call([user_id], end):
             raise ActionError("not_running", f"instance '{instance_id}' has ended already")
         detail = _detail(instance=instance_id, user_id=user_id)
+        # The rule is the target (its page lists the action); the instance is found too.
         await self.store.record_audit(
-            AuditRow(self.clock.now(), who, "end_instance", rule_id, detail)
+            AuditRow(self.clock.now(), who, "end_instance", rule_id, detail, instance_id)
         )
         return {
             "id": instance_id,

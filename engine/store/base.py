@@ -402,7 +402,17 @@ class Store(Protocol):
     async def record_audit(self, row: AuditRow) -> None: ...
 
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
-        """The newest actions first; `target`: those on one rule, instance or template."""
+        """The newest actions first; `target`: those on one rule (its instances' ends
+        too), one instance or one template."""
+        ...
+
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        """Note a dashboard session ended (by logout) until `expires_at`, when its cookie
+        expires anyway; forget those ended before `now`."""
+        ...
+
+    async def ended_sessions(self, now: float) -> set[str]:
+        """The dashboard sessions ended by logout whose cookies have not expired yet."""
         ...
 
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:

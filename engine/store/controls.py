@@ -57,10 +57,12 @@ def hold_ended(old: ControlRow | None, control: RuleControl) -> float | None:
 @dataclass(frozen=True, slots=True)
 class AuditRow:
     """One action: when, who (account name), what (pause, resume, end_instance,
-    test_send), on what (a rule id, an instance id, a template), and its detail (JSON)."""
+    test_send), on what (a rule id or a template), its detail (JSON), and for an action on
+    an instance its id (the target is then its rule, whose page lists the action)."""
 
     at: float
     who: str
     action: str
     target: str
     detail: str
+    instance_id: str | None = None

@@ -732,3 +732,42 @@ POSTGRES_MIGRATIONS.append(
     UPDATE rule_controls SET held_since = changed_at WHERE paused = 1 AND hold = 1;
     """
 )
+
+# GET /v1/audit?target=<instance id> finds an action on an instance (end_instance): the row
+# keeps the instance's id beside its rule's (the target, so the rule page lists it); rows
+# written before are filled from their detail.
+SQLITE_MIGRATIONS.append(
+    """
+    ALTER TABLE audit ADD COLUMN instance_id TEXT;
+    UPDATE audit SET instance_id = json_extract(detail, '$.instance')
+        WHERE action = 'end_instance' AND json_valid(detail);
+    CREATE INDEX audit_instance ON audit (instance_id, id) WHERE instance_id IS NOT NULL;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    ALTER TABLE audit ADD COLUMN instance_id TEXT COLLATE "C";
+    UPDATE audit SET instance_id = detail::jsonb ->> 'instance'
+        WHERE action = 'end_instance' AND detail LIKE '{%}';
+    CREATE INDEX audit_instance ON audit (instance_id, id) WHERE instance_id IS NOT NULL;
+    """
+)
+
+# The dashboard sessions ended by logout (their cookie's MAC), kept until the cookie would
+# have expired anyway; every replica reads them (engine/api/sessions.py).
+SQLITE_MIGRATIONS.append(
+    """
+    CREATE TABLE ended_sessions (
+        session TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """
+)
+POSTGRES_MIGRATIONS.append(
+    """
+    CREATE TABLE ended_sessions (
+        session TEXT COLLATE "C" PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    """
+)

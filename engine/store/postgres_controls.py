@@ -1,4 +1,5 @@
-"""PostgresStore's actions by hand (issue 13): rules paused, and the audit log."""
+"""PostgresStore's actions by hand (issue 13): rules paused, the audit log; and the dashboard
+sessions ended by logout."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since,
 from engine.store.postgres_core import PostgresCore
 
 _DEADLOCK_TRIES = 3
-_AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
 # A hold ended (store/controls.py): the rule's timers due by its end ($1) move on by the
 # time they spent held (since $2).
 _UNHOLD = (
     "UPDATE instances SET due_at = CASE WHEN due_at >= $2 THEN $1 ELSE due_at + ($1 - $2) END "
     "WHERE rule_id = $3 AND status = 'active' AND due_at < $1"
 )
+_AUDIT = (
+    "INSERT INTO audit (at, who, action, target, detail, instance_id) "
+    "VALUES ($1, $2, $3, $4, $5, $6)"
+)
+_COLUMNS = "at, who, action, target, detail, instance_id"
 
 
 class PostgresControls(PostgresCore):
@@ -62,25 +67,45 @@ class PostgresControls(PostgresCore):
                 control.at,
                 held_since(old, control),
             )
-            await conn.execute(_AUDIT, control.at, control.by, action, control.rule_id, detail)
+            await conn.execute(
+                _AUDIT, control.at, control.by, action, control.rule_id, detail, None
+            )
 
     async def record_audit(self, row: AuditRow) -> None:
-        await self.pool.execute(_AUDIT, row.at, row.who, row.action, row.target, row.detail)
+        await self.pool.execute(
+            _AUDIT, row.at, row.who, row.action, row.target, row.detail, row.instance_id
+        )
 
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
         if target is None:
             rows = await self.pool.fetch(
-                "SELECT at, who, action, target, detail FROM audit ORDER BY id DESC LIMIT $1",
-                limit,
+                f"SELECT {_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1", limit
             )
         else:
+            # On the target itself, or on an instance of it (the row's target is the rule).
             rows = await self.pool.fetch(
-                "SELECT at, who, action, target, detail FROM audit WHERE target = $1 "
+                f"SELECT {_COLUMNS} FROM audit WHERE target = $1 OR instance_id = $1 "
                 "ORDER BY id DESC LIMIT $2",
                 target,
                 limit,
             )
-        return [AuditRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO ended_sessions (session, expires_at) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                session,
+                expires_at,
+            )
+            await conn.execute("DELETE FROM ended_sessions WHERE expires_at < $1", now)
+
+    async def ended_sessions(self, now: float) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT session FROM ended_sessions WHERE expires_at >= $1", now
+        )
+        return {r[0] for r in rows}
 
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:
         row = await self.pool.fetchrow(

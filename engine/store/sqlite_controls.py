@@ -1,11 +1,11 @@
-"""SqliteStore's actions by hand (issue 13): rules paused, and the audit log."""
+"""SqliteStore's actions by hand (issue 13): rules paused, the audit log; and the dashboard
+sessions ended by logout."""
 
 from __future__ import annotations
 
 from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since, hold_ended
 from engine.store.sqlite_core import SqliteCore, serialized
 
-_AUDIT = "INSERT INTO audit (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)"
 # A hold ended (store/controls.py): the rule's timers due by its end move on by the time
 # they spent held.
 _UNHOLD = (
@@ -13,6 +13,12 @@ _UNHOLD = (
     "ELSE due_at + (:at - :since) END "
     "WHERE rule_id = :rule AND status = 'active' AND due_at < :at"
 )
+_AUDIT = (
+    "INSERT INTO audit (at, who, action, target, detail, instance_id) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+# An action on the target itself, or on an instance of it (the row's target is the rule).
+_ON_TARGET = "WHERE target = ? OR instance_id = ? "
 
 
 class SqliteControls(SqliteCore):
@@ -56,7 +62,9 @@ class SqliteControls(SqliteCore):
                     held_since(old, control),
                 ),
             )
-            await db.execute(_AUDIT, (control.at, control.by, action, control.rule_id, detail))
+            await db.execute(
+                _AUDIT, (control.at, control.by, action, control.rule_id, detail, None)
+            )
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -64,16 +72,32 @@ class SqliteControls(SqliteCore):
 
     @serialized
     async def record_audit(self, row: AuditRow) -> None:
-        await self.db.execute(_AUDIT, (row.at, row.who, row.action, row.target, row.detail))
+        await self.db.execute(
+            _AUDIT, (row.at, row.who, row.action, row.target, row.detail, row.instance_id)
+        )
 
     @serialized
     async def audit(self, target: str | None = None, limit: int = 100) -> list[AuditRow]:
-        where, params = ("WHERE target = ? ", [target]) if target is not None else ("", [])
+        where, params = ("", []) if target is None else (_ON_TARGET, [target, target])
         rows = await self._rows(
-            f"SELECT at, who, action, target, detail FROM audit {where}ORDER BY id DESC LIMIT ?",
+            f"SELECT at, who, action, target, detail, instance_id FROM audit {where}"
+            "ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
         return [AuditRow(*r) for r in rows]
+
+    @serialized
+    async def end_session(self, session: str, expires_at: float, now: float) -> None:
+        await self.db.execute(
+            "INSERT INTO ended_sessions (session, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (session, expires_at),
+        )
+        await self.db.execute("DELETE FROM ended_sessions WHERE expires_at < ?", (now,))
+
+    @serialized
+    async def ended_sessions(self, now: float) -> set[str]:
+        rows = await self._rows("SELECT session FROM ended_sessions WHERE expires_at >= ?", (now,))
+        return {r[0] for r in rows}
 
     @serialized
     async def instance_owner(self, instance_id: str) -> tuple[str, str, str] | None:

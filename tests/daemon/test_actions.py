@@ -305,6 +305,10 @@ async def test_ending_an_instance_cancels_its_timer_and_is_audited(acts: Client)
     (row,) = body["actions"]
     assert row["who"] == "mark" and row["action"] == "end_instance"
     assert row["detail"] == {"instance": inst["id"], "user_id": "u1"}
+    # Found by the instance's id as well (the row's target is its rule, for the rule page).
+    status, body = await acts.admin("GET", f"/v1/audit?target={inst['id']}")
+    assert status == 200 and body["actions"] == [row]
+    assert (await acts.admin("GET", "/v1/audit?target=i-nope"))[1]["actions"] == []
 
 
 async def test_a_test_send_reaches_the_provider_and_counts_nowhere(tmp_path: Path) -> None:

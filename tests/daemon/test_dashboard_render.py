@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import re
 from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 
 from engine.api import dashboard
+from engine.api.accounts import Account
 from engine.api.dashboard.overview import overview_context, parse_params
+from engine.api.sessions import SESSION_S, session_ok, session_value
 from engine.clock import parse_time
 from engine.core.model import Message
 from engine.lang.policies_config import PoliciesConfig
@@ -449,18 +452,41 @@ def test_since_parsing_is_forgiving_but_says_what_it_could_not_read() -> None:
 
 
 def test_session_cookie_is_an_expiring_hmac_of_the_account_not_the_token() -> None:
+    secret, nonce = "s" * 64, "0123456789abcdef"
     key = hashlib.sha256(b"admin-token").hexdigest()
-    value = dashboard.session_value("admin", key, int(NOW) + 60)
+    admin = Account("admin", "admin", key)
+    value = session_value(secret, "admin", key, int(NOW) + 60, nonce)
     assert "admin-token" not in value and key not in value
     assert value.startswith("admin.")
-    assert dashboard.session_ok("admin", key, value, NOW)
-    assert not dashboard.session_ok("admin", key, value, NOW + 61)  # expired
-    other = hashlib.sha256(b"other-token").hexdigest()
-    assert not dashboard.session_ok("admin", other, value, NOW)  # token rotated
-    name, expires, mac = value.split(".")
-    forged = f"{name}.{int(NOW) + 10**6}.{mac}"  # expiry pushed out
-    assert not dashboard.session_ok("admin", key, forged, NOW)
+    assert session_ok(secret, admin, value, NOW)
+    assert not session_ok(secret, admin, value, NOW + 61)  # expired
+    rotated = Account("admin", "admin", hashlib.sha256(b"other-token").hexdigest())
+    assert not session_ok(secret, rotated, value, NOW)  # token rotated
+    name, expires, _, mac = value.split(".")
+    forged = f"{name}.{int(NOW) + 10**6}.{nonce}.{mac}"  # expiry pushed out
+    assert not session_ok(secret, admin, forged, NOW)
     # Another account's name on this MAC: refused.
-    assert not dashboard.session_ok("ann", key, f"ann.{expires}.{mac}", NOW)
-    assert not dashboard.session_ok("admin", key, "garbage", NOW)
-    assert not dashboard.session_ok("admin", key, "admin.²³.x", NOW)
+    ann = Account("ann", "admin", key)
+    assert not session_ok(secret, ann, f"ann.{expires}.{nonce}.{mac}", NOW)
+    assert not session_ok(secret, admin, "garbage", NOW)
+    assert not session_ok(secret, admin, f"admin.²³.{nonce}.x", NOW)
+    assert not session_ok(secret, admin, f"admin.{expires}.{nonce.upper()}.{mac}", NOW)
+
+
+def test_a_cookie_cannot_be_made_from_the_config_alone() -> None:
+    """The config holds the token's SHA-256: a MAC keyed by it alone (as cookies once were)
+    is refused; so is a well-made cookie that claims to last longer than a session."""
+    secret, nonce = "s" * 64, "0123456789abcdef"
+    key = hashlib.sha256(b"admin-token").hexdigest()
+    admin = Account("admin", "admin", key)
+    far = int(NOW) + 10**8
+    old_style = hmac.new(key.encode(), f"kaskad-dashboard:admin:{far}".encode(), hashlib.sha256)
+    assert not session_ok(secret, admin, f"admin.{far}.{old_style.hexdigest()}", NOW)
+    keyed_by_hash = session_value(key, "admin", key, int(NOW) + 60, nonce)
+    assert not session_ok(secret, admin, keyed_by_hash, NOW)
+    # Made with the secret but 13 hours ahead: longer than any session, refused.
+    longer = session_value(secret, "admin", key, int(NOW) + SESSION_S + 3600, nonce)
+    assert not session_ok(secret, admin, longer, NOW)
+    # A replica whose clock runs a few seconds behind the one that made it still takes it.
+    made = session_value(secret, "admin", key, int(NOW) + SESSION_S, nonce)
+    assert session_ok(secret, admin, made, NOW - 5)

@@ -1,9 +1,9 @@
 """The marketers' dashboard at `/`: server-rendered pages, inline SVG charts, no script.
 
-Auth is the admin token: `Authorization: Bearer`, or a session cookie set by the login form
-(auth). Every page is Jinja2 with autoescape on and a Content-Security-Policy that allows
-no script at all (render, with the templates' filters and charts); what the pages show
-comes from data, the handlers are in pages.
+Auth is an account's token: `Authorization: Bearer`, or a session cookie set by the login
+form (auth, api/sessions.py). Every page is Jinja2 with autoescape on and a
+Content-Security-Policy that allows no script at all (render, with the templates' filters
+and charts); what the pages show comes from data, the handlers are in pages.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.api.dashboard import act
-from engine.api.dashboard.auth import COOKIE, login, logout, session_ok, session_value
+from engine.api.dashboard.auth import COOKIE, login, logout
 from engine.api.dashboard.data import merge_rules, parse_since, since_context
 from engine.api.dashboard.message_pages import message_detail_page, messages_page
 from engine.api.dashboard.overview import overview
@@ -26,8 +26,6 @@ __all__ = [
     "merge_rules",
     "parse_since",
     "render",
-    "session_ok",
-    "session_value",
     "since_context",
 ]
 

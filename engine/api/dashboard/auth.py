@@ -1,7 +1,9 @@
 """Who may see the dashboard, and do what: a token as `Authorization: Bearer`, or a session
-cookie set by the login form (the account's name, an expiry and an HMAC keyed by the
-SHA-256 of the account's token, never the token itself). Pages need any account (role
-viewer); actions (POST forms) need a role and, with a cookie, the session's CSRF token.
+cookie set by the login form (api/sessions.py: the account's name, an expiry and an HMAC
+keyed by a secret of the store and the SHA-256 of the account's token, never the token
+itself). Pages need any account (role viewer); actions (POST forms) need a role and, with a
+cookie, the session's CSRF token. Forms posted from another site are refused, the login and
+logout too; failed logins and wrong tokens are limited per client address (429).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import math
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -21,50 +22,18 @@ from engine.api.accounts import (
     CSRF_KEY,
     Account,
     bearer_account,
-    by_name,
     by_token,
     refused,
 )
 from engine.api.body import read_form
 from engine.api.dashboard.render import HEADERS, html
 from engine.api.errors import InvalidParameter
+from engine.api.ratelimit import TooManyFailures, address_key
+from engine.api.sessions import SESSION_S
 from engine.api.state import STATE
-from engine.lang.accounts import NAME
 
 COOKIE = "kaskad_session"
-SESSION_S = 12 * 3600
 Page = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def session_value(name: str, key: str, expires: int) -> str:
-    """The cookie of account `name` (whose token's SHA-256 is `key`) until `expires`."""
-    mac = hmac.new(key.encode(), f"kaskad-dashboard:{name}:{expires}".encode(), hashlib.sha256)
-    return f"{name}.{expires}.{mac.hexdigest()}"
-
-
-def session_name(value: str, now: float) -> str | None:
-    """The account name a cookie claims, if it is well formed and not expired (the MAC is
-    checked by session_ok against that account's key)."""
-    # ASCII digits of a plausible length only: str.isdigit() takes '²', which int() refuses,
-    # int() refuses 5000 digits, and compare_digest() refuses non-ASCII text.
-    name, _, rest = value.partition(".")
-    expires, _, _ = rest.partition(".")
-    if (
-        not value.isascii()
-        or not NAME.fullmatch(name)
-        or not expires.isdigit()
-        or len(expires) > 12
-        or int(expires) < now
-    ):
-        return None
-    return name
-
-
-def session_ok(name: str, key: str, value: str, now: float) -> bool:
-    if session_name(value, now) != name:
-        return False
-    expires = int(value.split(".")[1])
-    return hmac.compare_digest(value, session_value(name, key, expires))
 
 
 def csrf_token(cookie: str) -> str:
@@ -80,21 +49,19 @@ async def _open_csrf(request: web.Request) -> None:
     request[CSRF_KEY] = csrf_token(secret)
 
 
-def account_of(request: web.Request) -> Account | None:
+async def account_of(request: web.Request) -> Account | None:
     """The request's account: its Bearer token, else its session cookie (ANONYMOUS when no
-    account is configured)."""
+    account is configured). TooManyFailures: a token from an address over the limit."""
     state = request.app[STATE]
     auth = state.config.auth
-    account = bearer_account(request, auth)
+    account = bearer_account(request, auth, state.auth_failures, state.clock.now())
     if account is not None:
         return account
     cookie = request.cookies.get(COOKIE)
-    name = session_name(cookie, state.clock.now()) if cookie else None
-    found = by_name(auth, name) if name else None
-    if cookie and found and session_ok(found.name, found.key, cookie, state.clock.now()):
+    found = await state.sessions.account(cookie, auth) if cookie else None
+    if cookie and found:
         request[CSRF_KEY] = csrf_token(cookie)
-        return found
-    return None
+    return found
 
 
 def _login_form(
@@ -104,6 +71,13 @@ def _login_form(
     response = html(request, "login.html", status, next=target, message=message, logout=False)
     response.headers["WWW-Authenticate"] = 'Bearer realm="kaskad"'
     return response
+
+
+def _too_many(request: web.Request, exc: TooManyFailures) -> web.Response:
+    seconds = exc.retry_after_s
+    refusal = _login_form(request, f"Too many failed logins; try again in {seconds} s.", status=429)
+    refusal.headers["Retry-After"] = str(seconds)
+    return refusal
 
 
 def _denied(request: web.Request) -> web.Response:
@@ -120,7 +94,10 @@ def page(handler: Page) -> Page:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.Response:
-        account = account_of(request)
+        try:
+            account = await account_of(request)
+        except TooManyFailures as exc:
+            return _too_many(request, exc)
         if account is None:
             return _denied(request)
         request[ACCOUNT_KEY] = account
@@ -143,6 +120,16 @@ def _cross_site(request: web.Request) -> bool:
     return urlsplit(origin).netloc != request.host
 
 
+def _from_elsewhere(request: web.Request) -> web.Response:
+    return html(
+        request,
+        "error.html",
+        403,
+        title="Refused",
+        message="This form did not come from this dashboard; reload the page and try again.",
+    )
+
+
 def action(role: str) -> Callable[[Page], Page]:
     """A POST form's handler, for accounts of `role` or above: the login form without an
     account, a 403 page naming the role needed, or a 403 when the form's CSRF token (with a
@@ -159,14 +146,7 @@ def action(role: str) -> Callable[[Page], Page]:
                 expected is not None
                 and not hmac.compare_digest(given.encode(), str(expected).encode())
             ):
-                return html(
-                    request,
-                    "error.html",
-                    403,
-                    title="Refused",
-                    message="This form did not come from this dashboard; reload the page "
-                    "and try again.",
-                )
+                return _from_elsewhere(request)
             why = refused(account, role)
             if why is not None:
                 return html(request, "error.html", 403, title="Not allowed", message=why)
@@ -195,7 +175,10 @@ def _safe_next(target: str) -> str:
 
 async def login(request: web.Request) -> web.Response:
     """The login form's token (and, if given, account name) to a session cookie; failures
-    are limited per client address and per account name (429 with Retry-After)."""
+    are limited per client address and per account name (429 with Retry-After). A form
+    from another site is refused (login CSRF: a session of the attacker's account)."""
+    if _cross_site(request):
+        return _from_elsewhere(request)
     state = request.app[STATE]
     auth = state.config.auth
     form = await read_form(request)
@@ -205,22 +188,18 @@ async def login(request: web.Request) -> web.Response:
     if not auth.has_accounts:
         return response
     now = state.clock.now()
-    keys = [f"ip:{request.remote or '?'}"] + ([f"name:{name}"] if name else [])
-    wait = state.logins.retry_after(keys, now)
-    if wait is not None:
-        seconds = max(1, math.ceil(wait))
-        refusal = _login_form(
-            request, f"Too many failed logins; try again in {seconds} s.", status=429
-        )
-        refusal.headers["Retry-After"] = str(seconds)
-        return refusal
+    keys = [address_key(request)] + ([f"name:{name}"] if name else [])
+    try:
+        state.auth_failures.check(keys, now)
+    except TooManyFailures as exc:
+        return _too_many(request, exc)
     account = by_token(auth, token)
     if account is None or (name and account.name != name):
-        state.logins.failed(keys, now)
+        state.auth_failures.failed(keys, now)
         return _login_form(request, "That token is not valid.")
     response.set_cookie(
         COOKIE,
-        session_value(account.name, account.key, int(now) + SESSION_S),
+        await state.sessions.start(account),
         max_age=SESSION_S,
         path="/",
         httponly=True,
@@ -231,6 +210,14 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End the session on every replica (not only forget the cookie here), unless the form
+    comes from another site."""
+    if _cross_site(request):
+        return _from_elsewhere(request)
+    state = request.app[STATE]
+    cookie = request.cookies.get(COOKIE)
+    if cookie and state.config.auth.has_accounts:
+        await state.sessions.end(cookie, state.config.auth)
     response = web.Response(status=303, headers={"Location": "/", **HEADERS})
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
