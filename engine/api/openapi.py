@@ -222,10 +222,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "401": _UNAUTHORIZED,
                 "413": _error("body, batch or nesting over the limits"),
                 "415": _error("not JSON or NDJSON"),
-                "429": _error(
-                    "too many events waiting; retry after Retry-After",
-                    retry=True,
-                ),
+                "429": _error("too many events waiting; retry", retry=True),
                 "503": _error("the store is unavailable; retry", retry=True),
             },
             body=_EVENTS_BODY,
