@@ -45,6 +45,29 @@ def held_since(old: ControlRow | None, control: RuleControl) -> float | None:
     return control.at
 
 
+# A rule's control written (both stores; `{}`: the six placeholders, in the order of
+# control_values).
+UPSERT_CONTROL = (
+    "INSERT INTO rule_controls (rule_id, paused, hold, changed_by, changed_at, held_since) "
+    "VALUES ({}) ON CONFLICT (rule_id) DO UPDATE SET "
+    "paused = excluded.paused, hold = excluded.hold, "
+    "changed_by = excluded.changed_by, changed_at = excluded.changed_at, "
+    "held_since = excluded.held_since"
+)
+
+
+def control_values(old: ControlRow | None, control: RuleControl) -> tuple[object, ...]:
+    """UPSERT_CONTROL's parameters: the control over the row it replaces (`old`)."""
+    return (
+        control.rule_id,
+        int(control.paused),
+        int(control.hold),
+        control.by,
+        control.at,
+        held_since(old, control),
+    )
+
+
 def hold_ended(old: ControlRow | None, control: RuleControl) -> float | None:
     """When the hold that `control` ends began (no later than `control.at`: replicas'
     clocks may differ), None if it ends none."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since, hold_ended
+from engine.store.controls import (
+    UPSERT_CONTROL,
+    AuditRow,
+    ControlRow,
+    RuleControl,
+    control_values,
+    hold_ended,
+)
 from engine.store.postgres_core import PostgresCore
 
 _DEADLOCK_TRIES = 3
@@ -54,18 +61,8 @@ class PostgresControls(PostgresCore):
             if since is not None:
                 await conn.execute(_UNHOLD, control.at, since, control.rule_id)
             await conn.execute(
-                "INSERT INTO rule_controls "
-                "(rule_id, paused, hold, changed_by, changed_at, held_since) "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rule_id) DO UPDATE SET "
-                "paused = excluded.paused, hold = excluded.hold, "
-                "changed_by = excluded.changed_by, changed_at = excluded.changed_at, "
-                "held_since = excluded.held_since",
-                control.rule_id,
-                int(control.paused),
-                int(control.hold),
-                control.by,
-                control.at,
-                held_since(old, control),
+                UPSERT_CONTROL.format(", ".join(f"${n}" for n in range(1, 7))),
+                *control_values(old, control),
             )
             await conn.execute(
                 _AUDIT, control.at, control.by, action, control.rule_id, detail, None

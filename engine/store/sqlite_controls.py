@@ -3,7 +3,14 @@ sessions ended by logout."""
 
 from __future__ import annotations
 
-from engine.store.controls import AuditRow, ControlRow, RuleControl, held_since, hold_ended
+from engine.store.controls import (
+    UPSERT_CONTROL,
+    AuditRow,
+    ControlRow,
+    RuleControl,
+    control_values,
+    hold_ended,
+)
 from engine.store.sqlite_core import SqliteCore, serialized
 
 # A hold ended (store/controls.py): the rule's timers due by its end move on by the time
@@ -47,20 +54,7 @@ class SqliteControls(SqliteCore):
                     _UNHOLD, {"since": since, "at": control.at, "rule": control.rule_id}
                 )
             await db.execute(
-                "INSERT INTO rule_controls "
-                "(rule_id, paused, hold, changed_by, changed_at, held_since) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rule_id) DO UPDATE SET "
-                "paused = excluded.paused, hold = excluded.hold, "
-                "changed_by = excluded.changed_by, changed_at = excluded.changed_at, "
-                "held_since = excluded.held_since",
-                (
-                    control.rule_id,
-                    int(control.paused),
-                    int(control.hold),
-                    control.by,
-                    control.at,
-                    held_since(old, control),
-                ),
+                UPSERT_CONTROL.format(", ".join("?" * 6)), control_values(old, control)
             )
             await db.execute(
                 _AUDIT, (control.at, control.by, action, control.rule_id, detail, None)
