@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -14,6 +16,8 @@ from engine.api.auth import bearer_text, same_text
 from engine.api.ratelimit import Failures, address_key
 from engine.lang.accounts import role_at_least
 from engine.lang.config import AuthConfig
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +62,31 @@ def by_name(auth: AuthConfig, name: str) -> Account | None:
     return next((a for a in accounts(auth) if a.name == name), None)
 
 
-def bearer_account(
-    request: web.Request, auth: AuthConfig, failures: Failures, now: float
-) -> Account | None:
-    """The account of the request's Bearer token; ANONYMOUS with no accounts configured.
-    A wrong token counts against the client's address; while it is over the limit, every
-    token from it (the right one too: no answer may tell) raises TooManyFailures."""
-    if not auth.has_accounts:
-        return ANONYMOUS
+def _counted(
+    request: web.Request, failures: Failures, now: float, find: Callable[[str], T | None]
+) -> T | None:
+    """What `find` makes of the request's Bearer token (None without one). A token it finds
+    nothing for counts against the client's address; while the address is over the limit,
+    every token from it (the right one too: no answer may tell) raises TooManyFailures."""
     token = bearer_text(request)
     if token is None:
         return None
     keys = [address_key(request)]
     failures.check(keys, now)
-    account = by_token(auth, token)
-    if account is None:
+    found = find(token)
+    if found is None:
         failures.failed(keys, now)
-    return account
+    return found
+
+
+def bearer_account(
+    request: web.Request, auth: AuthConfig, failures: Failures, now: float
+) -> Account | None:
+    """The account of the request's Bearer token; ANONYMOUS with no accounts configured.
+    A wrong token counts against the client's address (_counted)."""
+    if not auth.has_accounts:
+        return ANONYMOUS
+    return _counted(request, failures, now, lambda token: by_token(auth, token))
 
 
 def metrics_denied(request: web.Request, auth: AuthConfig, failures: Failures, now: float) -> bool:
@@ -83,18 +95,14 @@ def metrics_denied(request: web.Request, auth: AuthConfig, failures: Failures, n
     token counts against the address as on the admin API (TooManyFailures)."""
     if not auth.metrics_token and not auth.has_accounts:
         return False
-    token = bearer_text(request)
-    if token is None:
-        return True
-    keys = [address_key(request)]
-    failures.check(keys, now)
-    # Both are checked (no early exit), so the time says nothing of which matched.
-    scraper = bool(auth.metrics_token) and same_text(token, auth.metrics_token or "")
-    account = by_token(auth, token) if auth.has_accounts else None
-    if not scraper and account is None:
-        failures.failed(keys, now)
-        return True
-    return False
+
+    def accepted(token: str) -> bool | None:
+        # Both are checked (no early exit), so the time says nothing of which matched.
+        scraper = bool(auth.metrics_token) and same_text(token, auth.metrics_token or "")
+        account = by_token(auth, token) if auth.has_accounts else None
+        return True if scraper or account is not None else None
+
+    return _counted(request, failures, now, accepted) is None
 
 
 # -- what each role may do on the API --------------------------------------------------------
