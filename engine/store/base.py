@@ -330,11 +330,6 @@ class Store(Protocol):
         `window_s`; without detail per rule only."""
         ...
 
-    async def fold_trends(self) -> None:
-        """Fold what writers appended since into the hourly and daily trend rows (a
-        read does it too; PostgreSQL's heartbeat every 5 minutes, so a read finds little)."""
-        ...
-
     async def instance_rules(self) -> list[str]:
         """Every rule id that has an instance (of any time), in id order."""
         ...

@@ -75,14 +75,11 @@ class PostgresTrends:
                 out += [tuple(r) for r in await conn.fetch(sql, *args)]
         return out
 
-    async def fold_trends(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await _fold(conn)
-
     async def housekeeping(self) -> None:
         """The heartbeat folds the deltas every few minutes, so the dashboard's first read
         after a quiet spell does not fold hours of them."""
-        await self.fold_trends()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _fold(conn)
 
     async def instance_rules(self) -> list[str]:
         return [r[0] for r in await self.pool.fetch(RULE_IDS)]

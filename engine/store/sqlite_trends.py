@@ -54,9 +54,6 @@ class SqliteTrends(SqliteStats):
             out += [tuple(r) for r in await self._read(sql, params)]
         return out
 
-    async def fold_trends(self) -> None:
-        """Nothing to fold: SQLite's triggers add to the rows themselves."""
-
     async def instance_rules(self) -> list[str]:
         return [r[0] for r in await self._read(RULE_IDS)]
 
