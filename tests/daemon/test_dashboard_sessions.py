@@ -25,21 +25,11 @@ from tests.pgdb import pg_schema
 
 from .helpers import START, Client
 from .test_actions import RULE, TEMPLATE, config_text, sha
-from .test_dashboard_actions import get, login, post, session_of
+from .test_dashboard_actions import dash, get, login, post, session_of
+
+__all__ = ["dash"]  # the fixture
 
 MARK_KEY = sha("marketer-token")  # what config.yaml holds for mark
-
-
-@pytest.fixture
-async def dash(tmp_path: Path) -> AsyncIterator[Client]:
-    rules = write_rules(tmp_path, TEMPLATE, RULE)
-    daemon = Daemon(
-        parse_config(config_text(tmp_path, rules)), VirtualClock(START), background=False
-    )
-    await daemon.start()
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield Client(daemon, session)
-    await daemon.stop()
 
 
 def cookie_header(value: str) -> dict[str, str]:
