@@ -304,7 +304,7 @@ def rule_state(rid: str, rules: RuleSet | None) -> str:
 async def known_rules(store: Store, rules: RuleSet | None) -> set[str]:
     """Every rule id stats can speak of: loaded or broken rules, and any with data."""
     q = StatsQuery(since=MIN_TIME, until=MAX_TIME, rule=None, touch="click", window_s=0.0)
-    ids = {row[0] for row in await store.stats_instances(q)}
+    ids = set(await store.instance_rules())
     ids |= {row[0] for row in await store.stats_messages(q)}
     if rules is not None:
         ids |= set(rules.rules) | set(rules.failed)
